@@ -1,0 +1,72 @@
+"""Validators that add COCO metrics (from the dataset's own COCO json) and the routed token share to Ultralytics'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.models.yolo.segment import SegmentationValidator
+from ultralytics.utils import LOGGER
+
+from ..cfg import apply_capacity
+from ..nn.routing import token_share
+from .coco_eval import COCO_METRICS, coco_evaluate, coco_json_for
+
+
+class RoutedValidatorMixin:
+    """COCO AP/AP50/AP75/APs/APm/APl against the json annotations, plus `routing/token_share` in the stats.
+
+    Ultralytics rebuilds ground truth from YOLO labels for custom detect data and looks for an LVIS file for custom
+    segment data; evaluating against the dataset's own COCO json instead is what a COCO user expects, and it covers
+    masks too.
+    """
+
+    iou_types = {"bbox": "B"}
+
+    def init_metrics(self, model: torch.nn.Module) -> None:
+        self.anno_json = coco_json_for(self.data, self.args.split or "val")
+        if self.anno_json:
+            self.args.save_json = True
+        super().init_metrics(model)
+        self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
+        apply_capacity(model, getattr(self.args, "capacity", None))
+        self.routing_model = model
+        self.token_shares = []
+
+    def update_metrics(self, preds, batch) -> None:
+        share = token_share(self.routing_model)
+        if share is not None:
+            self.token_shares.append(share)
+        super().update_metrics(preds, batch)
+
+    def get_stats(self) -> dict:
+        stats = super().get_stats()
+        if self.token_shares:
+            stats["routing/token_share"] = float(torch.cat(self.token_shares).mean())
+        return stats
+
+    def eval_json(self, stats: dict) -> dict:
+        if not self.anno_json:
+            return super().eval_json(stats)
+        ids = [int(Path(f).stem) for f in self.dataloader.dataset.im_files if Path(f).stem.isnumeric()]
+        for iou_type, suffix in self.iou_types.items():
+            try:
+                coco = coco_evaluate(self.anno_json, self.jdict, iou_type, img_ids=ids)
+            except Exception as e:  # a metric failure must not lose the Ultralytics metrics already computed
+                LOGGER.warning(f"COCO {iou_type} evaluation against {self.anno_json} failed: {e}")
+                continue
+            stats.update({f"metrics/coco_{k}({suffix})": v for k, v in coco.items()})
+            LOGGER.info(f"COCO {iou_type} ({self.anno_json.name}): " + "  ".join(f"{k} {v:.4f}" for k, v in coco.items()))
+        return stats
+
+
+class MoDDetectionValidator(RoutedValidatorMixin, DetectionValidator):
+    pass
+
+
+class MoDSegmentationValidator(RoutedValidatorMixin, SegmentationValidator):
+    iou_types = {"bbox": "B", "segm": "M"}
+
+
+__all__ = ["COCO_METRICS", "MoDDetectionValidator", "MoDSegmentationValidator"]

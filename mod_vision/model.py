@@ -1,0 +1,62 @@
+"""`MoDYOLO`: the Ultralytics Model interface (train/val/predict/export/info) for token-routed models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ultralytics.engine.model import Model
+from ultralytics.nn.tasks import guess_model_task
+from ultralytics.utils import DEFAULT_CFG_DICT, RANK
+
+from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
+from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
+from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
+from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml
+
+
+class MoDYOLO(Model):
+    """Like `YOLO`, for mod_vision YAMLs and checkpoints.
+
+    Examples:
+        >>> model = MoDYOLO("modvit-det.yaml")  # or "modvit-det-s.yaml" for scale s, or a path
+        >>> model.train(data="data/sample.yaml", epochs=1, imgsz=160)
+        >>> results = model.predict("bus.jpg", capacity=0.25)  # a compute budget chosen at predict time
+        >>> results[0].token_share
+    """
+
+    def __init__(self, model: str | Path = "modvit-det.yaml", task: str | None = None, verbose: bool = False):
+        super().__init__(model=model, task=task, verbose=verbose)
+
+    def _new(self, cfg: str, task=None, model=None, verbose=False) -> None:
+        """Build from a YAML; as Model._new, but resolving mod_vision names and scales (see load_model_yaml)."""
+        cfg_dict = load_model_yaml(cfg)
+        self.cfg = cfg
+        self.task = task or guess_model_task(cfg_dict)
+        self.model = (model or self._smart_load("model"))(cfg_dict, verbose=verbose and RANK == -1)
+        self.overrides["model"] = self.cfg
+        self.overrides["task"] = self.task
+        self.model.args = {**DEFAULT_CFG_DICT, **self.overrides}  # lets export run from a YAML-built model
+        self.model.task = self.task
+        self.model_name = cfg
+
+    def set_capacity(self, capacity) -> MoDYOLO:
+        """Set routed-block capacity globally (float) or per routed block (list or {index: capacity})."""
+        self.model.set_capacity(capacity)
+        return self
+
+    @property
+    def task_map(self) -> dict:
+        return {
+            "detect": {
+                "model": MoDDetectionModel,
+                "trainer": MoDDetectionTrainer,
+                "validator": MoDDetectionValidator,
+                "predictor": MoDDetectionPredictor,
+            },
+            "segment": {
+                "model": MoDSegmentationModel,
+                "trainer": MoDSegmentationTrainer,
+                "validator": MoDSegmentationValidator,
+                "predictor": MoDSegmentationPredictor,
+            },
+        }

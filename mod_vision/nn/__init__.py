@@ -1,0 +1,8 @@
+from .routing import Router, RoutedBlock, check_capacity, routed_blocks, token_share, tokens_for
+from .tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml, parse_model, register
+from .vit import MoDViTStage, PatchEmbed
+
+__all__ = [
+    "MoDDetectionModel", "MoDSegmentationModel", "MoDViTStage", "PatchEmbed", "RoutedBlock", "Router",
+    "check_capacity", "load_model_yaml", "parse_model", "register", "routed_blocks", "token_share", "tokens_for",
+]

@@ -1,0 +1,155 @@
+"""Registers the mod_vision layers with Ultralytics' YAML parser and defines the routed model classes.
+
+Ultralytics' `parse_model` computes output channels per known class and assumes `c2 = c1` for any other class, without
+passing it `c1`. Rather than fork that function, `parse_model` below lets Ultralytics parse a copy of the YAML in which
+each mod_vision layer is stood in for by a 1x1 `Conv` with the same channel argument: Ultralytics then applies its own
+width multiple, max_channels and depth multiple to it, and every later layer (Concat, Detect, Segment) sees the right
+channels. The stand-ins are then swapped for the real layers, built with the (c1, c2, depth) that Ultralytics computed.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from ultralytics.nn import tasks as ul_tasks
+from ultralytics.nn.modules import Conv
+from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+from ultralytics.utils import LOGGER, YAML
+
+from .routing import RoutedBlock, check_capacity, routed_blocks, token_share
+from .vit import MoDViTStage, PatchEmbed
+
+# Layers named in YAMLs. A layer listed in REPEATED gets the (depth-scaled) repeat count as its third argument,
+# like Ultralytics' C2f/C3k2, instead of being repeated as an nn.Sequential.
+MOD_LAYERS = {"PatchEmbed": PatchEmbed, "MoDViTStage": MoDViTStage}
+REPEATED = {MoDViTStage}
+
+_upstream_parse_model = ul_tasks.parse_model
+
+
+def _check_layer_names(d: dict) -> None:
+    """Raise a ValueError naming any module that neither Ultralytics nor mod_vision defines."""
+    for i, (_, _, m, _) in enumerate(d.get("backbone", []) + d.get("head", [])):
+        known = m.startswith(("nn.", "torchvision.ops.")) or m in MOD_LAYERS or isinstance(vars(ul_tasks).get(m), type)
+        if not known:
+            raise ValueError(
+                f"Unknown module '{m}' in layer {i} of the model YAML. mod_vision layers are {sorted(MOD_LAYERS)}; "
+                f"Ultralytics layers are the classes in ultralytics.nn.modules (e.g. Conv, C3k2, Detect, Segment)."
+            )
+
+
+def parse_model(d: dict, ch: int, verbose: bool = True):
+    """Drop-in for Ultralytics' parse_model that also builds mod_vision layers with correct channels (see module doc)."""
+    _check_layer_names(d)
+    layers = d["backbone"] + d["head"]
+    ours = {i: (MOD_LAYERS[m], args) for i, (_, _, m, args) in enumerate(layers) if m in MOD_LAYERS}
+    if not ours:
+        return _upstream_parse_model(d, ch, verbose)
+    d = copy.deepcopy(d)
+    nb = len(d["backbone"])
+    for i, (_, args) in ours.items():
+        row = d["backbone"][i] if i < nb else d["head"][i - nb]
+        row[2], row[3] = "Conv", [args[0], 1, 1]
+    model, save = _upstream_parse_model(d, ch, verbose=False)
+    for i, (cls, args) in ours.items():
+        stand_in = model[i]
+        repeats = len(stand_in) if isinstance(stand_in, nn.Sequential) else 1
+        conv = (stand_in[0] if repeats > 1 else stand_in).conv
+        c1, c2, rest = conv.in_channels, conv.out_channels, list(args[1:])
+        if cls in REPEATED:
+            layer = cls(c1, c2, repeats, *rest)
+        else:
+            layer = nn.Sequential(*(cls(c1 if j == 0 else c2, c2, *rest) for j in range(repeats)))
+            layer = layer[0] if repeats == 1 else layer
+        layer.i, layer.f, layer.type = stand_in.i, stand_in.f, f"{cls.__module__}.{cls.__name__}"
+        layer.np = sum(p.numel() for p in layer.parameters())
+        model[i] = layer
+    if verbose:
+        LOGGER.info(f"\n{'':>3}{'from':>20}{'params':>10}  {'module':<45}")
+        for m in model:
+            LOGGER.info(f"{m.i:>3}{m.f!s:>20}{m.np:10.0f}  {m.type:<45}")
+    return model, save
+
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "cfg" / "models"
+
+
+def load_model_yaml(cfg: str | Path | dict) -> dict:
+    """Load a model YAML, Ultralytics-style names included: 'modvit-det-s.yaml' is modvit-det.yaml at scale 's'.
+
+    A bare name is looked up in the repo's cfg/models/. Without a scale letter in the name, the YAML's own `scale:`
+    key is used (Ultralytics' loader would drop it and warn).
+    """
+    if isinstance(cfg, dict):
+        return cfg
+    path = Path(cfg)
+    match = re.fullmatch(r"(.+)-([nslmx])", path.stem)
+    candidates = [path, MODEL_DIR / path.name]
+    if match:
+        base = path.with_name(match[1] + path.suffix)
+        candidates += [base, MODEL_DIR / base.name]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"model YAML '{cfg}' not found; looked in {[str(p) for p in candidates]}")
+    d = YAML.load(found)
+    scale = match[2] if match and found.stem == match[1] else d.get("scale")
+    if d.get("scales") and scale and scale not in d["scales"]:
+        raise ValueError(f"scale '{scale}' not in {list(d['scales'])} of {found}")
+    d["scale"], d["yaml_file"] = scale, str(path)
+    return d
+
+
+class RoutedModelMixin:
+    """Routing controls shared by the routed detection and segmentation models."""
+
+    def routed_blocks(self) -> list[RoutedBlock]:
+        return routed_blocks(self)
+
+    def set_capacity(self, capacity: float | dict[int, float] | list[float]) -> None:
+        """Set capacity of all routed blocks (a float), or per block (a list, or {routed block index: capacity})."""
+        blocks = self.routed_blocks()
+        if isinstance(capacity, (list, tuple)):
+            if len(capacity) != len(blocks):
+                raise ValueError(f"{len(capacity)} capacities given for {len(blocks)} routed blocks")
+            capacity = dict(enumerate(capacity))
+        if isinstance(capacity, dict):
+            bad = [i for i in capacity if not 0 <= int(i) < len(blocks)]
+            if bad:
+                raise ValueError(f"routed block indices {bad} out of range for {len(blocks)} routed blocks")
+            values = {int(i): check_capacity(c) for i, c in capacity.items()}
+        else:
+            values = dict.fromkeys(range(len(blocks)), check_capacity(capacity))
+        for i, c in values.items():
+            blocks[i].capacity = c
+
+    def capacities(self) -> list[float]:
+        return [b.capacity for b in self.routed_blocks()]
+
+    def token_share(self) -> torch.Tensor | None:
+        """(B,) share of routed-block tokens processed per image in the latest forward."""
+        return token_share(self)
+
+
+class MoDDetectionModel(RoutedModelMixin, DetectionModel):
+    """Ultralytics DetectionModel whose YAML may use mod_vision's routed layers."""
+
+    def __init__(self, cfg="modvit-det.yaml", ch=3, nc=None, verbose=True):
+        super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
+
+
+class MoDSegmentationModel(RoutedModelMixin, SegmentationModel):
+    """Ultralytics SegmentationModel whose YAML may use mod_vision's routed layers."""
+
+    def __init__(self, cfg="modvit-seg.yaml", ch=3, nc=None, verbose=True):
+        super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
+
+
+def register() -> None:
+    """Install the parser and expose mod_vision layer names to YAMLs read by any Ultralytics model class."""
+    ul_tasks.parse_model = parse_model
+    for name, cls in MOD_LAYERS.items():
+        setattr(ul_tasks, name, cls)

@@ -1,0 +1,121 @@
+"""ViT pieces usable as Ultralytics YAML layers: a patch embedding and a (routed) transformer stage.
+
+Both take and return (B, C, H, W) maps, so they compose with Ultralytics' convolutions, heads and plotting. The simple
+feature pyramid of ViTDet is written in the YAMLs with stock Ultralytics layers (ConvTranspose, Conv, MaxPool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block, init_weights_vit_timm
+from torch import nn
+
+from .routing import RoutedBlock, check_capacity
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding (timm's `patch_embed.proj`), padding the input up to a multiple of the patch.
+
+    Padding (rather than failing) means any input size works, including an image smaller than one patch.
+    """
+
+    def __init__(self, c1: int, c2: int, patch: int = 16):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(c1, c2, patch, patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = -x.shape[-2] % self.patch, -x.shape[-1] % self.patch
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        return self.proj(x)
+
+
+def routed_indices(depth: int, routed: int | Sequence[int] | None) -> list[int]:
+    """Which blocks of a stage are routed.
+
+    `routed` is a period p (blocks p-1, 2p-1, ... are routed, so p=2 is every other block with the first one dense, the
+    MoD paper's best pattern), 0/None for a dense stage, or an explicit list of block indices.
+    """
+    if not routed:
+        return []
+    if isinstance(routed, int):
+        if routed < 1:
+            raise ValueError(f"routing period must be >= 1, got {routed}")
+        return [i for i in range(depth) if i % routed == routed - 1]
+    bad = [i for i in routed if not 0 <= i < depth]
+    if bad:
+        raise ValueError(f"routed block indices {bad} are outside a stage of depth {depth}")
+    return sorted(set(routed))
+
+
+class MoDViTStage(nn.Module):
+    """A stack of ViT blocks with an absolute position embedding, some blocks routed Mixture-of-Depths style.
+
+    Args:
+        c1, c2: input and output channels (must be equal: a ViT stage keeps its width).
+        depth: number of blocks (the YAML repeat count, scaled by the model's depth multiple).
+        routed: routing pattern, see `routed_indices`.
+        capacity: capacity of every routed block, or one value per routed block.
+        head_dim: channels per attention head; heads = c2 // head_dim, so width scaling also scales heads.
+        mlp_ratio: MLP hidden width over c2.
+        router_hidden: 0 for a linear router, else the hidden width of a 2-layer MLP router.
+        pos_grid: side of the learned position-embedding grid, bicubically resized to each input's token grid.
+        drop_path: stochastic depth rate, increasing linearly over the blocks as in timm.
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        depth: int = 12,
+        routed: int | Sequence[int] | None = 2,
+        capacity: float | Sequence[float] = 0.125,
+        head_dim: int = 64,
+        mlp_ratio: float = 4.0,
+        router_hidden: int = 0,
+        pos_grid: int = 14,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        if c1 != c2:
+            raise ValueError(f"MoDViTStage keeps its width: input channels {c1} != output channels {c2}")
+        heads = max(1, round(c2 / head_dim))
+        while c2 % heads:
+            heads -= 1
+        routed_ids = routed_indices(depth, routed)
+        caps = [capacity] * len(routed_ids) if isinstance(capacity, (int, float)) else list(capacity)
+        if len(caps) != len(routed_ids):
+            raise ValueError(f"{len(caps)} capacities given for {len(routed_ids)} routed blocks {routed_ids}")
+        caps = dict(zip(routed_ids, map(check_capacity, caps)))
+        dpr = [x.item() for x in torch.linspace(0, drop_path, depth)]
+        common = dict(mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+        self.blocks = nn.ModuleList(
+            RoutedBlock(c2, heads, capacity=caps[i], router_hidden=router_hidden, drop_path=dpr[i], **common)
+            if i in caps
+            else Block(c2, heads, drop_path=dpr[i], **common)
+            for i in range(depth)
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, c2, pos_grid, pos_grid))
+        trunc_normal_(self.pos_embed, std=0.02)
+        for name, m in self.blocks.named_modules():
+            if "router" not in name:  # the router keeps its own init
+                init_weights_vit_timm(m)
+
+    def position_embedding(self, h: int, w: int) -> torch.Tensor:
+        """The learned grid resized to h x w tokens (train at 640, predict at any stride-multiple size)."""
+        if self.pos_embed.shape[-2:] == (h, w):
+            return self.pos_embed
+        return F.interpolate(self.pos_embed, size=(h, w), mode="bicubic", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = x + self.position_embedding(h, w).to(x.dtype)
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C) tokens in raster order
+        for blk in self.blocks:
+            t = blk(t)
+        return t.transpose(1, 2).reshape(b, c, h, w)
