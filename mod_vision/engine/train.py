@@ -8,6 +8,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import RANK
 
+from ..data import with_missing_help
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
 from .val import MoDDetectionValidator, MoDSegmentationValidator
 
@@ -21,6 +22,12 @@ class MoDDetectionTrainer(DetectionTrainer):
         if weights:
             model.load(weights)
         return model
+
+    def get_dataset(self):
+        try:
+            return super().get_dataset()
+        except (FileNotFoundError, RuntimeError) as e:
+            raise with_missing_help(e, self.args.data) from e
 
     def get_validator(self):
         return self.validator_class(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)

@@ -1,0 +1,86 @@
+"""`mod-vision MODE key=value ...`: Ultralytics-style commands for routed models.
+
+With no `data=`, `mod-vision train` generates the sample data on first use and trains on it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+HELP = """Usage: mod-vision MODE [key=value ...]
+
+MODE:
+  train        train a model (default model=modvit-det.yaml; default data: the sample data, generated on first use)
+  val          validate; COCO metrics are computed when the data YAML names a `coco_json`
+  predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
+  export       export through Ultralytics' exporter (format=onnx|openvino|tflite|ncnn|torchscript|coreml ...)
+  info         print the model summary (params, GFLOPs)
+  sample-data  write the sample dataset (root=datasets/mod-sample n_train=200 n_val=50 seed=0)
+  help         this text
+
+Arguments are Ultralytics' (https://docs.ultralytics.com/usage/cfg/), e.g. epochs=10 imgsz=320 batch=16 device=cpu,
+plus mod_vision's:
+  capacity=0.25   share of tokens each routed block processes at val/predict/export time, in (0, 1]
+Models: cfg/models/{modvit,hybrid}-{det,seg}[-dense].yaml; add -n/-s/-m for a scale, e.g. model=modvit-det-s.yaml,
+or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
+
+Examples:
+  mod-vision train epochs=3 imgsz=320
+  mod-vision val model=runs/detect/train/weights/best.pt capacity=0.5
+  mod-vision predict model=runs/detect/train/weights/best.pt source=video.mp4 capacity=0.25
+"""
+
+DEFAULT_MODEL = "modvit-det.yaml"
+
+
+def parse_args(argv: list[str]) -> dict:
+    from ultralytics.cfg import parse_key_value_pair
+
+    out = {}
+    for a in argv:
+        if "=" not in a:
+            raise SystemExit(f"mod-vision: expected key=value, got '{a}'. Run 'mod-vision help'.")
+        k, v = parse_key_value_pair(a)
+        out[k] = v
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; returns None so that the console script exits 0."""
+    run(sys.argv[1:] if argv is None else argv)
+
+
+def run(argv: list[str]):
+    """Run one mode and return what it returns (metrics, results, export path...)."""
+    if not argv or argv[0] in {"help", "-h", "--help"}:
+        print(HELP)
+        return None
+    mode, args = argv[0], parse_args(argv[1:])
+    if mode == "sample-data":
+        from .data import make_sample_data
+
+        path = make_sample_data(**args)
+        print(f"sample data written: {path}")
+        return path
+
+    from . import MoDYOLO
+    from .data import sample_data_yaml
+
+    if mode not in {"train", "val", "predict", "export", "info"}:
+        raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: train, val, predict, export, info, sample-data, help")
+    model = MoDYOLO(args.pop("model", DEFAULT_MODEL))
+    if mode == "train" and "data" not in args:
+        args["data"] = str(sample_data_yaml())
+    if mode == "info":
+        return model.info(detailed=bool(args.get("detailed", False)))
+    if mode == "predict":
+        args.setdefault("stream", True)  # a generator keeps memory flat on long videos
+        results = model.predict(**args)
+        for r in results if args["stream"] else results:
+            pass
+        return None
+    return getattr(model, mode)(**args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Deterministic sample data: shapes on flat and on textured backgrounds, as a COCO json dataset plus Ultralytics labels.
+
+Flat backgrounds are Mixture-of-Depths' best case (most patches can skip compute); textures cut from scikit-image's
+bundled photographs are the honest case. Some images hold no object at all. Labels are written as COCO json first
+(boxes, polygons, area, iscrowd) and converted to Ultralytics polygon labels with Ultralytics' own `convert_coco`, the
+path a real COCO user takes. Polygon labels serve both tasks: Ultralytics derives detect boxes from them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASSES = ("circle", "square", "triangle", "star")
+TEXTURES = ("grass", "gravel", "brick", "coffee", "astronaut", "chelsea", "rocket", "coins", "camera")
+
+
+def _textures() -> list[np.ndarray]:
+    import skimage.data
+
+    out = []
+    for name in TEXTURES:
+        im = getattr(skimage.data, name)()
+        im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR) if im.ndim == 2 else cv2.cvtColor(im[..., :3], cv2.COLOR_RGB2BGR)
+        out.append(im)
+    return out
+
+
+def _shape_polygon(cls: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+    """(P, 2) polygon of a shape of radius r centred at (cx, cy)."""
+    if cls == 0:  # circle
+        t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+        radii = np.full_like(t, r)
+    elif cls == 1:  # square
+        t = np.linspace(0, 2 * np.pi, 4, endpoint=False) + np.pi / 4
+        radii = np.full_like(t, r)
+    elif cls == 2:  # triangle
+        t = np.linspace(0, 2 * np.pi, 3, endpoint=False)
+        radii = np.full_like(t, r)
+    else:  # five-pointed star
+        t = np.linspace(0, 2 * np.pi, 10, endpoint=False)
+        radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+    t = t + angle
+    return np.stack([cx + radii * np.cos(t), cy + radii * np.sin(t)], 1)
+
+
+def _background(rng, h: int, w: int, textured: bool, textures: list[np.ndarray]) -> np.ndarray:
+    if not textured:
+        return np.full((h, w, 3), rng.integers(0, 256, 3), np.uint8)
+    tex = textures[rng.integers(len(textures))]
+    scale = max(h / tex.shape[0], w / tex.shape[1], 1.0)
+    if scale > 1:
+        tex = cv2.resize(tex, None, fx=scale, fy=scale)
+    y, x = rng.integers(0, tex.shape[0] - h + 1), rng.integers(0, tex.shape[1] - w + 1)
+    return np.ascontiguousarray(tex[y : y + h, x : x + w])
+
+
+def _image(rng, h, w, textured, textures, max_objects):
+    """One image and its objects as (class, polygon) pairs; objects never overlap so the polygons are the true masks."""
+    img = _background(rng, h, w, textured, textures)
+    objects, boxes = [], []
+    for _ in range(rng.integers(1, max_objects + 1) if rng.random() > 0.1 else 0):  # about 10% are empty
+        for _try in range(20):
+            r = rng.uniform(0.05, 0.2) * min(h, w)
+            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+            box = (cx - r - 2, cy - r - 2, cx + r + 2, cy + r + 2)
+            if all(box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in boxes):
+                break
+        else:
+            continue
+        cls = int(rng.integers(len(CLASSES)))
+        poly = _shape_polygon(cls, cx, cy, r, rng.uniform(0, 2 * np.pi))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.fillPoly(img, [np.round(poly).astype(np.int32)], color, lineType=cv2.LINE_AA)
+        objects.append((cls, poly))
+        boxes.append(box)
+    return img, objects
+
+
+def _annotation(ann_id: int, image_id: int, cls: int, poly: np.ndarray, w: int, h: int) -> dict:
+    poly = np.clip(poly, 0, [w, h])
+    x0, y0 = poly.min(0)
+    x1, y1 = poly.max(0)
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": cls + 1,
+        "segmentation": [np.round(poly, 2).ravel().tolist()],
+        "area": float(cv2.contourArea(poly.astype(np.float32))),
+        "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+        "iscrowd": 0,
+    }
+
+
+def make_sample_data(
+    root: str | Path = "datasets/mod-sample",
+    n_train: int = 200,
+    n_val: int = 50,
+    seed: int = 0,
+    size: tuple[int, int] = (192, 320),
+    max_objects: int = 6,
+    textured_share: float = 0.5,
+) -> Path:
+    """Write the sample dataset under `root` and return the path of its data YAML.
+
+    Image ids are numeric file stems, unique across splits, so Ultralytics' COCO json predictions match the json's ids.
+    Each json image entry also records its `background` ('flat' or 'textured'); `val_flat.txt` and `val_textured.txt`
+    list the val images of each kind, for evaluating the two cases apart.
+    """
+    from ultralytics.data.converter import convert_coco
+
+    root = Path(root).resolve()
+    if root.exists():
+        shutil.rmtree(root)
+    rng = np.random.default_rng(seed)
+    textures = _textures()
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]
+    image_id, ann_id = 0, 0
+    for split, count in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True)
+        images, annotations, lists = [], [], {"flat": [], "textured": []}
+        for _ in range(count):
+            image_id += 1
+            h, w = (int(v) for v in rng.integers(size[0], size[1] + 1, 2))
+            textured = bool(rng.random() < textured_share)
+            img, objects = _image(rng, h, w, textured, textures, max_objects)
+            name = f"{image_id:012d}.jpg"
+            cv2.imwrite(str(root / "images" / split / name), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            kind = "textured" if textured else "flat"
+            images.append({"id": image_id, "file_name": name, "width": w, "height": h, "background": kind})
+            lists[kind].append(f"./images/{split}/{name}")
+            for cls, poly in objects:
+                ann_id += 1
+                annotations.append(_annotation(ann_id, image_id, cls, poly, w, h))
+        (root / "annotations").mkdir(exist_ok=True)
+        coco = {"info": {"description": "mod_vision sample data", "seed": seed}, "images": images,
+                "annotations": annotations, "categories": categories}  # fmt: skip
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+        for kind, files in lists.items():
+            (root / f"{split}_{kind}.txt").write_text("\n".join(files) + "\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "converted"
+        convert_coco(str(root / "annotations"), str(out), use_segments=True, cls91to80=False)
+        shutil.move(str(out / "labels"), str(root / "labels"))
+
+    yaml_path = root / "sample.yaml"
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
+    yaml_path.write_text(
+        f"# mod_vision sample data (seed {seed}): written by `mod-vision sample-data`\n"
+        f"path: {root}\ntrain: images/train\nval: images/val\n"
+        f"coco_json: # COCO ground truth, used by the validator for COCO metrics\n"
+        f"  train: annotations/instances_train.json\n  val: annotations/instances_val.json\n"
+        f"names:\n{names}\n"
+    )
+    return yaml_path
