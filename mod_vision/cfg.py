@@ -3,7 +3,9 @@
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
 
 EXTRA_ARGS = {
-    "capacity": None,  # (float | None) capacity of every routed block at val/predict/export time; None keeps the model's
+    # (float | list | None) capacity of every routed block (or one per routed block) at train/val/predict/export time;
+    # None keeps the model's own
+    "capacity": None,
 }
 
 
@@ -18,8 +20,6 @@ def apply_capacity(model, capacity) -> None:
     """Set the capacity of a (possibly wrapped) routed model when `capacity` is given; a no-op for dense models."""
     if capacity is None:
         return
-    from .nn.routing import check_capacity, routed_blocks
+    from .nn.routing import set_capacity
 
-    capacity = check_capacity(capacity)
-    for block in routed_blocks(model):
-        block.capacity = capacity
+    set_capacity(model, capacity)

@@ -39,6 +39,13 @@ class MoDYOLO(Model):
         self.model.task = self.task
         self.model_name = cfg
 
+    def train(self, trainer=None, **kwargs):
+        # Ultralytics rebuilds a YAML-built model from its YAML path inside the trainer; pass on the capacities set
+        # on this one so they are not silently reset.
+        if not self.ckpt and kwargs.get("capacity") is None and self.model.yaml.get("capacities"):
+            kwargs["capacity"] = self.model.yaml["capacities"]
+        return super().train(trainer=trainer, **kwargs)
+
     def set_capacity(self, capacity) -> MoDYOLO:
         """Set routed-block capacity globally (float) or per routed block (list or {index: capacity})."""
         self.model.set_capacity(capacity)

@@ -12,8 +12,9 @@ from ..nn.routing import token_share
 class RoutedPredictorMixin:
     """Sets the capacity asked for at predict time, and adds `result.token_share` (None for dense or exported models)."""
 
-    def setup_model(self, model, verbose: bool = True):
-        super().setup_model(model, verbose)
+    def setup_source(self, source, *args, **kwargs):
+        # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
+        super().setup_source(source, *args, **kwargs)
         apply_capacity(self.model, getattr(self.args, "capacity", None))
 
     def postprocess(self, preds, img, orig_imgs, **kwargs):

@@ -21,6 +21,8 @@ class MoDDetectionTrainer(DetectionTrainer):
         model = self.set_model_names_for_load(model)
         if weights:
             model.load(weights)
+        if self.args.capacity is not None:  # also how MoDYOLO.train carries capacities set on a YAML-built model
+            model.set_capacity(self.args.capacity)
         return model
 
     def get_dataset(self):

@@ -17,6 +17,9 @@ from .coco_eval import COCO_METRICS, coco_evaluate, coco_json_for
 class RoutedValidatorMixin:
     """COCO AP/AP50/AP75/APs/APm/APl against the json annotations, plus `routing/token_share` in the stats.
 
+    `model.val()` returns Ultralytics' metrics object with two more attributes: `coco` ({'metrics/coco_AP(B)': ...},
+    masks as (M)) and `token_share` (mean share of routed-block tokens processed; None for dense or exported models).
+
     Ultralytics rebuilds ground truth from YOLO labels for custom detect data and looks for an LVIS file for custom
     segment data; evaluating against the dataset's own COCO json instead is what a COCO user expects, and it covers
     masks too.
@@ -33,6 +36,7 @@ class RoutedValidatorMixin:
         apply_capacity(model, getattr(self.args, "capacity", None))
         self.routing_model = model
         self.token_shares = []
+        self.metrics.coco, self.metrics.token_share = {}, None
 
     def update_metrics(self, preds, batch) -> None:
         share = token_share(self.routing_model)
@@ -42,8 +46,9 @@ class RoutedValidatorMixin:
 
     def get_stats(self) -> dict:
         stats = super().get_stats()
-        if self.token_shares:
-            stats["routing/token_share"] = float(torch.cat(self.token_shares).mean())
+        self.metrics.token_share = float(torch.cat(self.token_shares).mean()) if self.token_shares else None
+        if self.metrics.token_share is not None:
+            stats["routing/token_share"] = self.metrics.token_share
         return stats
 
     def eval_json(self, stats: dict) -> dict:
@@ -56,7 +61,9 @@ class RoutedValidatorMixin:
             except Exception as e:  # a metric failure must not lose the Ultralytics metrics already computed
                 LOGGER.warning(f"COCO {iou_type} evaluation against {self.anno_json} failed: {e}")
                 continue
-            stats.update({f"metrics/coco_{k}({suffix})": v for k, v in coco.items()})
+            coco = {f"metrics/coco_{k}({suffix})": v for k, v in coco.items()}
+            stats.update(coco)
+            self.metrics.coco.update(coco)  # Model.val() returns self.metrics, not the stats dict
             LOGGER.info(f"COCO {iou_type} ({self.anno_json.name}): " + "  ".join(f"{k} {v:.4f}" for k, v in coco.items()))
         return stats
 

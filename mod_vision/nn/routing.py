@@ -75,6 +75,14 @@ class RoutedBlock(Block):
     def capacity(self, value: float) -> None:
         self._capacity = check_capacity(value)
 
+    # The capacity travels in the state_dict, so it survives what rebuilds a model from its weights: Ultralytics'
+    # trainer (YAML + load), EMA copies and resume. float64 keeps it exact through .half() and the EMA's averaging.
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.capacity, dtype=torch.float64)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.capacity = round(float(state), 6)
+
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         """Return the (B, k) indices of the top-k scores per image, sorted by position.
 
@@ -99,8 +107,33 @@ class RoutedBlock(Block):
 
 
 def routed_blocks(model: nn.Module) -> list[RoutedBlock]:
-    """Return the routed blocks of a model in forward order."""
+    """Return the routed blocks of a model in forward order (also through Ultralytics' AutoBackend)."""
+    # AutoBackend keeps the PyTorch model on a backend object, not as a submodule
+    native = getattr(getattr(model, "backend", None), "model", None)
+    model = native if isinstance(native, nn.Module) else model
     return [m for m in model.modules() if isinstance(m, RoutedBlock)]
+
+
+def set_capacity(model: nn.Module, capacity: float | list[float] | dict[int, float]) -> list[float]:
+    """Set the capacity of all routed blocks (a float), or per routed block (a list, or {block index: capacity}).
+
+    Returns the capacities now in force, in forward order.
+    """
+    blocks = routed_blocks(model)
+    if isinstance(capacity, (list, tuple)):
+        if len(capacity) != len(blocks):
+            raise ValueError(f"{len(capacity)} capacities given for {len(blocks)} routed blocks")
+        capacity = dict(enumerate(capacity))
+    if isinstance(capacity, dict):
+        bad = [i for i in capacity if not 0 <= int(i) < len(blocks)]
+        if bad:
+            raise ValueError(f"routed block indices {bad} out of range for {len(blocks)} routed blocks")
+        values = {int(i): check_capacity(c) for i, c in capacity.items()}
+    else:
+        values = dict.fromkeys(range(len(blocks)), check_capacity(capacity))
+    for i, c in values.items():
+        blocks[i].capacity = c
+    return [b.capacity for b in blocks]
 
 
 def token_share(model: nn.Module) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics.utils import LOGGER, YAML
 
-from .routing import RoutedBlock, check_capacity, routed_blocks, token_share
+from .routing import RoutedBlock, routed_blocks, set_capacity, token_share
 from .vit import MoDViTStage, PatchEmbed
 
 # Layers named in YAMLs. A layer listed in REPEATED gets the (depth-scaled) repeat count as its third argument,
@@ -106,25 +106,18 @@ def load_model_yaml(cfg: str | Path | dict) -> dict:
 class RoutedModelMixin:
     """Routing controls shared by the routed detection and segmentation models."""
 
+    def __init__(self, cfg, ch=3, nc=None, verbose=True):
+        super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
+        if self.yaml.get("capacities"):
+            self.set_capacity(self.yaml["capacities"])
+
     def routed_blocks(self) -> list[RoutedBlock]:
         return routed_blocks(self)
 
     def set_capacity(self, capacity: float | dict[int, float] | list[float]) -> None:
         """Set capacity of all routed blocks (a float), or per block (a list, or {routed block index: capacity})."""
-        blocks = self.routed_blocks()
-        if isinstance(capacity, (list, tuple)):
-            if len(capacity) != len(blocks):
-                raise ValueError(f"{len(capacity)} capacities given for {len(blocks)} routed blocks")
-            capacity = dict(enumerate(capacity))
-        if isinstance(capacity, dict):
-            bad = [i for i in capacity if not 0 <= int(i) < len(blocks)]
-            if bad:
-                raise ValueError(f"routed block indices {bad} out of range for {len(blocks)} routed blocks")
-            values = {int(i): check_capacity(c) for i, c in capacity.items()}
-        else:
-            values = dict.fromkeys(range(len(blocks)), check_capacity(capacity))
-        for i, c in values.items():
-            blocks[i].capacity = c
+        # recorded in the model's YAML dict, so a model rebuilt from it keeps them
+        self.yaml["capacities"] = set_capacity(self, capacity)
 
     def capacities(self) -> list[float]:
         return [b.capacity for b in self.routed_blocks()]
@@ -138,14 +131,14 @@ class MoDDetectionModel(RoutedModelMixin, DetectionModel):
     """Ultralytics DetectionModel whose YAML may use mod_vision's routed layers."""
 
     def __init__(self, cfg="modvit-det.yaml", ch=3, nc=None, verbose=True):
-        super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
+        super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)
 
 
 class MoDSegmentationModel(RoutedModelMixin, SegmentationModel):
     """Ultralytics SegmentationModel whose YAML may use mod_vision's routed layers."""
 
     def __init__(self, cfg="modvit-seg.yaml", ch=3, nc=None, verbose=True):
-        super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
+        super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)
 
 
 def register() -> None:
