@@ -70,7 +70,11 @@ def run(argv: list[str]):
         raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: train, val, predict, export, info, sample-data, help")
     model = MoDYOLO(args.pop("model", DEFAULT_MODEL))
     if mode == "train" and "data" not in args:
-        args["data"] = str(sample_data_yaml())
+        from ultralytics.utils import YAML
+
+        from .nn.tasks import MODEL_DIR
+
+        args = {**YAML.load(MODEL_DIR.parent / "train-sample.yaml"), **args, "data": str(sample_data_yaml())}
     if mode == "info":
         return model.info(detailed=bool(args.get("detailed", False)))
     if mode == "predict":

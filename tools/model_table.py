@@ -1,0 +1,57 @@
+"""Print the README's model table: parameters and GFLOPs at 640x640 for every shipped YAML and scale.
+
+GFLOPs are counted by torch.utils.flop_counter on a real 640x640 forward (2 FLOPs per multiply-add, Ultralytics'
+convention), so attention and routed blocks are counted at the token counts that actually run. Ultralytics' own
+`model.info()` profiles a small input and scales it linearly, which undercounts a ViT's quadratic attention.
+
+Usage: python tools/model_table.py [--imgsz 640] [--yamls modvit-det.yaml ...] [--scales n s m]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import mod_vision  # noqa: F401  (registers the layers)
+from mod_vision.nn.tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml
+
+
+def gflops(model: torch.nn.Module, imgsz: int) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, imgsz, imgsz))
+    return counter.get_total_flops() / 1e9
+
+
+def row(name: str, scale: str, imgsz: int) -> dict:
+    d = load_model_yaml(name)
+    d["scale"] = scale
+    cls = MoDSegmentationModel if "-seg" in name else MoDDetectionModel
+    model = cls(d, verbose=False).eval()
+    caps = model.capacities()
+    return {
+        "model": name.replace(".yaml", f"-{scale}"),
+        "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,
+        "capacity": ", ".join(sorted({f"{c:g}" for c in caps})) or "dense",
+        f"GFLOPs@{imgsz}": gflops(model, imgsz),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--yamls", nargs="+", default=[f"{a}-{t}{d}.yaml" for a in ("modvit", "hybrid") for t in ("det", "seg") for d in ("", "-dense")])
+    ap.add_argument("--scales", nargs="+", default=["n", "s", "m"])
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = [row(y, s, args.imgsz) for y in args.yamls for s in args.scales]
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
