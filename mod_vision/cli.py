@@ -14,7 +14,7 @@ MODE:
   val          validate; COCO metrics are computed when the data YAML names a `coco_json`
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
   export       export through Ultralytics' exporter (format=onnx|openvino|tflite|ncnn|torchscript|coreml ...)
-  info         print the model summary (params, GFLOPs)
+  info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
   sample-data  write the sample dataset (root=datasets/mod-sample n_train=200 n_val=50 seed=0)
   help         this text
 
@@ -76,7 +76,7 @@ def run(argv: list[str]):
 
         args = {**YAML.load(MODEL_DIR.parent / "train-sample.yaml"), **args, "data": str(sample_data_yaml())}
     if mode == "info":
-        return model.info(detailed=bool(args.get("detailed", False)))
+        return model.info(detailed=bool(args.get("detailed", False)), imgsz=int(args.get("imgsz", 640)))
     if mode == "predict":
         args.setdefault("stream", True)  # a generator keeps memory flat on long videos
         results = model.predict(**args)

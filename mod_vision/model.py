@@ -46,6 +46,22 @@ class MoDYOLO(Model):
             kwargs["capacity"] = self.model.yaml["capacities"]
         return super().train(trainer=trainer, **kwargs)
 
+    def info(self, detailed: bool = False, verbose: bool = True, imgsz: int = 640):
+        """Ultralytics' summary, then routing-aware GFLOPs at imgsz: now, and across capacities 1.0/0.5/0.25/0.125."""
+        from ultralytics.utils import LOGGER
+
+        from .flops import capacity_table, gflops
+
+        out = super().info(detailed=detailed, verbose=verbose)
+        now = gflops(self.model, imgsz)
+        table = capacity_table(self.model, imgsz)
+        if verbose:
+            caps = ", ".join(f"{c:g}" for c in self.model.capacities()) or "dense"
+            LOGGER.info(f"routing-aware GFLOPs at {imgsz}: {now:.2f} (capacities: {caps})")
+            for c, g in table:
+                LOGGER.info(f"  capacity {c:<6g} {g:8.2f} GFLOPs")
+        return {"summary": out, "gflops": now, "capacity_gflops": dict(table)}
+
     def set_capacity(self, capacity) -> MoDYOLO:
         """Set routed-block capacity globally (float) or per routed block (list or {index: capacity})."""
         self.model.set_capacity(capacity)

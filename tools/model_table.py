@@ -12,16 +12,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import mod_vision  # noqa: F401  (registers the layers)
+from mod_vision.flops import gflops
 from mod_vision.nn.tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml
-
-
-def gflops(model: torch.nn.Module, imgsz: int) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, imgsz, imgsz))
-    return counter.get_total_flops() / 1e9
 
 
 def row(name: str, scale: str, imgsz: int) -> dict:

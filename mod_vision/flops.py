@@ -1,0 +1,39 @@
+"""Routing-aware compute accounting: FLOPs of a real forward, so routed blocks count at the k tokens that run.
+
+torch.utils.flop_counter counts every matmul and scaled-dot-product attention at its actual shapes (2 FLOPs per
+multiply-add, Ultralytics' GFLOPs convention). Ultralytics' own `model.info()` profiles a small input and scales it
+linearly with the pixel count, which undercounts attention, whose cost grows with the square of the token count.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .nn.routing import routed_blocks, set_capacity
+
+CAPACITIES = (1.0, 0.5, 0.25, 0.125)
+
+
+def gflops(model: torch.nn.Module, imgsz: int | tuple[int, int] = 640, ch: int = 3) -> float:
+    """GFLOPs of one forward of a batch-1 imgsz input at the model's current capacities."""
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, ch, h, w, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+def capacity_table(model: torch.nn.Module, imgsz=640, capacities=CAPACITIES) -> list[tuple[float, float]]:
+    """[(capacity, GFLOPs)] with every routed block set to each capacity; the model's capacities are restored."""
+    saved = [b.capacity for b in routed_blocks(model)]
+    try:
+        return [(c, gflops(model, imgsz)) for c in capacities if saved and set_capacity(model, c)]
+    finally:
+        if saved:
+            set_capacity(model, saved)
