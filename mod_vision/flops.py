@@ -32,8 +32,13 @@ def gflops(model: torch.nn.Module, imgsz: int | tuple[int, int] = 640, ch: int =
 def capacity_table(model: torch.nn.Module, imgsz=640, capacities=CAPACITIES) -> list[tuple[float, float]]:
     """[(capacity, GFLOPs)] with every routed block set to each capacity; the model's capacities are restored."""
     saved = [b.capacity for b in routed_blocks(model)]
+    if not saved:  # a dense model has one cost
+        return []
+    table = []
     try:
-        return [(c, gflops(model, imgsz)) for c in capacities if saved and set_capacity(model, c)]
+        for c in capacities:
+            set_capacity(model, c)
+            table.append((c, gflops(model, imgsz)))
     finally:
-        if saved:
-            set_capacity(model, saved)
+        set_capacity(model, saved)
+    return table
