@@ -20,7 +20,7 @@ MODE:
 
 Arguments are Ultralytics' (https://docs.ultralytics.com/usage/cfg/), e.g. epochs=10 imgsz=320 batch=16 device=cpu,
 plus mod_vision's:
-  capacity=0.25   share of tokens each routed block processes at val/predict/export time, in (0, 1]
+  capacity=0.25   share of tokens each routed block processes at train/val/predict/export time, in (0, 1]
 Models: cfg/models/{modvit,hybrid}-{det,seg}[-dense].yaml; add -n/-s/-m for a scale, e.g. model=modvit-det-s.yaml,
 or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
 
@@ -79,8 +79,7 @@ def run(argv: list[str]):
         return model.info(detailed=bool(args.get("detailed", False)), imgsz=int(args.get("imgsz", 640)))
     if mode == "predict":
         args.setdefault("stream", True)  # a generator keeps memory flat on long videos
-        results = model.predict(**args)
-        for r in results if args["stream"] else results:
+        for _ in model.predict(**args):  # predictions are saved/shown by Ultralytics per its save/show args
             pass
         return None
     return getattr(model, mode)(**args)

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sample import CLASSES, make_sample_data
-
-SAMPLE_ROOT = Path("datasets/mod-sample")
+from .sample import CLASSES, SAMPLE_ROOT, make_sample_data
 
 
 def sample_data_yaml(root: str | Path = SAMPLE_ROOT, **kwargs) -> Path:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 CLASSES = ("circle", "square", "triangle", "star")
+SAMPLE_ROOT = Path("datasets/mod-sample")
 TEXTURES = ("grass", "gravel", "brick", "coffee", "astronaut", "chelsea", "rocket", "coins", "camera")
 
 
@@ -98,7 +99,7 @@ def _annotation(ann_id: int, image_id: int, cls: int, poly: np.ndarray, w: int, 
 
 
 def make_sample_data(
-    root: str | Path = "datasets/mod-sample",
+    root: str | Path = SAMPLE_ROOT,
     n_train: int = 200,
     n_val: int = 50,
     seed: int = 0,
