@@ -6,6 +6,17 @@ EXTRA_ARGS = {
     # (float | list | None) capacity of every routed block (or one per routed block) at train/val/predict/export time;
     # None keeps the model's own
     "capacity": None,
+    # ([min, max] | None) elastic training: each batch trains at a capacity drawn uniformly from this range, so one
+    # model serves any budget in it (SparseViT's sampled sparsity)
+    "capacity_range": None,
+    # (int) epochs over which training capacity ramps linearly from 1.0 (dense) down to its target
+    "capacity_warmup": 0,
+    # (float) weight of the auxiliary router loss (BCE: is this token in the batch's top-k?), which calibrates scores
+    # for dynamic mode; 0 disables it
+    "router_aux": 0.0,
+    # ([min, max] | False | None) dynamic per-image compute at val/predict time: each image takes the tokens whose
+    # router score is above 0 (sigmoid 0.5), clamped to these capacities; False returns to static top-k
+    "dynamic_capacity": None,
 }
 
 
@@ -23,3 +34,13 @@ def apply_capacity(model, capacity) -> None:
     from .nn.routing import set_capacity
 
     set_capacity(model, capacity)
+
+
+def apply_routing(model, args) -> None:
+    """Apply the routing arguments of an Ultralytics args namespace (capacity, dynamic_capacity) to a model."""
+    from .nn.routing import set_dynamic
+
+    apply_capacity(model, getattr(args, "capacity", None))
+    dynamic = getattr(args, "dynamic_capacity", None)
+    if dynamic is not None:
+        set_dynamic(model, tuple(dynamic) if dynamic else None)

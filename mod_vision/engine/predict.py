@@ -5,7 +5,7 @@ from __future__ import annotations
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.models.yolo.segment import SegmentationPredictor
 
-from ..cfg import apply_capacity
+from ..cfg import apply_routing
 from ..nn.routing import token_share
 
 
@@ -15,7 +15,7 @@ class RoutedPredictorMixin:
     def setup_source(self, source, *args, **kwargs):
         # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
         super().setup_source(source, *args, **kwargs)
-        apply_capacity(self.model, getattr(self.args, "capacity", None))
+        apply_routing(self.model, self.args)
 
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from copy import copy
 
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import RANK
+from ultralytics.utils.torch_utils import unwrap_model
 
 from ..data import with_missing_help
+from ..nn.routing import check_capacity, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
 from .val import MoDDetectionValidator, MoDSegmentationValidator
 
@@ -17,6 +20,7 @@ class MoDDetectionTrainer(DetectionTrainer):
     model_class, validator_class = MoDDetectionModel, MoDDetectionValidator
 
     def get_model(self, cfg=None, weights=None, verbose=True):
+        capacity_range(self.args.capacity_range)  # a bad range fails here, before data loading
         model = self.model_class(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
         model = self.set_model_names_for_load(model)
         if weights:
@@ -24,6 +28,34 @@ class MoDDetectionTrainer(DetectionTrainer):
         if self.args.capacity is not None:  # also how MoDYOLO.train carries capacities set on a YAML-built model
             model.set_capacity(self.args.capacity)
         return model
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        batch = super().preprocess_batch(batch)
+        self.set_training_capacity()
+        return batch
+
+    def set_training_capacity(self) -> None:
+        """Capacity for this batch: elastic (drawn from capacity_range) or the model's own, ramped from dense during
+        capacity_warmup epochs. The EMA, and so validation and the saved checkpoint, keep the model's own capacity."""
+        model = unwrap_model(self.model)
+        if not hasattr(self, "_target_capacities"):
+            self._target_capacities = model.capacities()
+            self._capacity_rng = random.Random(self.args.seed + max(RANK, 0))
+            self._batch_in_epoch, self._epoch_seen = 0, self.epoch
+            self._range = capacity_range(self.args.capacity_range)
+        if not self._target_capacities:  # a dense model
+            return
+        if self._epoch_seen != self.epoch:
+            self._batch_in_epoch, self._epoch_seen = 0, self.epoch
+        self._batch_in_epoch += 1
+        caps = self._target_capacities
+        if self._range:
+            caps = [self._capacity_rng.uniform(*self._range)] * len(caps)
+        warmup = self.args.capacity_warmup or 0
+        if warmup > 0:
+            done = min(1.0, (self.epoch + self._batch_in_epoch / max(len(self.train_loader), 1)) / warmup)
+            caps = [1.0 - done * (1.0 - c) for c in caps]
+        set_capacity(model, caps)
 
     def get_dataset(self):
         try:
@@ -37,3 +69,15 @@ class MoDDetectionTrainer(DetectionTrainer):
 
 class MoDSegmentationTrainer(MoDDetectionTrainer, SegmentationTrainer):
     model_class, validator_class = MoDSegmentationModel, MoDSegmentationValidator
+
+
+def capacity_range(value) -> tuple[float, float] | None:
+    """Validate `capacity_range=[min, max]` (None or empty: fixed-capacity training)."""
+    if not value:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"capacity_range must be [min, max] with both in (0, 1], got {value!r}")
+    lo, hi = map(check_capacity, value)
+    if lo > hi:
+        raise ValueError(f"capacity_range min {lo} is above max {hi}")
+    return lo, hi

@@ -9,7 +9,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
-from ..cfg import apply_capacity
+from ..cfg import apply_routing
 from ..nn.routing import token_share
 from .coco_eval import COCO_METRICS, coco_evaluate, coco_json_for
 
@@ -33,7 +33,7 @@ class RoutedValidatorMixin:
             self.args.save_json = True
         super().init_metrics(model)
         self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
-        apply_capacity(model, getattr(self.args, "capacity", None))
+        apply_routing(model, self.args)
         self.routing_model = model
         self.token_shares = []
         self.metrics.coco, self.metrics.token_share = {}, None

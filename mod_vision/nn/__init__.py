@@ -1,8 +1,19 @@
-from .routing import Router, RoutedBlock, check_capacity, routed_blocks, token_share, tokens_for
+from .routing import (
+    Router,
+    RoutedBlock,
+    check_capacity,
+    routed_blocks,
+    router_aux_loss,
+    routing_masks,
+    set_dynamic,
+    token_share,
+    tokens_for,
+)
 from .tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml, parse_model, register
 from .vit import MoDViTStage, PatchEmbed
 
 __all__ = [
     "MoDDetectionModel", "MoDSegmentationModel", "MoDViTStage", "PatchEmbed", "RoutedBlock", "Router",
-    "check_capacity", "load_model_yaml", "parse_model", "register", "routed_blocks", "token_share", "tokens_for",
+    "check_capacity", "load_model_yaml", "parse_model", "register", "routed_blocks", "router_aux_loss", "routing_masks", "set_dynamic",
+    "token_share", "tokens_for",
 ]

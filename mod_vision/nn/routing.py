@@ -46,25 +46,55 @@ class Router(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+GATES = ("sigmoid", "unit", "none")
+
+
 class RoutedBlock(Block):
     """A timm ViT `Block` that only processes the top-scoring tokens of each image.
 
     It subclasses timm's Block so its parameter names are timm's (plus `router.*`), and timm weights load directly.
-    The block's residual update is multiplied by `sigmoid(score)`: that product is what lets the task loss train the
-    router. With `gate=False` and capacity 1.0 the output equals the plain block's output exactly.
+
+    Gates (what multiplies the block's residual update of a selected token):
+        "sigmoid": sigmoid(score), as in the MoD paper; the product is what lets the task loss train the router.
+        "unit": sigmoid(score) / sigmoid(score).detach(), exactly 1 in the forward pass, with the gradient of
+            log-sigmoid for the router. A pretrained dense ViT therefore starts out computing what it computed before.
+        "none": no gate (the router then gets no gradient from the task loss); capacity 1.0 equals the plain block.
+
+    Two ways to choose tokens:
+        static (default, the exported path): k = ceil(capacity * N) per image, fixed shapes.
+        dynamic (`dynamic=(min_capacity, max_capacity)`): each image takes the tokens whose score is above
+            `threshold`, clamped to [min, max] capacity. In a batch, images are padded to the largest k: padded tokens
+            are masked out of attention and their update is dropped, so each image's output does not depend on the
+            others; the compute saving is real at batch 1 (or when images need similar k).
 
     Attributes:
-        capacity (float): share of tokens processed, in (0, 1]; settable after construction.
-        last_index (torch.Tensor | None): (B, k) indices of the tokens selected by the latest forward, sorted.
+        capacity (float): share of tokens processed in static mode, in (0, 1]; settable after construction.
+        last_index (torch.Tensor | None): (B, K) indices of the tokens processed by the latest forward, sorted.
+        last_valid (torch.Tensor | None): (B, K) bool, which of last_index were really processed (dynamic mode with
+            padding), or None when all were.
+        last_scores (torch.Tensor | None): (B, N) router scores of the latest forward (with grad while training, for
+            the auxiliary router loss).
         last_tokens (int): N of the latest forward.
     """
 
-    def __init__(self, dim: int, num_heads: int, capacity: float = 0.125, router_hidden: int = 0, gate: bool = True, **kwargs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        capacity: float = 0.125,
+        router_hidden: int = 0,
+        gate: str | bool = "sigmoid",
+        **kwargs,
+    ):
         super().__init__(dim, num_heads, **kwargs)
         self.router = Router(dim, router_hidden)
         self.capacity = capacity
-        self.gate = gate
-        self.last_index = None
+        self.gate = {True: "sigmoid", False: "none", None: "none"}.get(gate, gate)
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        self.dynamic: tuple[float, float] | None = None
+        self.threshold = 0.0  # a score of 0 is sigmoid 0.5, the auxiliary loss's decision boundary
+        self.last_index = self.last_valid = self.last_scores = None
         self.last_tokens = 0
 
     @property
@@ -83,26 +113,43 @@ class RoutedBlock(Block):
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.capacity = round(float(state), 6)
 
-    def select(self, scores: torch.Tensor) -> torch.Tensor:
-        """Return the (B, k) indices of the top-k scores per image, sorted by position.
+    def select(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the (B, K) indices of the tokens to process per image, sorted by position, and their validity mask.
 
         Sorting keeps tokens in raster order, so capacity 1.0 is the identity permutation (exactness) and the gather
-        reads memory mostly forward.
+        reads memory mostly forward. The mask is None when every index is processed (always in static mode).
         """
-        k = tokens_for(self.capacity, scores.shape[1])
-        return scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+        n = scores.shape[1]
+        if self.dynamic is None:
+            k = tokens_for(self.capacity, n)
+            return scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values, None
+        lo, hi = (tokens_for(c, n) for c in self.dynamic)
+        want = (scores > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
+        k = int(want.max())
+        top = scores.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
+        valid = torch.arange(k, device=scores.device) < want[:, None]
+        index, order = top.sort(dim=1)
+        valid = valid.gather(1, order)
+        return index, None if bool(valid.all()) else valid
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         """(B, N, C) -> (B, N, C); the whole batch is gathered and scattered at once, with no loop over images."""
         scores = self.router(x)
-        index = self.select(scores)
-        self.last_index, self.last_tokens = index.detach(), x.shape[1]
+        index, valid = self.select(scores)
+        self.last_index, self.last_valid, self.last_tokens = index.detach(), valid, x.shape[1]
+        self.last_scores = scores if self.training else scores.detach()
         gather_index = index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         selected = x.gather(1, gather_index)
-        processed = super().forward(selected)
-        if self.gate:
+        # padded tokens (dynamic mode, batch > 1) are hidden from attention as keys
+        mask = None if valid is None else valid[:, None, None, :]
+        processed = super().forward(selected, attn_mask=mask)
+        if self.gate != "none":
             g = scores.gather(1, index).sigmoid().unsqueeze(-1)
+            if self.gate == "unit":
+                g = g / g.detach()
             processed = selected + g * (processed - selected)
+        if valid is not None:
+            processed = torch.where(valid.unsqueeze(-1), processed, selected)
         return x.scatter(1, gather_index, processed)
 
 
@@ -136,13 +183,56 @@ def set_capacity(model: nn.Module, capacity: float | list[float] | dict[int, flo
     return [b.capacity for b in blocks]
 
 
+def set_dynamic(model: nn.Module, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
+    """Switch routed blocks to dynamic per-image k (the router's threshold, clamped to `bounds` capacities), or back
+    to static top-k with `bounds=None`."""
+    if bounds is not None:
+        if len(bounds) != 2:
+            raise ValueError(f"dynamic capacity needs (min, max), got {bounds!r}")
+        lo, hi = map(check_capacity, bounds)
+        if lo > hi:
+            raise ValueError(f"dynamic capacity min {lo} is above max {hi}")
+        bounds = (lo, hi)
+    for b in routed_blocks(model):
+        b.dynamic, b.threshold = bounds, float(threshold)
+
+
+def routing_masks(model: nn.Module) -> torch.Tensor | None:
+    """(B, R, N) bool: which tokens each of the R routed blocks processed in the latest forward (None before any)."""
+    blocks = [b for b in routed_blocks(model) if b.last_index is not None]
+    if not blocks:
+        return None
+    masks = []
+    for b in blocks:
+        m = torch.zeros(b.last_index.shape[0], b.last_tokens, dtype=torch.bool, device=b.last_index.device)
+        src = torch.ones_like(b.last_index, dtype=torch.bool) if b.last_valid is None else b.last_valid
+        masks.append(m.scatter(1, b.last_index, src))
+    return torch.stack(masks, 1)
+
+
 def token_share(model: nn.Module) -> torch.Tensor | None:
     """Per image of the latest forward, the share of tokens processed by the routed blocks: sum(k) / sum(N).
 
     Returns a (B,) tensor, or None if the model has no routed block or has not run yet.
     """
-    blocks = [b for b in routed_blocks(model) if b.last_index is not None]
-    if not blocks:
-        return None
-    done = sum(torch.full((b.last_index.shape[0],), b.last_index.shape[1], dtype=torch.float32) for b in blocks)
-    return done / sum(b.last_tokens for b in blocks)
+    masks = routing_masks(model)
+    return None if masks is None else masks.float().mean((1, 2)).cpu()
+
+
+def router_aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The MoD paper's auxiliary router loss: BCE teaching each score to say whether its token is in the top-k.
+
+    The top-k is taken over the whole batch (k = capacity * B * N), not per image, so a score is comparable across
+    images: that is what lets a threshold at predict time give a busy image more tokens than a flat one. Returns the
+    mean over routed blocks, or None when no block kept scores with grad (eval mode, or no routed block).
+    """
+    losses = []
+    for b in routed_blocks(model):
+        s = b.last_scores
+        if s is None or not s.requires_grad:
+            continue
+        flat = s.detach().flatten()
+        kth = flat.topk(tokens_for(b.capacity, flat.numel())).values[-1]
+        losses.append(nn.functional.binary_cross_entropy_with_logits(s, (s.detach() >= kth).to(s.dtype)))
+        b.last_scores = None  # drop the graph reference; the model may be deep-copied (EMA, checkpoints)
+    return torch.stack(losses).mean() if losses else None

@@ -20,7 +20,7 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics.utils import LOGGER, YAML
 
-from .routing import RoutedBlock, routed_blocks, set_capacity, token_share
+from .routing import RoutedBlock, routed_blocks, router_aux_loss, routing_masks, set_capacity, set_dynamic, token_share
 from .vit import MoDViTStage, PatchEmbed
 
 # Layers named in YAMLs. A layer listed in REPEATED gets the (depth-scaled) repeat count as its third argument,
@@ -122,9 +122,29 @@ class RoutedModelMixin:
     def capacities(self) -> list[float]:
         return [b.capacity for b in self.routed_blocks()]
 
+    def set_dynamic(self, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
+        """Per-image k from the router's threshold within (min, max) capacity; None returns to static top-k."""
+        set_dynamic(self, bounds, threshold)
+
     def token_share(self) -> torch.Tensor | None:
         """(B,) share of routed-block tokens processed per image in the latest forward."""
         return token_share(self)
+
+    def routing_masks(self) -> torch.Tensor | None:
+        """(B, R, N) bool: the tokens each routed block processed in the latest forward."""
+        return routing_masks(self)
+
+    def loss(self, batch, preds=None):
+        """The task loss, plus `router_aux` x the auxiliary router loss (its own column, `router_loss`)."""
+        loss, items = super().loss(batch, preds)
+        aux = router_aux_loss(self)  # always called: it also drops the scores' graph reference
+        args = getattr(self, "args", None)
+        weight = (args.get("router_aux") if isinstance(args, dict) else getattr(args, "router_aux", None)) or 0.0
+        if aux is not None and weight > 0:
+            bs = batch["img"].shape[0]
+            loss = torch.cat([loss.reshape(-1), (weight * aux * bs).reshape(1)])
+            items = {**items, "router_loss": aux.detach()}
+        return loss, items
 
 
 class MoDDetectionModel(RoutedModelMixin, DetectionModel):
