@@ -6,7 +6,17 @@ import pytest
 import torch
 from timm.models.vision_transformer import Block
 
-from mod_vision.nn import MoDViTStage, RoutedBlock, check_capacity, tokens_for
+from mod_vision.nn import (
+    MoDViTStage,
+    RoutedBlock,
+    check_capacity,
+    routed_blocks,
+    router_aux_loss,
+    routing_masks,
+    set_dynamic,
+    token_share,
+    tokens_for,
+)
 from mod_vision.nn.vit import routed_indices
 
 torch.manual_seed(0)
@@ -124,3 +134,122 @@ def test_stage_any_token_grid(hw):
     stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).eval()
     x = torch.randn(2, 32, *hw)
     assert stage(x).shape == x.shape
+
+
+# --- gates -------------------------------------------------------------------------------------------------------
+
+
+def test_unit_gate_is_one_forward_but_trains_the_router():
+    torch.manual_seed(2)
+    unit = routed(capacity=0.5, gate="unit").train()
+    ungated = routed(capacity=0.5, gate="none").train()
+    ungated.load_state_dict(unit.state_dict())
+    x = torch.randn(2, 30, 32)
+    torch.testing.assert_close(unit(x), ungated(x), rtol=0, atol=1e-6)
+    unit(x).square().sum().backward()
+    assert unit.router.net.weight.grad.abs().sum() > 0
+
+
+def test_unknown_gate_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match=r"gate must be one of \('sigmoid', 'unit', 'none'\)"):
+        RoutedBlock(32, 2, gate="relu")
+
+
+# --- dynamic per-image k -----------------------------------------------------------------------------------------
+
+
+def dynamic_block(bias: float = 0.0, bounds=(0.1, 1.0)):
+    block = routed(capacity=0.5)
+    block.router.net.bias.data.fill_(bias)
+    block.dynamic = bounds
+    return block
+
+
+def test_dynamic_k_is_the_tokens_above_threshold_within_bounds():
+    block = dynamic_block()
+    x = torch.randn(1, 50, 32)
+    block(x)
+    above = int((block.router(x) > 0).sum())
+    assert block.last_index.shape[1] == min(max(above, 5), 50)
+    assert block.last_valid is None  # one image: nothing padded
+    # scores all far below / above the threshold: k clamps to the min / max capacity
+    for bias, k in [(-50.0, 5), (50.0, 25)]:
+        b = dynamic_block(bias, bounds=(0.1, 0.5))
+        b(x)
+        assert b.last_index.shape[1] == k
+
+
+def test_dynamic_one_image_equals_static_at_its_own_k():
+    block = dynamic_block()
+    x = torch.randn(1, 40, 32)
+    y = block(x)
+    k = block.last_index.shape[1]
+    block.dynamic = None
+    block.capacity = k / 40
+    torch.testing.assert_close(block(x), y, rtol=0, atol=0)
+
+
+def test_dynamic_batch_pads_without_mixing_images():
+    torch.manual_seed(3)
+    block = dynamic_block()
+    x = torch.randn(3, 40, 32)
+    x[1] *= 3  # a different score distribution, so images ask for different k
+    together = block(x)
+    masks = routing_masks(block)[:, 0]
+    alone, ks = [], []
+    for i in range(3):
+        alone.append(block(x[i : i + 1]))
+        ks.append(block.last_index.shape[1])
+    assert len(set(ks)) > 1, "the test needs images that ask for different k"
+    assert masks.sum(1).tolist() == ks  # padding tokens are not counted as processed
+    torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-5)
+    assert torch.equal(together[~masks], x[~masks])
+
+
+@pytest.mark.parametrize(
+    "bounds, match",
+    [((0.5, 0.1), "min 0.5 is above max 0.1"), ((0.1,), r"needs \(min, max\)"), ((0.0, 1.0), r"range \(0, 1\]")],
+)
+def test_set_dynamic_rejects_bad_bounds(bounds, match):
+    stage = MoDViTStage(32, 32, depth=2, routed=2)
+    with pytest.raises(ValueError, match=match):
+        set_dynamic(stage, bounds)
+
+
+def test_set_dynamic_and_back_to_static():
+    stage = MoDViTStage(32, 32, depth=4, routed=2, capacity=0.25).eval()
+    set_dynamic(stage, (0.1, 0.9), threshold=0.5)
+    assert all(b.dynamic == (0.1, 0.9) and b.threshold == 0.5 for b in routed_blocks(stage))
+    set_dynamic(stage, None)
+    stage(torch.randn(2, 32, 5, 8))
+    assert routing_masks(stage).sum(-1).tolist() == [[10, 10], [10, 10]]  # static k = ceil(0.25 * 40)
+
+
+# --- masks, share and the auxiliary loss ------------------------------------------------------------------------
+
+
+def test_routing_masks_and_token_share_agree_with_k():
+    stage = MoDViTStage(32, 32, depth=4, routed=2, capacity=[0.5, 0.125]).eval()
+    assert routing_masks(stage) is None and token_share(stage) is None
+    stage(torch.randn(2, 32, 4, 8))
+    masks = routing_masks(stage)
+    assert masks.shape == (2, 2, 32) and masks.dtype == torch.bool
+    assert masks.sum(-1).tolist() == [[16, 4], [16, 4]]
+    torch.testing.assert_close(token_share(stage), torch.full((2,), 20 / 64))
+
+
+def test_router_aux_loss_targets_the_batch_top_k_and_trains_the_router():
+    stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).train()
+    block = routed_blocks(stage)[0]
+    stage(torch.randn(4, 32, 5, 5))
+    scores = block.last_scores.detach()
+    loss = router_aux_loss(stage)
+    assert block.last_scores is None  # the graph reference is dropped
+    k = math.ceil(0.25 * 100)
+    target = (scores.flatten() >= scores.flatten().topk(k).values[-1]).float()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(scores.flatten(), target)
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    assert block.router.net.weight.grad.abs().sum() > 0
+    stage.eval()(torch.randn(1, 32, 5, 5))
+    assert router_aux_loss(stage) is None  # eval scores carry no grad

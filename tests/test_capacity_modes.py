@@ -1,0 +1,66 @@
+"""Elastic capacity, capacity warm-up, the auxiliary router loss and dynamic compute, through the real trainer."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from mod_vision import MoDYOLO
+
+from .conftest import TRAIN_ARGS
+
+
+def _train_recording(sample_yaml, runs, name, **kw):
+    """Train 2 tiny epochs; return (model, capacities seen per batch by the trained model)."""
+    model = MoDYOLO("modvit-det.yaml")
+    seen = []
+    model.add_callback("on_train_batch_end", lambda t: seen.append(t.model.capacities()))
+    model.train(data=str(sample_yaml), project=str(runs), name=name, **{**TRAIN_ARGS, "epochs": 2, **kw})
+    return model, seen
+
+
+def test_elastic_training_draws_a_capacity_per_batch_and_keeps_the_models_own(sample_yaml, runs):
+    model, seen = _train_recording(sample_yaml, runs, "elastic", capacity_range=[0.2, 0.8])
+    assert len(seen) == 6  # 24 images / batch 8 x 2 epochs
+    firsts = [caps[0] for caps in seen]
+    assert all(caps == [caps[0]] * len(caps) for caps in seen)  # one draw per batch, for every routed block
+    assert all(0.2 <= c <= 0.8 for c in firsts) and len(set(firsts)) == len(firsts)
+    # the EMA (validated and saved) keeps the YAML's capacity
+    assert MoDYOLO(model.trainer.best).model.capacities() == [0.5] * 3  # scale n: 6 blocks, every other routed
+
+
+def test_capacity_warmup_ramps_down_from_dense(sample_yaml, runs):
+    _, seen = _train_recording(sample_yaml, runs, "warmup", capacity_warmup=2)
+    firsts = [caps[0] for caps in seen]
+    assert firsts == sorted(firsts, reverse=True) and len(set(firsts)) == 6
+    assert firsts[0] > 0.9 and firsts[-1] == pytest.approx(0.5)
+
+
+def test_router_aux_loss_is_trained_and_logged(sample_yaml, runs):
+    model, _ = _train_recording(sample_yaml, runs, "aux", router_aux=0.5)
+    with open(model.trainer.save_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["train/router_loss"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("bad, match", [([0.8, 0.2], "min 0.8 is above max 0.2"), ([0.5], r"\[min, max\]"), ([0, 1], r"\(0, 1\]")])
+def test_bad_capacity_range_fails_before_training(sample_yaml, runs, bad, match):
+    with pytest.raises(ValueError, match=match):
+        MoDYOLO("modvit-det.yaml").train(data=str(sample_yaml), project=str(runs), name="bad", capacity_range=bad, **TRAIN_ARGS)
+
+
+def test_dynamic_compute_at_predict_and_val(det_run, sample_yaml, tmp_path):
+    model = MoDYOLO(det_run / "weights" / "best.pt")
+    images = sorted((sample_yaml.parent / "images" / "val").glob("*.jpg"))
+    results = model.predict(images, imgsz=96, batch=4, dynamic_capacity=[0.1, 0.9], verbose=False)
+    shares = [r.token_share for r in results]
+    assert all(0.1 - 1e-6 <= s <= 0.9 + 1e-6 for s in shares)
+    # the same image alone gets the same share: padding in a batch does not change an image's compute
+    alone = model.predict(images[0], imgsz=96, verbose=False)[0].token_share
+    assert alone == pytest.approx(shares[0])
+    metrics = model.val(data=str(sample_yaml), imgsz=96, batch=4, project=str(tmp_path), dynamic_capacity=[0.1, 0.9])
+    assert 0.1 - 1e-6 <= metrics.token_share <= 0.9 + 1e-6
+    # dynamic_capacity=False returns to static top-k at the model's own capacity
+    static = model.predict(images[0], imgsz=96, verbose=False, dynamic_capacity=False)[0].token_share
+    assert static == pytest.approx(0.5, abs=0.02)
