@@ -14,13 +14,19 @@ MODE:
   val          validate; COCO metrics are computed when the data YAML names a `coco_json`
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
   export       export through Ultralytics' exporter (format=onnx|openvino|tflite|ncnn|torchscript|coreml ...)
+  sweep        validate at several capacities (capacities=[1.0,0.5,0.25,0.125]): mAP-vs-capacity table and plot
+  benchmark    side-by-side latency/FLOPs/memory benchmark (same arguments as tools/benchmark.py, e.g. imgsz=640)
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
   sample-data  write the sample dataset (root=datasets/mod-sample n_train=200 n_val=50 seed=0)
   help         this text
 
 Arguments are Ultralytics' (https://docs.ultralytics.com/usage/cfg/), e.g. epochs=10 imgsz=320 batch=16 device=cpu,
 plus mod_vision's:
-  capacity=0.25   share of tokens each routed block processes at train/val/predict/export time, in (0, 1]
+  capacity=0.25             share of tokens each routed block processes at train/val/predict/export time, in (0, 1]
+  capacity_range=[0.125,1]  elastic training: each batch trains at a capacity drawn from this range
+  capacity_warmup=3         epochs over which training capacity ramps down from 1.0 to its target
+  router_aux=0.01           weight of the auxiliary router loss (calibrates scores for dynamic mode)
+  dynamic_capacity=[0.05,1] val/predict: each image takes the tokens its router scores above 0.5, within these bounds
 Models: cfg/models/{modvit,hybrid}-{det,seg}[-dense].yaml; add -n/-s/-m for a scale, e.g. model=modvit-det-s.yaml,
 or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
 
@@ -31,6 +37,7 @@ Examples:
 """
 
 DEFAULT_MODEL = "modvit-det.yaml"
+MODES = ("train", "val", "sweep", "predict", "export", "info")
 
 
 def parse_args(argv: list[str]) -> dict:
@@ -66,8 +73,12 @@ def run(argv: list[str]):
     from . import MoDYOLO
     from .data import sample_data_yaml
 
-    if mode not in {"train", "val", "predict", "export", "info"}:
-        raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: train, val, predict, export, info, sample-data, help")
+    if mode == "benchmark":
+        from .benchmark import benchmark
+
+        return benchmark(**args)
+    if mode not in MODES:
+        raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: {', '.join(MODES)}, benchmark, sample-data, help")
     model = MoDYOLO(args.pop("model", DEFAULT_MODEL))
     if mode == "train" and "data" not in args:
         from ultralytics.utils import YAML
@@ -75,6 +86,8 @@ def run(argv: list[str]):
         from .nn.tasks import MODEL_DIR
 
         args = {**YAML.load(MODEL_DIR.parent / "train-sample.yaml"), **args, "data": str(sample_data_yaml())}
+    if mode == "sweep":
+        return model.val_sweep(args.pop("capacities", (1.0, 0.5, 0.25, 0.125)), **args)
     if mode == "info":
         return model.info(detailed=bool(args.get("detailed", False)), imgsz=int(args.get("imgsz", 640)))
     if mode == "predict":

@@ -62,6 +62,12 @@ class MoDYOLO(Model):
                 LOGGER.info(f"  capacity {c:<6g} {g:8.2f} GFLOPs")
         return {"summary": out, "gflops": now, "capacity_gflops": dict(table)}
 
+    def val_sweep(self, capacities=(1.0, 0.5, 0.25, 0.125), **kwargs):
+        """Validate at each capacity; returns (rows, save_dir) and writes a mAP-vs-capacity table (csv, md) and plot."""
+        from .engine.sweep import capacity_sweep
+
+        return capacity_sweep(self, capacities, **kwargs)
+
     def set_capacity(self, capacity) -> MoDYOLO:
         """Set routed-block capacity globally (float) or per routed block (list or {index: capacity})."""
         self.model.set_capacity(capacity)

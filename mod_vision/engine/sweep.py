@@ -1,0 +1,76 @@
+"""Validation across capacities: one trained model, several compute budgets, a mAP-vs-capacity table and plot."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from types import SimpleNamespace
+
+from ultralytics.cfg import get_save_dir
+from ultralytics.utils import LOGGER
+
+from ..flops import CAPACITIES, gflops
+
+COLUMNS = ("capacity", "gflops", "token_share", "coco_AP(B)", "coco_AP50(B)", "coco_AP(M)", "coco_AP50(M)", "mAP50-95(B)")
+
+
+def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict], Path]:
+    """Validate `model` (a MoDYOLO) at each capacity; write capacity_sweep.{csv,md,png} into one run folder.
+
+    Returns (rows, save_dir). The model's own capacities are restored afterwards.
+    """
+    net = model.model
+    own = net.capacities()
+    if not own:
+        raise ValueError("capacity sweep needs a routed model; this one has no routed blocks")
+    imgsz = int(val_args.get("imgsz") or 640)
+    save_dir = get_save_dir(
+        SimpleNamespace(project=val_args.pop("project", None), name=val_args.pop("name", None) or "sweep",
+                        task=model.task, mode="val", exist_ok=val_args.pop("exist_ok", False))
+    )
+    rows = []
+    try:
+        for c in capacities:
+            m = model.val(**val_args, capacity=c, project=str(save_dir), name=f"capacity_{c:g}", exist_ok=True)
+            net.set_capacity(c)  # val() fused the model in place; the FLOP count is of the same network
+            coco = {k.removeprefix("metrics/"): v for k, v in m.coco.items()}
+            rows.append({"capacity": c, "gflops": gflops(net, imgsz), "token_share": m.token_share,
+                         **{k: coco.get(k) for k in COLUMNS[3:7]}, "mAP50-95(B)": float(m.box.map)})
+    finally:
+        net.set_capacity(own)
+    write_sweep(rows, save_dir)
+    LOGGER.info(f"capacity sweep saved to {save_dir}\n{markdown(rows)}")
+    return rows, save_dir
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+    fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_sweep(rows: list[dict], save_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(save_dir / "capacity_sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    (save_dir / "capacity_sweep.md").write_text(markdown(rows) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
+    caps = [r["capacity"] for r in rows]
+    for key, label in (("coco_AP(B)", "box AP"), ("coco_AP50(B)", "box AP50"), ("coco_AP(M)", "mask AP")):
+        if all(r.get(key) is not None for r in rows):
+            ax.plot(caps, [r[key] for r in rows], "o-", label=label)
+    for r in rows:
+        ax.annotate(f"{r['gflops']:.1f} GFLOPs", (r["capacity"], r.get("coco_AP(B)") or 0), fontsize=7)
+    ax.set(xlabel="capacity (share of tokens per routed block)", ylabel="COCO AP", title="Accuracy vs capacity")
+    ax.set_xscale("log", base=2)
+    ax.legend()
+    fig.savefig(save_dir / "capacity_sweep.png", dpi=120)
+    plt.close(fig)
