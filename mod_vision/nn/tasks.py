@@ -135,7 +135,7 @@ class RoutedModelMixin:
         return routing_masks(self)
 
     def loss(self, batch, preds=None):
-        """The task loss, plus `router_aux` x the auxiliary router loss (its own column, `router_loss`)."""
+        """The task loss, plus `router_aux` x the auxiliary router loss (its own column, `router_aux`)."""
         loss, items = super().loss(batch, preds)
         aux = router_aux_loss(self)  # always called: it also drops the scores' graph reference
         args = getattr(self, "args", None)
@@ -143,7 +143,7 @@ class RoutedModelMixin:
         if aux is not None and weight > 0:
             bs = batch["img"].shape[0]
             loss = torch.cat([loss.reshape(-1), (weight * aux * bs).reshape(1)])
-            items = {**items, "router_loss": aux.detach()}
+            items = {**items, "router_aux": aux.detach()}
         return loss, items
 
 
