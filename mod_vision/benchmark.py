@@ -69,7 +69,11 @@ def build_rows(model: str, dense: str | None, capacities, yolo) -> list[Row]:
     routed = load(model)
     if not routed_blocks(routed):
         raise ValueError(f"{model} has no routed blocks; pass a routed model and its dense twin with --dense")
-    dense = dense or model.replace("-det", "-det-dense").replace("-seg", "-seg-dense")
+    if dense is None:  # the routed YAML names its twin; keep the routed model's scale
+        spec = load_model_yaml(model)
+        if not spec.get("dense_twin"):
+            raise ValueError(f"{model} names no `dense_twin`; pass the dense twin's YAML with --dense")
+        dense = Path(spec["dense_twin"]).stem + (f"-{spec['scale']}" if spec.get("scale") else "") + ".yaml"
     twin = load(dense)
     rows = [Row(f"{Path(dense).stem} (dense twin)", "model", twin)]
     rows += [Row(f"{Path(model).stem} @ {c:g}", "model", routed, c) for c in capacities]

@@ -14,7 +14,22 @@ YAMLS = sorted(p.name for p in MODEL_DIR.glob("*.yaml"))
 def test_all_shipped_yamls_are_found():
     assert set(YAMLS) == {
         f"{arch}-{task}{dense}.yaml" for arch in ("modvit", "hybrid") for task in ("det", "seg") for dense in ("", "-dense")
-    }
+    } | {"modvit-det-deep.yaml", "modvit-seg-deep.yaml"}
+
+
+@pytest.mark.parametrize("name", [n for n in YAMLS if not n.endswith("-dense.yaml")])
+def test_every_routed_yaml_names_a_dense_twin_with_the_same_weights_but_routers(name):
+    twin_name = load_model_yaml(name)["dense_twin"]
+    routed, twin = MoDYOLO(name).model, MoDYOLO(twin_name).model
+    assert not twin.capacities()
+    shapes = {k: v.shape for k, v in routed.state_dict().items() if ".router." not in k and "_extra_state" not in k}
+    assert shapes == {k: v.shape for k, v in twin.state_dict().items()}
+
+
+def test_deep_routing_routes_every_block_after_the_first_at_any_depth():
+    for scale, depth in (("n", 6), ("s", 12)):
+        stage = next(m for m in MoDYOLO(f"modvit-det-deep-{scale}.yaml").model.modules() if isinstance(m, MoDViTStage))
+        assert [isinstance(b, RoutedBlock) for b in stage.blocks] == [False] + [True] * (depth - 1)
 
 
 @pytest.mark.parametrize("name", YAMLS)

@@ -117,6 +117,10 @@ def test_routing_pattern_every_other_block_first_dense():
     assert routed_indices(6, 3) == [2, 5]
     assert routed_indices(6, 0) == []
     assert routed_indices(6, [0, 4]) == [0, 4]
+    assert routed_indices(6, "1:") == [1, 2, 3, 4, 5]
+    assert routed_indices(6, "0::2") == [0, 2, 4]
+    with pytest.raises(ValueError, match="is not a slice"):
+        routed_indices(6, "every")
     with pytest.raises(ValueError, match="outside a stage of depth 6"):
         routed_indices(6, [7])
     stage = MoDViTStage(64, 64, depth=4, routed=2, capacity=[0.5, 0.25])

@@ -35,14 +35,20 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
-def routed_indices(depth: int, routed: int | Sequence[int] | None) -> list[int]:
+def routed_indices(depth: int, routed: int | str | Sequence[int] | None) -> list[int]:
     """Which blocks of a stage are routed.
 
     `routed` is a period p (blocks p-1, 2p-1, ... are routed, so p=2 is every other block with the first one dense, the
-    MoD paper's best pattern), 0/None for a dense stage, or an explicit list of block indices.
+    MoD paper's best pattern), a slice string such as "1:" (every block after the first; it survives depth scaling,
+    unlike a list), 0/None for a dense stage, or an explicit list of block indices.
     """
     if not routed:
         return []
+    if isinstance(routed, str):
+        parts = routed.split(":")
+        if len(parts) not in (2, 3) or not all(p.strip().lstrip("-").isdigit() or not p.strip() for p in parts):
+            raise ValueError(f"routing pattern '{routed}' is not a slice such as '1:' or '0::2'")
+        return list(range(depth))[slice(*(int(p) if p.strip() else None for p in parts))]
     if isinstance(routed, int):
         if routed < 1:
             raise ValueError(f"routing period must be >= 1, got {routed}")
@@ -73,7 +79,7 @@ class MoDViTStage(nn.Module):
         c1: int,
         c2: int,
         depth: int = 12,
-        routed: int | Sequence[int] | None = 2,
+        routed: int | str | Sequence[int] | None = 2,
         capacity: float | Sequence[float] = 0.125,
         head_dim: int = 64,
         mlp_ratio: float = 4.0,
