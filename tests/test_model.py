@@ -14,7 +14,7 @@ YAMLS = sorted(p.name for p in MODEL_DIR.glob("*.yaml"))
 def test_all_shipped_yamls_are_found():
     assert set(YAMLS) == {
         f"{arch}-{task}{dense}.yaml" for arch in ("modvit", "hybrid") for task in ("det", "seg") for dense in ("", "-dense")
-    }
+    } | {f"modvit-{task}-{vit}.yaml" for task in ("det", "seg") for vit in ("vits", "dinov2s")}  # for timm weights
 
 
 @pytest.mark.parametrize("name", YAMLS)
