@@ -258,7 +258,8 @@ def load_timm_backbone(
         bias = bias - (weight * mean[None, :, None, None]).sum((1, 2, 3))
         report.notes.append(f"input normalisation mean={[round(v, 4) for v in mean.tolist()]} std={[round(v, 4) for v in std.tolist()]} folded into the patch embedding")
     embed.proj.load_state_dict({"weight": weight, "bias": bias})
-    report.loaded = ["0.proj.weight", "0.proj.bias"] + [f"1.{k}" for k in stage_sd]
+    e, st = getattr(embed, "i", "patch_embed"), getattr(stage, "i", "stage")  # names as in model.model's state dict
+    report.loaded = [f"{e}.proj.weight", f"{e}.proj.bias"] + [f"{st}.{k}" for k in stage_sd]
 
     set_unit_gate(model, stage, report)
     if verbose:
