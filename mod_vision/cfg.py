@@ -17,6 +17,12 @@ EXTRA_ARGS = {
     # ([min, max] | False | None) dynamic per-image compute at val/predict time: each image takes the tokens whose
     # router score is above 0 (sigmoid 0.5), clamped to these capacities; False returns to static top-k
     "dynamic_capacity": None,
+    # (str | None) initialise the ViT backbone from a timm ViT when training starts from a model YAML: a timm model
+    # name with a pretrained tag (needs internet) or a local .safetensors/.pth file; ignored when starting from a .pt
+    "timm_weights": None,
+    # (float) learning rate of the router parameters relative to the rest (the optimizer's lr0, or the one chosen by
+    # optimizer=auto): routers start from scratch even when the backbone is pretrained
+    "router_lr_mult": 1.0,
 }
 
 

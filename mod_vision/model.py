@@ -44,7 +44,22 @@ class MoDYOLO(Model):
         # on this one so they are not silently reset.
         if not self.ckpt and kwargs.get("capacity") is None and self.model.yaml.get("capacities"):
             kwargs["capacity"] = self.model.yaml["capacities"]
+        if not self.ckpt and not kwargs.get("timm_weights") and getattr(self, "timm_weights", None):
+            kwargs["timm_weights"] = self.timm_weights  # for the same reason: the trainer loads them again
         return super().train(trainer=trainer, **kwargs)
+
+    def load_timm(self, source: str | Path) -> MoDYOLO:
+        """Initialise the ViT backbone from a timm ViT (a timm model name, or a local .safetensors/.pth file).
+
+        `train()` then starts from these weights too (it passes them on as `timm_weights`); the report of what was
+        loaded is `self.timm_report`. For other normalisation options, see `mod_vision.nn.pretrained.load_timm_backbone`.
+        """
+        from .nn.pretrained import load_timm_backbone
+
+        self._check_is_pytorch_model()
+        self.timm_report = load_timm_backbone(self.model, source)
+        self.timm_weights = str(source)
+        return self
 
     def info(self, detailed: bool = False, verbose: bool = True, imgsz: int = 640):
         """Ultralytics' summary, then routing-aware GFLOPs at imgsz: now, and across capacities 1.0/0.5/0.25/0.125."""

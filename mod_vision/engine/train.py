@@ -7,11 +7,12 @@ from copy import copy
 
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
-from ultralytics.utils import RANK
+from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..data import with_missing_help
-from ..nn.routing import check_capacity, set_capacity
+from ..nn.pretrained import load_timm_backbone
+from ..nn.routing import check_capacity, routed_blocks, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
 from .val import MoDDetectionValidator, MoDSegmentationValidator
 
@@ -25,9 +26,24 @@ class MoDDetectionTrainer(DetectionTrainer):
         model = self.set_model_names_for_load(model)
         if weights:
             model.load(weights)
+        self.load_timm_weights(model, weights)
         if self.args.capacity is not None:  # also how MoDYOLO.train carries capacities set on a YAML-built model
             model.set_capacity(self.args.capacity)
         return model
+
+    def load_timm_weights(self, model, weights) -> None:
+        """Initialise the backbone from `timm_weights` when training starts from a YAML (not from a checkpoint, whose
+        weights already include the backbone, nor on resume)."""
+        source = getattr(self.args, "timm_weights", None)
+        if not source:
+            return
+        if weights:
+            LOGGER.info(f"timm_weights={source} not loaded: training starts from checkpoint weights")
+            return
+        load_timm_backbone(model, source, verbose=RANK in {-1, 0})
+
+    def build_optimizer(self, model, *args, **kwargs):
+        return router_param_groups(super().build_optimizer(model, *args, **kwargs), model, self.args.router_lr_mult)
 
     def preprocess_batch(self, batch: dict) -> dict:
         batch = super().preprocess_batch(batch)
@@ -69,6 +85,31 @@ class MoDDetectionTrainer(DetectionTrainer):
 
 class MoDSegmentationTrainer(MoDDetectionTrainer, SegmentationTrainer):
     model_class, validator_class = MoDSegmentationModel, MoDSegmentationValidator
+
+
+def router_param_groups(optimizer, model, lr_mult: float | None):
+    """Move router parameters into their own param groups, each a copy of its source group (same decay, same
+    Ultralytics warm-up role) with lr x `lr_mult`, marked `router=True`. A multiplier of 1 (or None) changes nothing."""
+    if lr_mult is None or float(lr_mult) == 1.0:
+        return optimizer
+    if isinstance(lr_mult, bool) or not isinstance(lr_mult, (int, float)) or lr_mult < 0:
+        raise ValueError(f"router_lr_mult must be a number >= 0, got {lr_mult!r}")
+    router = {id(p) for b in routed_blocks(unwrap_model(model)) for p in b.router.parameters()}
+    if not router:
+        return optimizer
+    groups = []
+    for g in optimizer.param_groups:
+        params = g["params"]
+        groups.append({**g, "params": [p for p in params if id(p) not in router]})
+        mine = [p for p in params if id(p) in router]
+        if mine:
+            groups.append({**g, "params": mine, "lr": g["lr"] * float(lr_mult), "router": True})
+    optimizer.param_groups.clear()
+    optimizer.state.clear()
+    for g in groups:
+        optimizer.add_param_group(g)
+    LOGGER.info(f"router_lr_mult={lr_mult}: {len(router)} router parameters in their own param groups")
+    return optimizer
 
 
 def capacity_range(value) -> tuple[float, float] | None:

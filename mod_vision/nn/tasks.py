@@ -60,10 +60,11 @@ def parse_model(d: dict, ch: int, verbose: bool = True):
         repeats = len(stand_in) if isinstance(stand_in, nn.Sequential) else 1
         conv = (stand_in[0] if repeats > 1 else stand_in).conv
         c1, c2, rest = conv.in_channels, conv.out_channels, list(args[1:])
+        kw = rest.pop() if rest and isinstance(rest[-1], dict) else {}  # YAML `[384, 2, {gate: unit}]` keywords
         if cls in REPEATED:
-            layer = cls(c1, c2, repeats, *rest)
+            layer = cls(c1, c2, repeats, *rest, **kw)
         else:
-            layer = nn.Sequential(*(cls(c1 if j == 0 else c2, c2, *rest) for j in range(repeats)))
+            layer = nn.Sequential(*(cls(c1 if j == 0 else c2, c2, *rest, **kw) for j in range(repeats)))
             layer = layer[0] if repeats == 1 else layer
         layer.i, layer.f, layer.type = stand_in.i, stand_in.f, f"{cls.__module__}.{cls.__name__}"
         layer.np = sum(p.numel() for p in layer.parameters())

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import LayerNorm, trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
@@ -72,6 +72,13 @@ class MoDViTStage(nn.Module):
         router_hidden: 0 for a linear router, else the hidden width of a 2-layer MLP router.
         pos_grid: side of the learned position-embedding grid, bicubically resized to each input's token grid.
         drop_path: stochastic depth rate, increasing linearly over the blocks as in timm.
+        init_values: LayerScale initial value (timm's `init_values`, e.g. 1e-5 for DINOv2), or None for no LayerScale;
+            it must match the weights a stage loads, as LayerScale adds parameters (`ls1.gamma`, `ls2.gamma`).
+        gate: how routed blocks gate their update, see `RoutedBlock` ("unit" makes a pretrained dense ViT start out
+            computing what it computed before).
+
+    In a YAML, arguments after the channels can be given positionally or as a trailing mapping of keyword arguments,
+    e.g. `[384, 2, 0.5, {gate: unit, init_values: 1.0e-5}]`.
     """
 
     def __init__(
@@ -86,6 +93,8 @@ class MoDViTStage(nn.Module):
         router_hidden: int = 0,
         pos_grid: int = 14,
         drop_path: float = 0.0,
+        init_values: float | None = None,
+        gate: str = "sigmoid",
     ):
         super().__init__()
         if c1 != c2:
@@ -99,9 +108,10 @@ class MoDViTStage(nn.Module):
             raise ValueError(f"{len(caps)} capacities given for {len(routed_ids)} routed blocks {routed_ids}")
         caps = dict(zip(routed_ids, map(check_capacity, caps)))
         dpr = [x.item() for x in torch.linspace(0, drop_path, depth)]
-        common = dict(mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+        # timm's ViT defaults (qkv bias, LayerNorm with eps 1e-6), so that timm ViT weights compute what they did in timm
+        common = dict(mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm, init_values=init_values or None)
         self.blocks = nn.ModuleList(
-            RoutedBlock(c2, heads, capacity=caps[i], router_hidden=router_hidden, drop_path=dpr[i], **common)
+            RoutedBlock(c2, heads, capacity=caps[i], router_hidden=router_hidden, gate=gate, drop_path=dpr[i], **common)
             if i in caps
             else Block(c2, heads, drop_path=dpr[i], **common)
             for i in range(depth)
