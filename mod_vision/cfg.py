@@ -11,11 +11,12 @@ EXTRA_ARGS = {
     "capacity_range": None,
     # (int) epochs over which training capacity ramps linearly from 1.0 (dense) down to its target
     "capacity_warmup": 0,
-    # (float) weight of the auxiliary router loss (BCE: is this token in the batch's top-k?), which calibrates scores
-    # for dynamic mode; 0 disables it
-    "router_aux": 0.0,
-    # ([min, max] | False | None) dynamic per-image compute at val/predict time: each image takes the tokens whose
-    # router score is above 0 (sigmoid 0.5), clamped to these capacities; False returns to static top-k
+    # (float) weight of the auxiliary loss that trains each routed block's predictor (BCE: is this token in the batch's
+    # top-k?), which dynamic mode thresholds. The predictor sees detached tokens, so this never changes the detector;
+    # 0 leaves the predictor untrained (dynamic mode then has nothing calibrated to go on)
+    "router_aux": 0.1,
+    # ([min, max] | False | None) dynamic per-image compute at val/predict time: each image takes as many tokens as its
+    # predictor scores above 0.5, clamped to these capacities; False returns to static top-k
     "dynamic_capacity": None,
     # (str | None) initialise the ViT backbone from a timm ViT when training starts from a model YAML: a timm model
     # name with a pretrained tag (needs internet) or a local .safetensors/.pth file; ignored when starting from a .pt

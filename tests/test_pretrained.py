@@ -84,7 +84,8 @@ def test_patch16_backbone_features_equal_timm_at_capacity_1(vit16):
     vit, path = vit16
     model = tiny_model()
     report = load_timm_backbone(model, path)
-    assert all(".router." in k for k in report.missing) and len(report.missing) == 2 * 2  # 2 routed blocks: w, b
+    # 2 routed blocks, each with a new linear router (w, b) and a 2-layer predictor (2 x w, b)
+    assert all(".router." in k or ".predictor." in k for k in report.missing) and len(report.missing) == 2 * (2 + 4)
     assert set(report.unused) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
     assert {b.gate for b in routed_blocks(model)} == {"unit"}
     x = torch.rand(2, 3, 64, 64)  # Ultralytics' [0, 1] input; timm gets it normalised (folded into our patch embed)

@@ -64,7 +64,7 @@ def test_capacity_one_without_gate_equals_plain_block_exactly():
     torch.manual_seed(1)
     block = routed(capacity=1.0, gate=False)
     plain = Block(32, 2, qkv_bias=True).eval()
-    plain.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith(("router.", "_extra"))})
+    plain.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith(("router.", "predictor.", "_extra"))})
     x = torch.randn(3, 50, 32)
     assert torch.equal(block(x), plain(x))
 
@@ -164,7 +164,7 @@ def test_unknown_gate_is_rejected_with_the_choices():
 
 def dynamic_block(bias: float = 0.0, bounds=(0.1, 1.0)):
     block = routed(capacity=0.5)
-    block.router.net.bias.data.fill_(bias)
+    block.predictor.net[-1].bias.data.fill_(bias)
     block.dynamic = bounds
     return block
 
@@ -173,7 +173,7 @@ def test_dynamic_k_is_the_tokens_above_threshold_within_bounds():
     block = dynamic_block()
     x = torch.randn(1, 50, 32)
     block(x)
-    above = int((block.router(x) > 0).sum())
+    above = int((block.predictor(x) > 0).sum())
     assert block.last_index.shape[1] == min(max(above, 5), 50)
     assert block.last_valid is None  # one image: nothing padded
     # scores all far below / above the threshold: k clamps to the min / max capacity
@@ -242,18 +242,28 @@ def test_routing_masks_and_token_share_agree_with_k():
     torch.testing.assert_close(token_share(stage), torch.full((2,), 20 / 64))
 
 
-def test_router_aux_loss_targets_the_batch_top_k_and_trains_the_router():
+def test_aux_loss_teaches_the_predictor_the_batch_top_k_and_leaves_the_router_alone():
     stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).train()
     block = routed_blocks(stage)[0]
     stage(torch.randn(4, 32, 5, 5))
-    scores = block.last_scores.detach()
+    scores, predicted = block.last_scores, block.last_predicted.detach()
     loss = router_aux_loss(stage)
-    assert block.last_scores is None  # the graph reference is dropped
-    k = math.ceil(0.25 * 100)
-    target = (scores.flatten() >= scores.flatten().topk(k).values[-1]).float()
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(scores.flatten(), target)
-    torch.testing.assert_close(loss.detach(), expected)
+    assert block.last_predicted is None  # the graph reference is dropped
+    k = math.ceil(0.25 * 100)  # over the batch: 4 images x 25 tokens
+    target = (scores >= scores.flatten().topk(k).values[-1]).float()
+    assert target.sum() == k
+    torch.testing.assert_close(loss.detach(), torch.nn.functional.binary_cross_entropy_with_logits(predicted, target))
     loss.backward()
-    assert block.router.net.weight.grad.abs().sum() > 0
+    assert block.predictor.net[0].weight.grad.abs().sum() > 0
+    assert block.router.net.weight.grad is None and block.attn.qkv.weight.grad is None
     stage.eval()(torch.randn(1, 32, 5, 5))
-    assert router_aux_loss(stage) is None  # eval scores carry no grad
+    assert router_aux_loss(stage) is None  # eval predictions carry no grad
+
+
+def test_static_inference_does_not_run_the_predictor():
+    block = routed(capacity=0.5)
+    block(torch.randn(1, 20, 32))
+    assert block.last_predicted is None
+    block.dynamic = (0.1, 1.0)
+    block(torch.randn(1, 20, 32))
+    assert block.last_predicted.shape == (1, 20)

@@ -241,8 +241,9 @@ def load_timm_backbone(
 
     missing = [k for k in stage.load_state_dict(stage_sd, strict=False).missing_keys if not k.endswith("_extra_state")]
     report.missing = missing
-    if any(".router." not in k for k in missing):
-        raise ValueError(f"{src} lacks weights of the MoDViTStage: {[k for k in missing if '.router.' not in k]}")
+    new = (".router.", ".predictor.")  # routing modules a timm ViT does not have
+    if any(not any(n in k for n in new) for k in missing):
+        raise ValueError(f"{src} lacks weights of the MoDViTStage: {[k for k in missing if not any(n in k for n in new)]}")
 
     # patch embedding: FlexiViT resampling to our patch size (e.g. DINOv2's 14 -> 16), then the input normalisation
     weight, bias = proj.float(), sd.get("patch_embed.proj.bias")
@@ -264,7 +265,7 @@ def load_timm_backbone(
     set_unit_gate(model, stage, report)
     if verbose:
         LOGGER.info(
-            f"timm weights {src}: loaded {len(report.loaded)} tensors; new (kept at init): {len(missing)} router "
+            f"timm weights {src}: loaded {len(report.loaded)} tensors; new (kept at init): {len(missing)} router/predictor "
             f"tensors; unused: {report.unused}; {'; '.join(report.notes)}"
         )
     return report

@@ -62,8 +62,11 @@ class RoutedBlock(Block):
 
     Two ways to choose tokens:
         static (default, the exported path): k = ceil(capacity * N) per image, fixed shapes.
-        dynamic (`dynamic=(min_capacity, max_capacity)`): each image takes the tokens whose score is above
-            `threshold`, clamped to [min, max] capacity. In a batch, images are padded to the largest k: padded tokens
+        dynamic (`dynamic=(min_capacity, max_capacity)`): the MoD paper's auxiliary predictor (a small MLP on the
+            stop-gradient tokens, trained by `router_aux_loss` to say whether a token is in the batch's top-k) decides
+            how many tokens each image takes: those it scores above `threshold`, clamped to [min, max] capacity; the
+            router's ranking decides which. A separate predictor keeps its calibration free of the task loss, which
+            pushes router scores up wherever a block's update helps. In a batch, images are padded to the largest k: padded tokens
             are masked out of attention and their update is dropped, so each image's output does not depend on the
             others; the compute saving is real at batch 1 (or when images need similar k).
 
@@ -72,8 +75,9 @@ class RoutedBlock(Block):
         last_index (torch.Tensor | None): (B, K) indices of the tokens processed by the latest forward, sorted.
         last_valid (torch.Tensor | None): (B, K) bool, which of last_index were really processed (dynamic mode with
             padding), or None when all were.
-        last_scores (torch.Tensor | None): (B, N) router scores of the latest forward (with grad while training, for
-            the auxiliary router loss).
+        last_scores (torch.Tensor | None): (B, N) router scores of the latest forward (detached).
+        last_predicted (torch.Tensor | None): (B, N) predictor logits of the latest forward that ran it (training or
+            dynamic mode; with grad while training, for the auxiliary loss).
         last_tokens (int): N of the latest forward.
     """
 
@@ -88,13 +92,14 @@ class RoutedBlock(Block):
     ):
         super().__init__(dim, num_heads, **kwargs)
         self.router = Router(dim, router_hidden)
+        self.predictor = Router(dim, max(16, dim // 8))
         self.capacity = capacity
         self.gate = {True: "sigmoid", False: "none", None: "none"}.get(gate, gate)
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         self.dynamic: tuple[float, float] | None = None
         self.threshold = 0.0  # a score of 0 is sigmoid 0.5, the auxiliary loss's decision boundary
-        self.last_index = self.last_valid = self.last_scores = None
+        self.last_index = self.last_valid = self.last_scores = self.last_predicted = None
         self.last_tokens = 0
 
     @property
@@ -113,7 +118,7 @@ class RoutedBlock(Block):
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.capacity = round(float(state), 6)
 
-    def select(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def select(self, scores: torch.Tensor, predicted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the (B, K) indices of the tokens to process per image, sorted by position, and their validity mask.
 
         Sorting keeps tokens in raster order, so capacity 1.0 is the identity permutation (exactness) and the gather
@@ -124,7 +129,7 @@ class RoutedBlock(Block):
             k = tokens_for(self.capacity, n)
             return scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values, None
         lo, hi = (tokens_for(c, n) for c in self.dynamic)
-        want = (scores > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
+        want = (predicted > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
         k = int(want.max())
         top = scores.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
         valid = torch.arange(k, device=scores.device) < want[:, None]
@@ -135,9 +140,13 @@ class RoutedBlock(Block):
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         """(B, N, C) -> (B, N, C); the whole batch is gathered and scattered at once, with no loop over images."""
         scores = self.router(x)
-        index, valid = self.select(scores)
+        predicted = None
+        if self.training or self.dynamic is not None:  # the static inference (and exported) path never runs it
+            predicted = self.predictor(x.detach())
+            self.last_predicted = predicted if self.training else predicted.detach()
+        index, valid = self.select(scores, predicted)
         self.last_index, self.last_valid, self.last_tokens = index.detach(), valid, x.shape[1]
-        self.last_scores = scores if self.training else scores.detach()
+        self.last_scores = scores.detach()
         gather_index = index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         selected = x.gather(1, gather_index)
         # padded tokens (dynamic mode, batch > 1) are hidden from attention as keys
@@ -220,19 +229,20 @@ def token_share(model: nn.Module) -> torch.Tensor | None:
 
 
 def router_aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """The MoD paper's auxiliary router loss: BCE teaching each score to say whether its token is in the top-k.
+    """The MoD paper's auxiliary loss: BCE teaching each block's predictor whether the router puts a token in the top-k.
 
-    The top-k is taken over the whole batch (k = capacity * B * N), not per image, so a score is comparable across
-    images: that is what lets a threshold at predict time give a busy image more tokens than a flat one. Returns the
-    mean over routed blocks, or None when no block kept scores with grad (eval mode, or no routed block).
+    The top-k is taken over the whole batch (k = capacity * B * N router scores), not per image, so the predictor's
+    answer is comparable across images: that is what lets its threshold give a busy image more tokens than a flat one.
+    Only the predictor learns from it (its input is detached). Returns the mean over routed blocks, or None when no
+    block kept predictions with grad (eval mode, or no routed block).
     """
     losses = []
     for b in routed_blocks(model):
-        s = b.last_scores
-        if s is None or not s.requires_grad:
+        p = b.last_predicted
+        if p is None or not p.requires_grad:
             continue
-        flat = s.detach().flatten()
+        flat = b.last_scores.flatten()
         kth = flat.topk(tokens_for(b.capacity, flat.numel())).values[-1]
-        losses.append(nn.functional.binary_cross_entropy_with_logits(s, (s.detach() >= kth).to(s.dtype)))
-        b.last_scores = None  # drop the graph reference; the model may be deep-copied (EMA, checkpoints)
+        losses.append(nn.functional.binary_cross_entropy_with_logits(p, (b.last_scores >= kth).to(p.dtype)))
+        b.last_predicted = None  # drop the graph reference; the model may be deep-copied (EMA, checkpoints)
     return torch.stack(losses).mean() if losses else None
