@@ -17,6 +17,12 @@ EXTRA_ARGS = {
     # ([min, max] | False | None) dynamic per-image compute at val/predict time: each image takes the tokens whose
     # router score is above 0 (sigmoid 0.5), clamped to these capacities; False returns to static top-k
     "dynamic_capacity": None,
+    # (bool) predict: write routing heatmaps (per-block selected tokens, depth map, compute share) to save_dir/heatmaps,
+    # as images for images and as <stem>_depth.mp4 for videos and streams
+    "save_heatmap": False,
+    # (int) train: also save save_dir/routing_val_batch0_epoch<E>.jpg every this many epochs (0: only at the end);
+    # needs plots=True
+    "heatmap_period": 0,
 }
 
 

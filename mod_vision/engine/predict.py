@@ -1,28 +1,81 @@
-"""Predictors that attach each image's routed token share to its Results."""
+"""Predictors that attach each image's routed token share and routing maps to its Results, and draw heatmaps."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.models.yolo.segment import SegmentationPredictor
+from ultralytics.utils import LOGGER
 
 from ..cfg import apply_routing
+from ..heatmap import depth_image, routing_maps, save_image_heatmaps
 from ..nn.routing import token_share
 
 
 class RoutedPredictorMixin:
-    """Sets the capacity asked for at predict time, and adds `result.token_share` (None for dense or exported models)."""
+    """Sets the capacity asked for at predict time, and adds `result.token_share` and `result.routing` (a
+    `mod_vision.heatmap.Routing`; both None for dense or exported models). With `save_heatmap=True`, writes heatmaps to
+    save_dir/heatmaps: per image <stem>_depth.jpg, <stem>_block<j>.jpg and <stem>_blocks.png; per video or stream
+    <stem>_depth.mp4 with each frame's compute share."""
 
     def setup_source(self, source, *args, **kwargs):
         # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
-        super().setup_source(source, *args, **kwargs)
+        super().setup_source(source, *args, **kwargs)  # a stream that cannot be opened: its error names the URL
         apply_routing(self.model, self.args)
+        self._heatmap_stems, self._warned_no_routing = {}, False
 
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)
         share = token_share(self.model)
+        routings = routing_maps(self.model, img.shape[2:], [r.orig_shape for r in results])
         for i, r in enumerate(results):
             r.token_share = None if share is None else float(share[i])
+            r.routing = None if routings is None else routings[i]
+        if getattr(self.args, "save_heatmap", False):
+            self.save_heatmaps(results)
         return results
+
+    def save_heatmaps(self, results) -> None:
+        """Heatmap images per image; for videos and streams one video per source in Ultralytics' vid_writer dict (which
+        its predictor releases when the run ends, however it ends)."""
+        folder = Path(self.save_dir) / "heatmaps"
+        paths = self.batch[0]
+        for i, r in enumerate(results):
+            if r.routing is None:
+                if not self._warned_no_routing:
+                    LOGGER.warning("save_heatmap: this model reports no routing (dense or exported), no heatmaps")
+                    self._warned_no_routing = True
+                continue
+            key = paths[i] if self.dataset.mode == "video" else i if self.dataset.mode == "stream" else None
+            stem = self._heatmap_stem(Path(paths[i]).stem, key)
+            if self.dataset.mode in {"video", "stream"}:
+                self._write_heatmap_frame(folder / f"{stem}_depth.mp4", depth_image(r.orig_img, r.routing), i)
+            else:
+                save_image_heatmaps(r.orig_img, r.routing, folder, stem)
+
+    def _heatmap_stem(self, stem: str, key) -> str:
+        """A unique output stem per image, and a stable one per video file or stream slot (bus.jpg + bus.png ->
+        bus, bus-2), as Ultralytics names its own outputs."""
+        if key is not None and key in self._heatmap_stems:
+            return self._heatmap_stems[key]
+        taken, base, k = set(self._heatmap_stems.values()), stem, 1
+        while base in taken:
+            k += 1
+            base = f"{stem}-{k}"
+        self._heatmap_stems[key if key is not None else object()] = base
+        return base
+
+    def _write_heatmap_frame(self, path: Path, frame, i: int) -> None:
+        if path not in self.vid_writer:
+            fps = self.dataset.fps if self.dataset.mode == "video" else self.dataset.fps[i]
+            fps = max(1, fps / self.args.vid_stride)  # as Ultralytics: skipped frames must not shorten the video
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.vid_writer[path] = cv2.VideoWriter(
+                str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0])
+            )
+        self.vid_writer[path].write(frame)
 
 
 class MoDDetectionPredictor(RoutedPredictorMixin, DetectionPredictor):
