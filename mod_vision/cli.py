@@ -13,6 +13,8 @@ MODE:
   train        train a model (default model=modvit-det.yaml; default data: the sample data, generated on first use)
   val          validate; COCO metrics are computed when the data YAML names a `coco_json`
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
+  heatmap      predict and write routing heatmaps (tokens per routed block, depth map, compute share) to
+               <run>/heatmaps: images for images, <stem>_depth.mp4 for videos and streams
   export       export through Ultralytics' exporter (format=onnx|openvino|tflite|ncnn|torchscript|coreml ...)
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
   sample-data  write the sample dataset (root=datasets/mod-sample n_train=200 n_val=50 seed=0)
@@ -21,6 +23,8 @@ MODE:
 Arguments are Ultralytics' (https://docs.ultralytics.com/usage/cfg/), e.g. epochs=10 imgsz=320 batch=16 device=cpu,
 plus mod_vision's:
   capacity=0.25   share of tokens each routed block processes at train/val/predict/export time, in (0, 1]
+  save_heatmap=True   predict: also write routing heatmaps (what the heatmap mode does)
+  heatmap_period=5    train (plots=True): routing heatmap of a val batch every 5 epochs, besides the one at the end
 Models: cfg/models/{modvit,hybrid}-{det,seg}[-dense].yaml; add -n/-s/-m for a scale, e.g. model=modvit-det-s.yaml,
 or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
 
@@ -28,6 +32,7 @@ Examples:
   mod-vision train epochs=3 imgsz=320
   mod-vision val model=runs/detect/train/weights/best.pt capacity=0.5
   mod-vision predict model=runs/detect/train/weights/best.pt source=video.mp4 capacity=0.25
+  mod-vision heatmap model=runs/detect/train/weights/best.pt source=bus.jpg
 """
 
 DEFAULT_MODEL = "modvit-det.yaml"
@@ -66,8 +71,10 @@ def run(argv: list[str]):
     from . import MoDYOLO
     from .data import sample_data_yaml
 
-    if mode not in {"train", "val", "predict", "export", "info"}:
-        raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: train, val, predict, export, info, sample-data, help")
+    if mode not in {"train", "val", "predict", "heatmap", "export", "info"}:
+        raise SystemExit(
+            f"mod-vision: unknown mode '{mode}'. Modes: train, val, predict, heatmap, export, info, sample-data, help"
+        )
     model = MoDYOLO(args.pop("model", DEFAULT_MODEL))
     if mode == "train" and "data" not in args:
         from ultralytics.utils import YAML
@@ -77,10 +84,16 @@ def run(argv: list[str]):
         args = {**YAML.load(MODEL_DIR.parent / "train-sample.yaml"), **args, "data": str(sample_data_yaml())}
     if mode == "info":
         return model.info(detailed=bool(args.get("detailed", False)), imgsz=int(args.get("imgsz", 640)))
-    if mode == "predict":
+    if mode in {"predict", "heatmap"}:
+        if mode == "heatmap":
+            args["save_heatmap"] = True
         args.setdefault("stream", True)  # a generator keeps memory flat on long videos
         for _ in model.predict(**args):  # predictions are saved/shown by Ultralytics per its save/show args
             pass
+        if mode == "heatmap":
+            folder = model.predictor.save_dir / "heatmaps"
+            print(f"routing heatmaps written to {folder}")
+            return folder
         return None
     return getattr(model, mode)(**args)
 

@@ -48,9 +48,11 @@ class RoutedPredictorMixin:
                     LOGGER.warning("save_heatmap: this model reports no routing (dense or exported), no heatmaps")
                     self._warned_no_routing = True
                 continue
-            key = paths[i] if self.dataset.mode == "video" else i if self.dataset.mode == "stream" else None
-            stem = self._heatmap_stem(Path(paths[i]).stem, key)
-            if self.dataset.mode in {"video", "stream"}:
+            mode, p = self.dataset.mode, Path(paths[i])
+            key = {"video": paths[i], "stream": i}.get(mode)  # one output per video file or stream slot
+            # a stream's "path" is its cleaned URL or webcam index: keep all of it, it has no file suffix to drop
+            stem = self._heatmap_stem(p.name if mode == "stream" else p.stem, key)
+            if key is not None:
                 self._write_heatmap_frame(folder / f"{stem}_depth.mp4", depth_image(r.orig_img, r.routing), i)
             else:
                 save_image_heatmaps(r.orig_img, r.routing, folder, stem)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 from copy import copy
+from pathlib import Path
+
+import torch
 
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
+from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
@@ -65,6 +69,47 @@ class MoDDetectionTrainer(DetectionTrainer):
 
     def get_validator(self):
         return self.validator_class(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
+
+    # Routing heatmaps of a fixed val batch, like Ultralytics' val_batch plots: at the end of training (best.pt) and,
+    # with heatmap_period=N, every N epochs (EMA weights). Registered as callbacks so the training loop stays upstream's.
+    HEATMAP_IMAGES = 4
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback("on_fit_epoch_end", MoDDetectionTrainer._routing_plot_epoch)
+        self.add_callback("on_train_end", MoDDetectionTrainer._routing_plot_final)
+
+    def _routing_plot_epoch(self) -> None:
+        period = self.args.heatmap_period or 0
+        # final_eval re-fires on_fit_epoch_end with epoch = epochs; that one is the final plot's business
+        if self.args.plots and period > 0 and RANK in {-1, 0} and self.epoch < self.epochs and (self.epoch + 1) % period == 0:
+            self.plot_routing(self.ema.ema, f"routing_val_batch0_epoch{self.epoch + 1}.jpg")
+
+    def _routing_plot_final(self) -> None:
+        if self.args.plots:
+            model = load_checkpoint(self.best, device=self.device)[0] if self.best.exists() else self.ema.ema
+            self.plot_routing(model, "routing_val_batch0.jpg")
+
+    def plot_routing(self, model, fname: str) -> Path | None:
+        """Save a figure of the first val images: depth map and each routed block's tokens. None for a dense model."""
+        from ..heatmap import panel_figure, routing_maps
+
+        ds = self.test_loader.dataset
+        n = min(len(ds), self.HEATMAP_IMAGES, self.test_loader.batch_size)  # one val batch, so one letterbox shape
+        batch = ds.collate_fn([ds[i] for i in range(n)])
+        p = next(model.parameters())
+        model.eval()
+        with torch.no_grad():
+            model(batch["img"].to(p.device, p.dtype) / 255)
+        shape = tuple(batch["img"].shape[2:])
+        routings = routing_maps(model, shape, [shape] * n)
+        if routings is None:
+            return None
+        images = batch["img"].permute(0, 2, 3, 1).numpy()[..., ::-1]  # the loader's RGB -> BGR, as OpenCV draws
+        rows = [(im, r, Path(f).name) for im, r, f in zip(images, routings, batch["im_file"])]
+        path = panel_figure(rows, self.save_dir / fname)
+        self.on_plot(path)
+        return path
 
 
 class MoDSegmentationTrainer(MoDDetectionTrainer, SegmentationTrainer):
