@@ -167,3 +167,10 @@ def test_training_saves_routing_figure_at_the_end_and_every_period(sample_yaml, 
         assert im is not None and im.shape[0] > 200, name
     assert not (save_dir / "routing_val_batch0_epoch3.jpg").exists()  # final_eval's extra epoch end draws none
     assert not list(det_run.glob("routing_val_batch0*"))  # plots=False: none
+
+
+def test_segmentation_results_carry_routing_and_heatmaps(seg_run, tall_image, tmp_path):
+    model = MoDYOLO(seg_run / "weights" / "best.pt")
+    r = model.predict(tall_image, imgsz=IMGSZ, save_heatmap=True, project=str(tmp_path), name="s", verbose=False)[0]
+    check_routing(r, (301, 190))
+    assert cv2.imread(str(tmp_path / "s" / "heatmaps" / "tall_depth.jpg")).shape == (301, 190, 3)

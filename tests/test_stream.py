@@ -23,8 +23,9 @@ class MJPEGServer:
     """Serves `frames` (BGR arrays) once as multipart/x-mixed-replace on http://127.0.0.1:PORT/stream, then stops.
 
     end="close": all frames, the closing boundary, then the connection closes. end="drop": `drop_after` frames and
-    half of the next, then a TCP reset, as a camera that loses power. Either way the server then answers 404 to any
-    reconnection (Ultralytics' LoadStreams tries one), so the stream is over for good.
+    half of the next, then a TCP reset, as a camera that loses power. end="stall": `drop_after` frames, then the
+    connection stays open with nothing sent (until the server is shut down). In all cases the server then answers 404
+    to any reconnection (Ultralytics' LoadStreams tries one), so the stream is over for good.
     Ultralytics probes a suffix-less http URL with `requests` first, to tell a single image from a stream; that probe
     gets the stream's headers only, so every frame goes to the OpenCV capture.
     """
@@ -32,6 +33,7 @@ class MJPEGServer:
     def __init__(self, frames: list[np.ndarray], end: str = "close", drop_after: int = 0, fps: float = 0):
         self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
         self.end, self.drop_after, self.fps, self.served = end, drop_after, fps, False
+        self.stop = threading.Event()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -65,6 +67,9 @@ class MJPEGServer:
         if self.end == "close":
             handler.wfile.write(b"--%s--\r\n" % BOUNDARY)
             return
+        if self.end == "stall":
+            self.stop.wait()
+            return
         jpg = self.jpegs[n]
         handler.wfile.write(b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % (BOUNDARY, len(jpg)))
         handler.wfile.write(jpg[: len(jpg) // 2])
@@ -79,6 +84,7 @@ class MJPEGServer:
         return self
 
     def __exit__(self, *exc):
+        self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -140,6 +146,16 @@ def test_predict_ends_when_the_stream_drops_mid_frame_and_keeps_the_frames_it_go
     real = [g for g in (served_index(r.orig_img, frames[:12]) for r in results) if g is not None]
     assert 1 <= len(real) <= 5 and real == list(range(len(real)))  # a prefix of what was sent, never the cut frame
     assert all(r.routing is not None for r in results)
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_stream_ends_after_the_ffmpeg_read_timeout(model, frames, monkeypatch):
+    """A camera that keeps the connection open but sends nothing: OpenCV's FFmpeg reader waits 30 s by default; the
+    FFmpeg option rw_timeout (microseconds), passed through OPENCV_FFMPEG_CAPTURE_OPTIONS, shortens that."""
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rw_timeout;2000000")
+    with MJPEGServer(frames[:6], end="stall", drop_after=3) as server:
+        results = predict_stream(model, server.url, stream_buffer=True)
+    assert [g for g in (served_index(r.orig_img, frames[:6]) for r in results) if g is not None] == [0, 1, 2]
 
 
 @pytest.mark.timeout(120)

@@ -20,6 +20,12 @@ class RoutedPredictorMixin:
     save_dir/heatmaps: per image <stem>_depth.jpg, <stem>_block<j>.jpg and <stem>_blocks.png; per video or stream
     <stem>_depth.mp4 with each frame's compute share."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # after postprocess, outside the timed section: drawing must not count as the model's postprocess time
+        if save_heatmaps_callback not in self.callbacks["on_predict_postprocess_end"]:  # the model's dict is shared
+            self.add_callback("on_predict_postprocess_end", save_heatmaps_callback)
+
     def setup_source(self, source, *args, **kwargs):
         # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
         super().setup_source(source, *args, **kwargs)  # a stream that cannot be opened: its error names the URL
@@ -33,8 +39,6 @@ class RoutedPredictorMixin:
         for i, r in enumerate(results):
             r.token_share = None if share is None else float(share[i])
             r.routing = None if routings is None else routings[i]
-        if getattr(self.args, "save_heatmap", False):
-            self.save_heatmaps(results)
         return results
 
     def save_heatmaps(self, results) -> None:
@@ -78,6 +82,11 @@ class RoutedPredictorMixin:
                 str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0])
             )
         self.vid_writer[path].write(frame)
+
+
+def save_heatmaps_callback(predictor) -> None:
+    if getattr(predictor.args, "save_heatmap", False) and hasattr(predictor, "save_heatmaps"):
+        predictor.save_heatmaps(predictor.results)
 
 
 class MoDDetectionPredictor(RoutedPredictorMixin, DetectionPredictor):
