@@ -174,3 +174,9 @@ def test_segmentation_results_carry_routing_and_heatmaps(seg_run, tall_image, tm
     r = model.predict(tall_image, imgsz=IMGSZ, save_heatmap=True, project=str(tmp_path), name="s", verbose=False)[0]
     check_routing(r, (301, 190))
     assert cv2.imread(str(tmp_path / "s" / "heatmaps" / "tall_depth.jpg")).shape == (301, 190, 3)
+
+
+@pytest.mark.parametrize("period", [-1, 1.5, "5x"])
+def test_bad_heatmap_period_is_named(sample_yaml, tmp_path, period):
+    with pytest.raises(ValueError, match="heatmap_period must be an int >= 0"):
+        MoDYOLO("modvit-det.yaml").train(data=str(sample_yaml), project=str(tmp_path), heatmap_period=period, **TRAIN_ARGS)

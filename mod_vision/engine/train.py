@@ -76,19 +76,12 @@ class MoDDetectionTrainer(DetectionTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.add_callback("on_fit_epoch_end", MoDDetectionTrainer._routing_plot_epoch)
-        self.add_callback("on_train_end", MoDDetectionTrainer._routing_plot_final)
-
-    def _routing_plot_epoch(self) -> None:
-        period = self.args.heatmap_period or 0
-        # final_eval re-fires on_fit_epoch_end with epoch = epochs; that one is the final plot's business
-        if self.args.plots and period > 0 and RANK in {-1, 0} and self.epoch < self.epochs and (self.epoch + 1) % period == 0:
-            self.plot_routing(self.ema.ema, f"routing_val_batch0_epoch{self.epoch + 1}.jpg")
-
-    def _routing_plot_final(self) -> None:
-        if self.args.plots:
-            model = load_checkpoint(self.best, device=self.device)[0] if self.best.exists() else self.ema.ema
-            self.plot_routing(model, "routing_val_batch0.jpg")
+        period = self.args.heatmap_period
+        if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+            raise ValueError(f"heatmap_period must be an int >= 0 (epochs between routing heatmaps; 0: none), got {period!r}")
+        for event, fn in (("on_fit_epoch_end", routing_plot_epoch), ("on_train_end", routing_plot_final)):
+            if fn not in self.callbacks[event]:  # the dict is the model's, shared by every trainer it makes
+                self.add_callback(event, fn)
 
     def plot_routing(self, model, fname: str) -> Path | None:
         """Save a figure of the first val images: depth map and each routed block's tokens. None for a dense model."""
@@ -110,6 +103,21 @@ class MoDDetectionTrainer(DetectionTrainer):
         path = panel_figure(rows, self.save_dir / fname)
         self.on_plot(path)
         return path
+
+
+def routing_plot_epoch(trainer) -> None:
+    period, epoch = trainer.args.heatmap_period, trainer.epoch
+    if not (trainer.args.plots and period and RANK in {-1, 0} and hasattr(trainer, "plot_routing")):
+        return
+    # final_eval re-fires on_fit_epoch_end with epoch = epochs; that one is the final plot's business
+    if epoch < trainer.epochs and (epoch + 1) % period == 0:
+        trainer.plot_routing(trainer.ema.ema, f"routing_val_batch0_epoch{trainer.epoch + 1}.jpg")
+
+
+def routing_plot_final(trainer) -> None:
+    if trainer.args.plots and hasattr(trainer, "plot_routing"):
+        model = load_checkpoint(trainer.best, device=trainer.device)[0] if trainer.best.exists() else trainer.ema.ema
+        trainer.plot_routing(model, "routing_val_batch0.jpg")
 
 
 class MoDSegmentationTrainer(MoDDetectionTrainer, SegmentationTrainer):
