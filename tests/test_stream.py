@@ -182,3 +182,16 @@ def test_stream_that_cannot_be_opened_names_the_url(model):
     url = f"http://127.0.0.1:{port}/stream"
     with pytest.raises(ConnectionError, match=f"Failed to open {url}"):
         predict_stream(model, url)
+
+
+@pytest.mark.parametrize(
+    "fps,i,expected", [(29.97, 0, 29.97), ([25.0, 12.0], 1, 12.0), (30, 0, 30), (0.0, 0, 30), ([90000.0], 0, 30)]
+)
+def test_heatmap_video_fps_follows_the_source(fps, i, expected):
+    """Videos have one rate, stream loaders one per stream, the screen loader a fixed int; missing/RTP-clock rates fall
+    back to 30 as in Ultralytics."""
+    from types import SimpleNamespace
+
+    from mod_vision.engine.predict import source_fps
+
+    assert source_fps(SimpleNamespace(fps=fps), i) == expected

@@ -75,13 +75,19 @@ class RoutedPredictorMixin:
 
     def _write_heatmap_frame(self, path: Path, frame, i: int) -> None:
         if path not in self.vid_writer:
-            fps = self.dataset.fps if self.dataset.mode == "video" else self.dataset.fps[i]
-            fps = max(1, fps / self.args.vid_stride)  # as Ultralytics: skipped frames must not shorten the video
+            fps = max(1, source_fps(self.dataset, i) / self.args.vid_stride)  # skipped frames must not shorten it
             path.parent.mkdir(parents=True, exist_ok=True)
             self.vid_writer[path] = cv2.VideoWriter(
                 str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0])
             )
         self.vid_writer[path].write(frame)
+
+
+def source_fps(dataset, i: int) -> float:
+    """Frame rate of source i: a video's (one float), a stream's (one per stream), a screen's (a fixed 30)."""
+    fps = dataset.fps
+    fps = fps[i] if isinstance(fps, (list, tuple)) else fps
+    return fps if fps and 0 < fps < 1000 else 30  # Ultralytics' fallback for a missing or bogus rate
 
 
 def save_heatmaps_callback(predictor) -> None:
