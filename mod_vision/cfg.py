@@ -24,6 +24,12 @@ EXTRA_ARGS = {
     # (float) learning rate of the router parameters relative to the rest (the optimizer's lr0, or the one chosen by
     # optimizer=auto): routers start from scratch even when the backbone is pretrained
     "router_lr_mult": 1.0,
+    # (bool) predict: write routing heatmaps (per-block selected tokens, depth map, compute share) to save_dir/heatmaps,
+    # as images for images and as <stem>_depth.mp4 for videos and streams
+    "save_heatmap": False,
+    # (int) train: also save save_dir/routing_val_batch0_epoch<E>.jpg every this many epochs (0: only at the end);
+    # needs plots=True
+    "heatmap_period": 0,
 }
 
 

@@ -13,6 +13,8 @@ MODE:
   train        train a model (default model=modvit-det.yaml; default data: the sample data, generated on first use)
   val          validate; COCO metrics are computed when the data YAML names a `coco_json`
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
+  heatmap      predict and write routing heatmaps (tokens per routed block, depth map, compute share) to
+               <run>/heatmaps: images for images, <stem>_depth.mp4 for videos and streams
   export       export through Ultralytics' exporter (format=onnx|openvino|tflite|ncnn|torchscript|coreml ...)
   sweep        validate at several capacities (capacities=[1.0,0.5,0.25,0.125]): mAP-vs-capacity table and plot
   benchmark    side-by-side latency/FLOPs/memory benchmark (same arguments as tools/benchmark.py, e.g. imgsz=640)
@@ -25,19 +27,24 @@ plus mod_vision's:
   capacity=0.25             share of tokens each routed block processes at train/val/predict/export time, in (0, 1]
   capacity_range=[0.125,1]  elastic training: each batch trains at a capacity drawn from this range
   capacity_warmup=3         epochs over which training capacity ramps down from 1.0 to its target
-  router_aux=0.01           weight of the auxiliary router loss (calibrates scores for dynamic mode)
-  dynamic_capacity=[0.05,1] val/predict: each image takes the tokens its router scores above 0.5, within these bounds
-Models: cfg/models/{modvit,hybrid}-{det,seg}[-dense].yaml; add -n/-s/-m for a scale, e.g. model=modvit-det-s.yaml,
+  router_aux=0.1            weight of the loss that trains the routers' predictors (for dynamic mode)
+  dynamic_capacity=[0.05,1] val/predict: per-image token count from the predictors, within bounds
+  save_heatmap=True         predict: also write routing heatmaps (what the heatmap mode does)
+  heatmap_period=5          train (plots=True): routing heatmap of a val batch every 5 epochs, and at the end
+  timm_weights=FILE|NAME    train: initialise the ViT backbone from timm weights (see cfg/models/*-vits.yaml)
+  router_lr_mult=5          train: router learning rate relative to lr0
+Models: cfg/models/{modvit,hybrid}-{det,seg}[-dense].yaml, modvit-{det,seg}-{deep,vits,dinov2s}.yaml; add -n/-s/-m for a scale, e.g. model=modvit-det-s.yaml,
 or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
 
 Examples:
   mod-vision train epochs=3 imgsz=320
   mod-vision val model=runs/detect/train/weights/best.pt capacity=0.5
   mod-vision predict model=runs/detect/train/weights/best.pt source=video.mp4 capacity=0.25
+  mod-vision heatmap model=runs/detect/train/weights/best.pt source=bus.jpg
 """
 
 DEFAULT_MODEL = "modvit-det.yaml"
-MODES = ("train", "val", "sweep", "predict", "export", "info")
+MODES = ("train", "val", "sweep", "predict", "heatmap", "export", "info")
 
 
 def parse_args(argv: list[str]) -> dict:
@@ -90,10 +97,17 @@ def run(argv: list[str]):
         return model.val_sweep(args.pop("capacities", (1.0, 0.5, 0.25, 0.125)), **args)
     if mode == "info":
         return model.info(detailed=bool(args.get("detailed", False)), imgsz=int(args.get("imgsz", 640)))
-    if mode == "predict":
+    if mode in {"predict", "heatmap"}:
+        if mode == "heatmap":
+            args["save_heatmap"] = True
         args.setdefault("stream", True)  # a generator keeps memory flat on long videos
-        for _ in model.predict(**args):  # predictions are saved/shown by Ultralytics per its save/show args
+        args.setdefault("save", mode == "predict")  # as `yolo predict` does: annotated images/videos in the run folder
+        for _ in model.predict(**args):
             pass
+        if mode == "heatmap":
+            folder = model.predictor.save_dir / "heatmaps"
+            print(f"routing heatmaps written to {folder}")
+            return folder
         return None
     return getattr(model, mode)(**args)
 

@@ -25,7 +25,7 @@ def test_every_routed_yaml_names_a_dense_twin_with_the_same_weights_but_routers(
     twin_name = load_model_yaml(name)["dense_twin"]
     routed, twin = MoDYOLO(name).model, MoDYOLO(twin_name).model
     assert not twin.capacities()
-    shapes = {k: v.shape for k, v in routed.state_dict().items() if ".router." not in k and "_extra_state" not in k}
+    shapes = {k: v.shape for k, v in routed.state_dict().items() if not any(t in k for t in (".router.", ".predictor.", "_extra_state"))}
     assert shapes == {k: v.shape for k, v in twin.state_dict().items()}
 
 
@@ -77,13 +77,6 @@ def test_unknown_module_error_names_it(tmp_path):
     (tmp_path / "typo.yaml").write_text(text)
     with pytest.raises(ValueError, match="Unknown module 'MoDViTStaeg' in layer 1"):
         MoDYOLO(str(tmp_path / "typo.yaml"))
-
-
-def test_dense_twin_matches_routed_parameters_except_routers():
-    routed = MoDYOLO("modvit-det.yaml").model
-    dense = MoDYOLO("modvit-det-dense.yaml").model
-    r = {k for k in routed.state_dict() if ".router." not in k and not k.endswith("_extra_state")}
-    assert r == set(dense.state_dict())
 
 
 @pytest.mark.parametrize("hw", [(64, 64), (100, 130), (33, 47), (8, 8), (1, 1), (320, 96)])

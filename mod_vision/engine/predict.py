@@ -1,28 +1,98 @@
-"""Predictors that attach each image's routed token share to its Results."""
+"""Predictors that attach each image's routed token share and routing maps to its Results, and draw heatmaps."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.models.yolo.segment import SegmentationPredictor
+from ultralytics.utils import LOGGER
 
 from ..cfg import apply_routing
+from ..heatmap import depth_image, routing_maps, save_image_heatmaps
 from ..nn.routing import token_share
 
 
 class RoutedPredictorMixin:
-    """Sets the capacity asked for at predict time, and adds `result.token_share` (None for dense or exported models)."""
+    """Sets the capacity asked for at predict time, and adds `result.token_share` and `result.routing` (a
+    `mod_vision.heatmap.Routing`; both None for dense or exported models). With `save_heatmap=True`, writes heatmaps to
+    save_dir/heatmaps: per image <stem>_depth.jpg, <stem>_block<j>.jpg and <stem>_blocks.png; per video or stream
+    <stem>_depth.mp4 with each frame's compute share."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # after postprocess, outside the timed section: drawing must not count as the model's postprocess time
+        if save_heatmaps_callback not in self.callbacks["on_predict_postprocess_end"]:  # the model's dict is shared
+            self.add_callback("on_predict_postprocess_end", save_heatmaps_callback)
 
     def setup_source(self, source, *args, **kwargs):
         # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
-        super().setup_source(source, *args, **kwargs)
+        super().setup_source(source, *args, **kwargs)  # a stream that cannot be opened: its error names the URL
         apply_routing(self.model, self.args)
+        self._heatmap_stems, self._warned_no_routing = {}, False
 
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)
         share = token_share(self.model)
+        routings = routing_maps(self.model, img.shape[2:], [r.orig_shape for r in results])
         for i, r in enumerate(results):
             r.token_share = None if share is None else float(share[i])
+            r.routing = None if routings is None else routings[i]
         return results
+
+    def save_heatmaps(self, results) -> None:
+        """Heatmap images per image; for videos and streams one video per source in Ultralytics' vid_writer dict (which
+        its predictor releases when the run ends, however it ends)."""
+        folder = Path(self.save_dir) / "heatmaps"
+        paths = self.batch[0]
+        for i, r in enumerate(results):
+            if r.routing is None:
+                if not self._warned_no_routing:
+                    LOGGER.warning("save_heatmap: this model reports no routing (dense or exported), no heatmaps")
+                    self._warned_no_routing = True
+                continue
+            mode, p = self.dataset.mode, Path(paths[i])
+            key = {"video": paths[i], "stream": i}.get(mode)  # one output per video file or stream slot
+            # a stream's "path" is its cleaned URL or webcam index: keep all of it, it has no file suffix to drop
+            stem = self._heatmap_stem(p.name if mode == "stream" else p.stem, key)
+            if key is not None:
+                self._write_heatmap_frame(folder / f"{stem}_depth.mp4", depth_image(r.orig_img, r.routing), i)
+            else:
+                save_image_heatmaps(r.orig_img, r.routing, folder, stem)
+
+    def _heatmap_stem(self, stem: str, key) -> str:
+        """A unique output stem per image, and a stable one per video file or stream slot (bus.jpg + bus.png ->
+        bus, bus-2), as Ultralytics names its own outputs."""
+        if key is not None and key in self._heatmap_stems:
+            return self._heatmap_stems[key]
+        taken, base, k = set(self._heatmap_stems.values()), stem, 1
+        while base in taken:
+            k += 1
+            base = f"{stem}-{k}"
+        self._heatmap_stems[key if key is not None else object()] = base
+        return base
+
+    def _write_heatmap_frame(self, path: Path, frame, i: int) -> None:
+        if path not in self.vid_writer:
+            fps = max(1, source_fps(self.dataset, i) / self.args.vid_stride)  # skipped frames must not shorten it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.vid_writer[path] = cv2.VideoWriter(
+                str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0])
+            )
+        self.vid_writer[path].write(frame)
+
+
+def source_fps(dataset, i: int) -> float:
+    """Frame rate of source i: a video's (one float), a stream's (one per stream), a screen's (a fixed 30)."""
+    fps = dataset.fps
+    fps = fps[i] if isinstance(fps, (list, tuple)) else fps
+    return fps if fps and 0 < fps < 1000 else 30  # Ultralytics' fallback for a missing or bogus rate
+
+
+def save_heatmaps_callback(predictor) -> None:
+    if getattr(predictor.args, "save_heatmap", False) and hasattr(predictor, "save_heatmaps"):
+        predictor.save_heatmaps(predictor.results)
 
 
 class MoDDetectionPredictor(RoutedPredictorMixin, DetectionPredictor):

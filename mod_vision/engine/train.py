@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 from copy import copy
+from pathlib import Path
+
+import torch
 
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
+from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
@@ -81,6 +85,55 @@ class MoDDetectionTrainer(DetectionTrainer):
 
     def get_validator(self):
         return self.validator_class(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
+
+    # Routing heatmaps of a fixed val batch, like Ultralytics' val_batch plots: at the end of training (best.pt) and,
+    # with heatmap_period=N, every N epochs (EMA weights). Registered as callbacks so the training loop stays upstream's.
+    HEATMAP_IMAGES = 4
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        period = self.args.heatmap_period
+        if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+            raise ValueError(f"heatmap_period must be an int >= 0 (epochs between routing heatmaps; 0: none), got {period!r}")
+        for event, fn in (("on_fit_epoch_end", routing_plot_epoch), ("on_train_end", routing_plot_final)):
+            if fn not in self.callbacks[event]:  # the dict is the model's, shared by every trainer it makes
+                self.add_callback(event, fn)
+
+    def plot_routing(self, model, fname: str) -> Path | None:
+        """Save a figure of the first val images: depth map and each routed block's tokens. None for a dense model."""
+        from ..heatmap import panel_figure, routing_maps
+
+        ds = self.test_loader.dataset
+        n = min(len(ds), self.HEATMAP_IMAGES, self.test_loader.batch_size)  # one val batch, so one letterbox shape
+        batch = ds.collate_fn([ds[i] for i in range(n)])
+        p = next(model.parameters())
+        model.eval()
+        with torch.no_grad():
+            model(batch["img"].to(p.device, p.dtype) / 255)
+        shape = tuple(batch["img"].shape[2:])
+        routings = routing_maps(model, shape, [shape] * n)
+        if routings is None:
+            return None
+        images = batch["img"].permute(0, 2, 3, 1).numpy()[..., ::-1]  # the loader's RGB -> BGR, as OpenCV draws
+        rows = [(im, r, Path(f).name) for im, r, f in zip(images, routings, batch["im_file"])]
+        path = panel_figure(rows, self.save_dir / fname)
+        self.on_plot(path)
+        return path
+
+
+def routing_plot_epoch(trainer) -> None:
+    period, epoch = trainer.args.heatmap_period, trainer.epoch
+    if not (trainer.args.plots and period and RANK in {-1, 0} and hasattr(trainer, "plot_routing")):
+        return
+    # final_eval re-fires on_fit_epoch_end with epoch = epochs; that one is the final plot's business
+    if epoch < trainer.epochs and (epoch + 1) % period == 0:
+        trainer.plot_routing(trainer.ema.ema, f"routing_val_batch0_epoch{trainer.epoch + 1}.jpg")
+
+
+def routing_plot_final(trainer) -> None:
+    if trainer.args.plots and hasattr(trainer, "plot_routing"):
+        model = load_checkpoint(trainer.best, device=trainer.device)[0] if trainer.best.exists() else trainer.ema.ema
+        trainer.plot_routing(model, "routing_val_batch0.jpg")
 
 
 class MoDSegmentationTrainer(MoDDetectionTrainer, SegmentationTrainer):

@@ -162,12 +162,15 @@ class RoutedBlock(Block):
         return x.scatter(1, gather_index, processed)
 
 
+def native_model(model: nn.Module) -> nn.Module:
+    """The PyTorch model inside Ultralytics' AutoBackend (which keeps it on a backend object, not as a submodule)."""
+    native = getattr(getattr(model, "backend", None), "model", None)
+    return native if isinstance(native, nn.Module) else model
+
+
 def routed_blocks(model: nn.Module) -> list[RoutedBlock]:
     """Return the routed blocks of a model in forward order (also through Ultralytics' AutoBackend)."""
-    # AutoBackend keeps the PyTorch model on a backend object, not as a submodule
-    native = getattr(getattr(model, "backend", None), "model", None)
-    model = native if isinstance(native, nn.Module) else model
-    return [m for m in model.modules() if isinstance(m, RoutedBlock)]
+    return [m for m in native_model(model).modules() if isinstance(m, RoutedBlock)]
 
 
 def set_capacity(model: nn.Module, capacity: float | list[float] | dict[int, float]) -> list[float]:

@@ -1,0 +1,177 @@
+"""Routing heatmaps: which tokens each routed block processed, as arrays (`Routing`) and as pictures.
+
+Maps are laid out on the routed stage's token grid, which covers the network input: Ultralytics' letterboxed image,
+further padded at the bottom/right by PatchEmbed (or ceil-rounded by strided convolutions) to whole tokens. `Routing`
+maps them back to the original image with Ultralytics' own letterbox inverse (`ops.scale_masks`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from ultralytics.utils import ops
+from ultralytics.utils.plotting import Annotator
+
+from .nn.routing import RoutedBlock, native_model, routing_masks
+from .nn.vit import MoDViTStage
+
+COLORMAP = cv2.COLORMAP_INFERNO  # dark = skipped / shallow, bright = processed / deep; readable in grey too
+ALPHA = 0.5  # weight of the colormap over the image
+
+
+@dataclass
+class Routing:
+    """One image's routing in the latest forward.
+
+    Attributes:
+        masks: (R, h, w) bool, the tokens each of the R routed blocks processed, on the token grid.
+        input_shape: (H, W) of the network input the grid covers (letterboxed image).
+        orig_shape: (H0, W0) of the original image.
+    """
+
+    masks: np.ndarray
+    input_shape: tuple[int, int]
+    orig_shape: tuple[int, int]
+
+    @property
+    def depth(self) -> np.ndarray:
+        """(h, w) int: how many routed blocks each token went through, in [0, R]."""
+        return self.masks.sum(0, dtype=np.int64)
+
+    @property
+    def share(self) -> float:
+        """Share of routed-block tokens processed (result.token_share's definition)."""
+        return float(self.masks.mean())
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per token side: a power of two (Ultralytics' strides), at least enough to cover the input."""
+        (h, w), (hi, wi) = self.masks.shape[1:], self.input_shape
+        s = 2 ** round(math.log2(max(hi / h, wi / w)))
+        return max(s, math.ceil(hi / h), math.ceil(wi / w))
+
+    def to_input(self, grid: np.ndarray | None = None) -> np.ndarray:
+        """(..., h, w) token-grid map (default: depth) -> (..., H, W) on the network input; tokens become squares."""
+        grid = self.depth if grid is None else np.asarray(grid)
+        s = self.stride
+        return grid.repeat(s, -2).repeat(s, -1)[..., : self.input_shape[0], : self.input_shape[1]]
+
+    def to_image(self, grid: np.ndarray | None = None) -> np.ndarray:
+        """(..., h, w) token-grid map (default: depth) -> (..., H0, W0) on the original image, letterbox undone."""
+        x = self.to_input(grid)
+        lead = x.shape[:-2]
+        t = torch.from_numpy(np.ascontiguousarray(x.reshape(1, -1, *x.shape[-2:]), dtype=np.float32))
+        out = ops.scale_masks(t, self.orig_shape[:2], mode="nearest")[0].numpy()
+        out = out > 0.5 if x.dtype == bool else out.round().astype(x.dtype)
+        return out.reshape(*lead, *out.shape[-2:])
+
+
+def token_grid(model: torch.nn.Module) -> tuple[int, int] | None:
+    """(h, w) token grid of the routed stage in the latest forward, or None (no routed stage, or not run yet)."""
+    stages = [
+        m
+        for m in native_model(model).modules()
+        if isinstance(m, MoDViTStage) and any(isinstance(b, RoutedBlock) for b in m.blocks)
+    ]
+    grids = {getattr(s, "last_grid", None) for s in stages}
+    if not stages or None in grids:
+        return None
+    if len(grids) > 1:  # routing_masks stacks all routed blocks, so they must share a token count
+        raise NotImplementedError(f"routed stages on different token grids {sorted(grids)} are not supported")
+    return grids.pop()
+
+
+def routing_maps(model: torch.nn.Module, input_shape, orig_shapes) -> list[Routing] | None:
+    """One `Routing` per image of the latest forward of `model` on inputs of `input_shape` (H, W); None when the model
+    has no routing to show (dense, exported, or not run)."""
+    masks, grid = routing_masks(model), token_grid(model)
+    if masks is None or grid is None:
+        return None
+    b, r, n = masks.shape
+    if n != grid[0] * grid[1]:
+        raise RuntimeError(f"routed blocks saw {n} tokens but the stage's token grid is {grid}")
+    masks = masks.view(b, r, *grid).cpu().numpy()
+    return [Routing(m, tuple(input_shape[-2:]), tuple(s[:2])) for m, s in zip(masks, orig_shapes)]
+
+
+def colorize(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
+    """Blend a colormapped (H, W) heat map in [0, vmax] over a BGR uint8 image of the same size."""
+    heat = np.clip(heat.astype(np.float32) / max(vmax, 1e-9), 0, 1)
+    colored = cv2.applyColorMap((heat * 255).astype(np.uint8), COLORMAP)
+    return cv2.addWeighted(np.ascontiguousarray(image), 1 - ALPHA, colored, ALPHA, 0)
+
+
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """Write `text` on a dark box at the top left (Ultralytics' Annotator, cv2 fonts: no font download)."""
+    lw = max(1, round(min(image.shape[:2]) / 250))
+    ann = Annotator(np.ascontiguousarray(image), line_width=lw, pil=False)
+    h = cv2.getTextSize(text, 0, fontScale=ann.sf, thickness=ann.tf)[0][1]
+    ann.text((2, h + 5), text, box_color=(32, 32, 32))
+    return ann.result()
+
+
+def share_text(routing: Routing) -> str:
+    return f"compute share {routing.share:.2f} ({len(routing.masks)} routed blocks)"
+
+
+def depth_image(image: np.ndarray, routing: Routing, text: str | None = None) -> np.ndarray:
+    """The original BGR image with the depth map overlaid and the compute share written on it."""
+    heat = colorize(image, routing.to_image(), len(routing.masks))
+    return caption(heat, text or share_text(routing))
+
+
+def block_images(image: np.ndarray, routing: Routing) -> list[np.ndarray]:
+    """Per routed block, the original image with that block's selected tokens bright and the skipped ones dark."""
+    return [
+        caption(colorize(image, m, 1), f"routed block {j}: {grid.mean():.2f} of tokens")
+        for j, (m, grid) in enumerate(zip(routing.to_image(routing.masks), routing.masks))
+    ]
+
+
+def panel_figure(rows: list[tuple[np.ndarray, Routing, str]], fname: str | Path) -> Path:
+    """One figure: per row (image, routing, title), the depth overlay then one panel per routed block.
+
+    Uses matplotlib's object API on an Agg canvas: no global backend switch, bundled DejaVu font only.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    cols = 1 + max(len(r.masks) for _, r, _ in rows)
+    fig = Figure(figsize=(2.6 * cols, 2.4 * len(rows) + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for ax_row, (image, routing, title) in zip(axes, rows):
+        r = len(routing.masks)
+        panels = [colorize(image, routing.to_image(), r)] + [colorize(image, m, 1) for m in routing.to_image(routing.masks)]
+        names = [f"{title}\ndepth, share {routing.share:.2f}"] + [
+            f"block {j}: {m.mean():.2f} tokens" for j, m in enumerate(routing.masks)
+        ]
+        for ax, im, name in zip(ax_row, panels, names):
+            ax.imshow(im[..., ::-1])
+            ax.set_title(name, fontsize=8)
+        for ax in ax_row:
+            ax.axis("off")
+        bar = ScalarMappable(Normalize(0, r), cmap="inferno")  # the same map as cv2.COLORMAP_INFERNO
+        fig.colorbar(bar, ax=ax_row[0], fraction=0.046, pad=0.02, ticks=range(r + 1)).ax.tick_params(labelsize=7)
+    fig.suptitle("routed blocks per token (depth) and each block's selected tokens", fontsize=10)
+    fig.savefig(fname, dpi=110)
+    return Path(fname)
+
+
+def save_image_heatmaps(image: np.ndarray, routing: Routing, folder: Path, stem: str) -> list[Path]:
+    """Write <stem>_depth.jpg, <stem>_block<j>.jpg per routed block and the <stem>_blocks.png panel grid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{stem}_depth.jpg"]
+    cv2.imwrite(str(paths[0]), depth_image(image, routing))
+    for j, im in enumerate(block_images(image, routing)):
+        paths.append(folder / f"{stem}_block{j}.jpg")
+        cv2.imwrite(str(paths[-1]), im)
+    paths.append(panel_figure([(image, routing, stem)], folder / f"{stem}_blocks.png"))
+    return paths
