@@ -4,7 +4,7 @@ Trains a routed model briefly on the sample data with the auxiliary router loss 
 images in dynamic mode (each image takes the tokens its routers score above 0.5, within [min, max] capacity), and
 reports the token share per image grouped by object count and background, as a markdown table and CSV.
 
-    python tools/dynamic_compute.py --epochs 10 --imgsz 256 --router-aux 0.1 --bounds 0.05 1.0
+    python tools/dynamic_compute.py --epochs 10 --imgsz 256 --router-aux 0.1 --bounds 0.05 1.0  # ~8 min on 2 CPU cores
     python tools/dynamic_compute.py --weights runs/detect/train/weights/best.pt
 """
 
@@ -43,7 +43,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--imgsz", type=int, default=256)
     p.add_argument("--router-aux", type=float, default=0.1)
-    p.add_argument("--capacity-range", type=float, nargs=2, default=[0.125, 1.0])
+    p.add_argument("--capacity-range", type=float, nargs=2, default=None, help="elastic training range (default: fixed)")
     p.add_argument("--bounds", type=float, nargs=2, default=[0.05, 1.0], help="dynamic [min, max] capacity")
     p.add_argument("--project", default="runs/dynamic_compute")
     a = p.parse_args(argv)

@@ -15,17 +15,17 @@ import torch
 
 import mod_vision  # noqa: F401  (registers the layers)
 from mod_vision.flops import gflops
-from mod_vision.nn.tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml
+from mod_vision.nn.tasks import MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, load_model_yaml
 
 
 def row(name: str, scale: str, imgsz: int) -> dict:
     d = load_model_yaml(name)
-    d["scale"] = scale
+    d["scale"] = scale  # None for a YAML without scales (the timm-shaped ones)
     cls = MoDSegmentationModel if "-seg" in name else MoDDetectionModel
     model = cls(d, verbose=False).eval()
     caps = model.capacities()
     return {
-        "model": name.replace(".yaml", f"-{scale}"),
+        "model": name.replace(".yaml", f"-{scale}" if scale else ""),
         "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,
         "capacity": ", ".join(sorted({f"{c:g}" for c in caps})) or "dense",
         f"GFLOPs@{imgsz}": gflops(model, imgsz),
@@ -35,11 +35,11 @@ def row(name: str, scale: str, imgsz: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--imgsz", type=int, default=640)
-    ap.add_argument("--yamls", nargs="+", default=[f"{a}-{t}{d}.yaml" for a in ("modvit", "hybrid") for t in ("det", "seg") for d in ("", "-dense")])
+    ap.add_argument("--yamls", nargs="+", default=sorted(p.name for p in MODEL_DIR.glob("*.yaml")))
     ap.add_argument("--scales", nargs="+", default=["n", "s", "m"])
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = [row(y, s, args.imgsz) for y in args.yamls for s in args.scales]
+    rows = [row(y, s, args.imgsz) for y in args.yamls for s in (args.scales if load_model_yaml(y).get("scales") else [None])]
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
