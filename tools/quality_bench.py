@@ -16,7 +16,7 @@ Resumable: each (split, arm) writes results/<split>__<arm>.json; a rerun skips f
 training from its last.pt and re-measures latency (interleaved round-robin over every arm and capacity) and the
 report: results.md, results.csv, capacity.csv, ap_vs_latency.png, ap_vs_capacity.png in runs/quality_bench/<name>/.
 
-Usage: python tools/quality_bench.py [--name default] [--epochs 30] [--imgsz 128] [--n-train 300] [--arms ...]
+Usage: python tools/quality_bench.py [--name default] [--epochs 20] [--imgsz 128] [--n-train 400] [--arms ...]
            [--splits textured flat] [--extra capacity_warmup=2 router_aux=0.1]
 """
 
@@ -255,6 +255,7 @@ def checks(results: list[dict], splits) -> list[str]:
                 a = ap(results, split, arm, cap, kind)
                 if not math.isnan(a + d):
                     verdict = "holds" if a >= d - tol else "does not hold"
+                    verdict += " (both 0: uninformative)" if a == d == 0 else ""
                     lines.append(f"- {split} {kind}: {arm} at {cap} = {a:.2f} vs dense {d:.2f} "
                                  f"(target: within {tol} AP) -> **{verdict}** ({a - d:+.2f})")  # fmt: skip
             e25, e50 = ap(results, split, "mod-elastic", "0.25", kind), ap(results, split, "mod-elastic", "0.5", kind)
@@ -348,10 +349,10 @@ def parse_args(argv=None):
     ap_ = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap_.add_argument("--name", default="default", help="run folder name under --out")
     ap_.add_argument("--out", default="runs/quality_bench")
-    ap_.add_argument("--epochs", type=int, default=30)
+    ap_.add_argument("--epochs", type=int, default=20)
     ap_.add_argument("--imgsz", type=int, default=128)
-    ap_.add_argument("--batch", type=int, default=16)
-    ap_.add_argument("--n-train", type=int, default=300, help="train images generated, both kinds together")
+    ap_.add_argument("--batch", type=int, default=8)
+    ap_.add_argument("--n-train", type=int, default=400, help="train images generated, both kinds together")
     ap_.add_argument("--n-val", type=int, default=100, help="val images generated, both kinds together")
     ap_.add_argument("--data-size", type=int, nargs=2, default=(128, 192), help="min, max image side of the sample data")
     ap_.add_argument("--scale", default="n", choices=("n", "s", "m"), help="MoD model scale")
