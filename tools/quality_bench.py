@@ -379,7 +379,7 @@ def parse_args(argv=None):
 def main(argv=None) -> Path:
     args = parse_args(argv)
     command = "python tools/quality_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    run = Path(args.out) / args.name
+    run = (Path(args.out) / args.name).resolve()  # Ultralytics reads a relative project under its RUNS_DIR
     run.mkdir(parents=True, exist_ok=True)
     datas = prepare_data(run, args)
     results = [run_arm(arm, split, datas[split], run, args) for split in args.splits for arm in args.arms]
