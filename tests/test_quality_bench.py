@@ -101,6 +101,10 @@ def test_tiny_run_gives_finite_results_and_resumes(bench, tmp_path, capsys):
     assert flops == sorted(flops, reverse=True) and flops[0] > flops[-1]
     shares = [routed["eval"][c]["token_share"] for c in ("1", "0.5", "0.25", "0.125")]
     assert shares[0] == 1.0 and shares == sorted(shares, reverse=True) and shares[-1] < 0.5
+    # every output stays in the run folder (Ultralytics would put a relative or unnamed one under its RUNS_DIR)
+    assert sorted(p.name for p in (run / "val").iterdir()) == sorted(
+        [f"textured__mod-elastic__{c}" for c in ("1", "0.5", "0.25", "0.125")] + ["textured__yolo11n__dense"])
+    assert (run / "train" / "textured" / "mod-elastic" / "weights" / "best.pt").is_file()
     for name in ("results.md", "results.csv", "capacity.csv", "ap_vs_latency.png", "ap_vs_capacity.png"):
         assert (run / name).stat().st_size > 0
     with open(run / "results.csv") as f:

@@ -134,12 +134,13 @@ def train_arm(arm: str, split: str, data: Path, run: Path, args) -> Path:
     return best if best.is_file() else last
 
 
-def evaluate(weights: Path, data: Path, args, capacity: float | None) -> dict:
+def evaluate(weights: Path, data: Path, args, capacity: float | None, save_dir: Path) -> dict:
     """Box and mask COCO AP/AP50 from mod_vision's validator (one evaluator for every arm, YOLO11n included)."""
     from mod_vision import MoDYOLO
 
     m = MoDYOLO(str(weights)).val(data=str(data), imgsz=args.imgsz, batch=args.batch, device=args.device, plots=False,
-                                  workers=args.workers, capacity=capacity, verbose=False)  # fmt: skip
+                                  workers=args.workers, capacity=capacity, verbose=False, project=str(save_dir.parent),
+                                  name=save_dir.name, exist_ok=True)  # fmt: skip
     c = m.coco
     return {"box_AP": c.get("metrics/coco_AP(B)", math.nan), "box_AP50": c.get("metrics/coco_AP50(B)", math.nan),
             "mask_AP": c.get("metrics/coco_AP(M)", math.nan), "mask_AP50": c.get("metrics/coco_AP50(M)", math.nan),
@@ -180,7 +181,8 @@ def run_arm(arm: str, split: str, data: Path, run: Path, args) -> dict:
         m = load_module(weights)
         if c is not None:
             set_capacity(m, c)
-        evals["dense" if c is None else f"{c:g}"] = {**evaluate(weights, data, args, c), "gflops": gflops(m, args.imgsz)}
+        key = "dense" if c is None else f"{c:g}"
+        evals[key] = {**evaluate(weights, data, args, c, run / "val" / f"{split}__{arm}__{key}"), "gflops": gflops(m, args.imgsz)}
     result = {"arm": arm, "split": split, "model": arm_spec(arm, args)["model"], "weights": str(weights),
               "train_args": arm_spec(arm, args)["train"], "own_capacity": sorted(set(own))[0] if own else None,
               "settings": settings, "train_s": train_s, "eval": evals}  # fmt: skip
