@@ -173,18 +173,16 @@ def run_arm(arm: str, split: str, data: Path, run: Path, args) -> dict:
     weights = train_arm(arm, split, data, run, args)
     train_s = time.perf_counter() - t0
     module = load_module(weights)
-    routed = bool(routed_blocks(module))
-    own = [b.capacity for b in routed_blocks(module)]
-    caps = list(args.capacities) if routed else [None]
+    own = [b.capacity for b in routed_blocks(module)]  # one value in every arm here
     evals = {}
-    for c in caps:
-        m = load_module(weights)
+    for c in list(args.capacities) if own else [None]:
         if c is not None:
-            set_capacity(m, c)
+            set_capacity(module, c)
         key = "dense" if c is None else f"{c:g}"
-        evals[key] = {**evaluate(weights, data, args, c, run / "val" / f"{split}__{arm}__{key}"), "gflops": gflops(m, args.imgsz)}
+        coco = evaluate(weights, data, args, c, run / "val" / f"{split}__{arm}__{key}")
+        evals[key] = {**coco, "gflops": gflops(module, args.imgsz)}
     result = {"arm": arm, "split": split, "model": arm_spec(arm, args)["model"], "weights": str(weights),
-              "train_args": arm_spec(arm, args)["train"], "own_capacity": sorted(set(own))[0] if own else None,
+              "train_args": arm_spec(arm, args)["train"], "own_capacity": own[0] if own else None,
               "settings": settings, "train_s": train_s, "eval": evals}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
@@ -273,8 +271,8 @@ def checks(results: list[dict], splits) -> list[str]:
                 better = [(r["arm"], c, v[kind] * 100, v["latency_ms"]) for r in results if r["split"] == split
                           and r["arm"] in ROUTED_ARMS for c, v in r["eval"].items()
                           if v[kind] * 100 > ya and v["latency_ms"] <= yl]  # fmt: skip
-                verdict = ("holds: " + ", ".join(f"{a}@{c} {x:.2f} AP at {t:.1f} ms" for a, c, x, t in better)) if better \
-                    else "does not hold"  # fmt: skip
+                found = ", ".join(f"{a}@{c} {x:.2f} AP at {t:.1f} ms" for a, c, x, t in better)
+                verdict = f"holds: {found}" if better else "does not hold"
                 lines.append(f"- {split} {kind}: MoD more accurate than YOLO11n ({ya:.2f} AP, {yl:.1f} ms) at equal "
                              f"or lower latency -> **{verdict}**")  # fmt: skip
     return lines
@@ -356,7 +354,7 @@ def parse_args(argv=None):
     ap_.add_argument("--batch", type=int, default=8)
     ap_.add_argument("--n-train", type=int, default=400, help="train images generated, both kinds together")
     ap_.add_argument("--n-val", type=int, default=100, help="val images generated, both kinds together")
-    ap_.add_argument("--data-size", type=int, nargs=2, default=(128, 192), help="min, max image side of the sample data")
+    ap_.add_argument("--data-size", type=int, nargs=2, default=(128, 192), help="min, max sample image side")
     ap_.add_argument("--scale", default="n", choices=("n", "s", "m"), help="MoD model scale")
     ap_.add_argument("--device", default="cpu")
     ap_.add_argument("--workers", type=int, default=0)
