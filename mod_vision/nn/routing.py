@@ -21,8 +21,16 @@ def check_capacity(capacity: float) -> float:
     return float(capacity)
 
 
-def tokens_for(capacity: float, n: int) -> int:
-    """Return k = ceil(capacity * n), at least one token, at most n."""
+def tokens_for(capacity: float, n: int | torch.Tensor) -> int | torch.Tensor:
+    """Return k = ceil(capacity * n), at least one token, at most n.
+
+    `n` is a tensor while torch.jit / torch.onnx trace a model for export: k is then computed in the graph, in integer
+    arithmetic on capacity in millionths, so an export with dynamic shapes keeps k = ceil(capacity * N) at every input
+    size (the same k as eager mode for any capacity given to 6 decimals) instead of the traced size's k.
+    """
+    if isinstance(n, torch.Tensor):
+        millionths = round(capacity * 1_000_000)
+        return torch.minimum((n * millionths + 999_999) // 1_000_000, n).clamp(min=1)
     # round() first so that float noise such as 0.1 * 30 = 3.0000000000000004 does not add a token
     return max(1, min(n, math.ceil(round(capacity * n, 6))))
 
@@ -122,7 +130,12 @@ class RoutedBlock(Block):
         n = scores.shape[1]
         if self.dynamic is None:
             k = tokens_for(self.capacity, n)
-            return scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values, None
+            top = scores.topk(k, dim=1).indices
+            # Raster order through a second top-k (of the negated positions as floats, exact below 2**24 tokens) and a
+            # gather rather than a sort: every export runtime has a float TopK, while LiteRT's interpreter has no Sort
+            # (and lowers an int or values-only top-k to one). sorted=True above: CoreML's iOS16 opset has no unsorted
+            # top-k. All of it is free in eager mode.
+            return top.gather(1, (-top.float()).topk(k, dim=1).indices), None
         lo, hi = (tokens_for(c, n) for c in self.dynamic)
         want = (scores > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
         k = int(want.max())
