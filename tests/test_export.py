@@ -248,7 +248,7 @@ def test_op_missing_in_runtime_fails_at_export(det_run, tmp_path):
     pt = shutil.copy(det_run / "weights" / "best.pt", tmp_path / "best.pt")
     with pytest.raises(ExportOpError, match=r"format='ncnn' cannot run op\(s\).*torch\.topk") as e:
         MoDYOLO(pt).export(format="ncnn", imgsz=IMGSZ)
-    assert {"torch.topk", "torch.gather", "aten::scatter"} <= set(e.value.ops)
+    assert "torch.topk" in e.value.ops and e.value.format == "ncnn"
 
 
 def test_cli_export(det_run, tmp_path):

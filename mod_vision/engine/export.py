@@ -35,12 +35,14 @@ FORMATS = ("torchscript", "onnx", "openvino", "engine", "coreml", "litert", "ncn
 ALIASES = {"tensorrt": "engine", "trt": "engine", "tflite": "litert", "mlpackage": "coreml", "mlprogram": "coreml"}
 
 # Op names of the three routing steps in each saved graph (TensorRT builds from the ONNX graph).
+# "gather" and "scatter" are the token-row gather and scatter (RoutedBlock.forward); ONNX/OpenVINO Gather also serves
+# shape arithmetic, so only its lower bound means something.
 ROUTING_OPS = {
-    "onnx": {"topk": "TopK", "gather": "GatherElements", "scatter": "ScatterElements"},
-    "openvino": {"topk": "TopK", "gather": "GatherElements", "scatter": "ScatterElementsUpdate"},
-    "torchscript": {"topk": "aten::topk", "gather": "aten::gather", "scatter": "aten::scatter"},
-    "litert": {"topk": "TOPK_V2", "gather": "GATHER_ND", "scatter": "STABLEHLO_SCATTER"},
-    "coreml": {"topk": "topk", "gather": "gather_along_axis", "scatter": "scatter_along_axis"},
+    "onnx": {"topk": "TopK", "gather": "Gather", "scatter": "ScatterND"},
+    "openvino": {"topk": "TopK", "gather": "Gather", "scatter": "ScatterNDUpdate"},
+    "torchscript": {"topk": "aten::topk", "gather": "aten::index_select", "scatter": "aten::index_put_"},
+    "litert": {"topk": "TOPK_V2", "gather": "GATHER", "scatter": "STABLEHLO_SCATTER"},
+    "coreml": {"topk": "topk", "gather": "gather", "scatter": "scatter_nd"},
 }
 
 
@@ -140,6 +142,8 @@ class MoDExporter(Exporter):
         model = deepcopy(model)  # the capacity given here must not change the caller's model
         apply_capacity(model, getattr(self.args, "capacity", None))
         set_dynamic(model, None)  # export is always the static top-k path
+        for b in routed_blocks(model):  # k computed in the graph (from N) only where the input shape may change
+            b.export_dynamic_shapes = bool(self.args.dynamic)
         self.routed = len(routed_blocks(model))
         f = super().__call__(model)
         if f and self.routed:
@@ -191,6 +195,15 @@ class MoDExporter(Exporter):
         if error:
             raise error
         return f
+
+    def export_openvino(self, prefix=""):
+        try:
+            return super().export_openvino()
+        except Exception as e:  # OpenVINO's frontend lists the ops it has no conversion rule for
+            ops = re.search(r"No conversion rule found for operations: ([^\n]+)", str(e))
+            if ops:
+                raise ExportOpError("openvino", [o.strip() for o in ops[1].split(",")]) from e
+            raise
 
     def export_coreml(self, prefix=""):
         try:
