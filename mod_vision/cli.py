@@ -13,7 +13,7 @@ MODE:
   train        train a model (default model=modvit-det.yaml; default data: the sample data, generated on first use)
   val          validate; COCO metrics are computed when the data YAML names a `coco_json`
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
-  export       export through Ultralytics' exporter (format=onnx|openvino|tflite|ncnn|torchscript|coreml ...)
+  export       export with the routing kept in the graph (format=onnx|openvino|litert|torchscript|coreml|engine)
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
   sample-data  write the sample dataset (root=datasets/mod-sample n_train=200 n_val=50 seed=0)
   help         this text
