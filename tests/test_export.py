@@ -1,8 +1,8 @@
 """Export keeps the routing: each runtime's outputs against PyTorch, routing ops in the saved graph, metadata, errors.
 
 Each format is exported once per module (from a copy of the session's tiny trained models, imgsz 96) and reused.
-Tolerances: raw head outputs within BOX_ATOL + BOX_RTOL x value (decoded boxes, pixels at imgsz 96) and RAW_ATOL (class scores in [0, 1],
-mask coefficients, protos) of PyTorch; after NMS, every detection above MATCH_CONF has a same-class partner with box IoU >= 0.9
+Tolerances: raw head outputs within BOX_ATOL + BOX_RTOL x value (decoded boxes, pixels at imgsz 96) and RAW_ATOL
+(class scores in [0, 1], mask coefficients, protos) of PyTorch; after NMS, every detection above MATCH_CONF has a same-class partner with box IoU >= 0.9
 (and mask IoU >= 0.9) in the other runtime's results.
 """
 

@@ -1,7 +1,7 @@
 """Export of routed models through Ultralytics' exporter, with the routing kept in the graph.
 
-An exported MoD model must still skip compute on the edge, so export always takes the static top-k path (k = ceil(capacity
-* N) per routed block, fixed at export): each routed block becomes TopK, GatherElements and ScatterElements (or the
+An exported MoD model must still skip compute on the edge, so export always takes the static top-k path
+(k = ceil(capacity * N) per routed block, fixed at export): each routed block becomes TopK, GatherElements and ScatterElements (or the
 runtime's equivalent). `MoDExporter` subclasses Ultralytics' `Exporter` and adds, per export:
 
 - the `capacity=` argument applied to a copy of the model (dynamic per-image k switched off);

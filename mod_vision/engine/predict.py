@@ -30,7 +30,8 @@ class RoutedPredictorMixin:
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)
         if self.exported:
-            capacity, shares = self.exported["capacity"], [exported_token_share(self.exported, img.shape[-2:])] * len(results)
+            capacity = self.exported["capacity"]
+            shares = [exported_token_share(self.exported, img.shape[-2:])] * len(results)
         else:
             capacity, share = [b.capacity for b in routed_blocks(self.model)], token_share(self.model)
             shares = [None] * len(results) if share is None else share.tolist()
