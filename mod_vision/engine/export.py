@@ -1,8 +1,8 @@
 """Export of routed models through Ultralytics' exporter, with the routing kept in the graph.
 
 An exported MoD model must still skip compute on the edge, so export always takes the static top-k path
-(k = ceil(capacity * N) per routed block, fixed at export): each routed block becomes TopK, GatherElements and ScatterElements (or the
-runtime's equivalent). `MoDExporter` subclasses Ultralytics' `Exporter` and adds, per export:
+(k = ceil(capacity * N) per routed block, fixed at export): each routed block becomes TopK, a row Gather and a
+ScatterND (or the runtime's equivalent). `MoDExporter` subclasses Ultralytics' `Exporter` and adds, per export:
 
 - the `capacity=` argument applied to a copy of the model (dynamic per-image k switched off);
 - for fixed-shape exports, the position embedding resized once to the export grid (a constant, so runtimes without a
