@@ -15,7 +15,7 @@ MODE:
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
   heatmap      predict and write routing heatmaps (tokens per routed block, depth map, compute share) to
                <run>/heatmaps: images for images, <stem>_depth.mp4 for videos and streams
-  export       export through Ultralytics' exporter (format=onnx|openvino|tflite|ncnn|torchscript|coreml ...)
+  export       export with the routing kept in the graph (format=onnx|openvino|litert|torchscript|coreml|engine)
   sweep        validate at several capacities (capacities=[1.0,0.5,0.25,0.125]): mAP-vs-capacity table and plot
   benchmark    side-by-side latency/FLOPs/memory benchmark (same arguments as tools/benchmark.py, e.g. imgsz=640)
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities

@@ -8,11 +8,20 @@ linearly with the pixel count, which undercounts attention, whose cost grows wit
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
 from .nn.routing import routed_blocks, set_capacity
 
 CAPACITIES = (1.0, 0.5, 0.25, 0.125)
+
+# torch < 2.15 has no FLOP formula for CPU flash attention, so it counted 0; the formula is flash attention's (a
+# backport of torch 2.15's registration, for the torch 2.14 that the [export] extra installs)
+_CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+if _CPU_ATTENTION not in flop_registry:
+
+    @register_flop_formula(_CPU_ATTENTION)
+    def _cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def gflops(model: torch.nn.Module, imgsz: int | tuple[int, int] = 640, ch: int = 3) -> float:

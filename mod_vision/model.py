@@ -83,6 +83,16 @@ class MoDYOLO(Model):
 
         return capacity_sweep(self, capacities, **kwargs)
 
+    def export(self, **kwargs) -> str:
+        """Ultralytics' export (same arguments and defaults) through `MoDExporter`: the static top-k routing stays in
+        the graph, `capacity=` fixes the capacities exported, and they are written to the file's metadata."""
+        from .engine.export import MoDExporter
+
+        self._check_is_pytorch_model()
+        custom = {"imgsz": self.model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
+        args = {**self.overrides, **custom, **kwargs, "mode": "export"}  # Model.export's precedence
+        return MoDExporter(overrides=args, _callbacks=self.callbacks)(model=self.model)
+
     def set_capacity(self, capacity) -> MoDYOLO:
         """Set routed-block capacity globally (float) or per routed block (list or {index: capacity})."""
         self.model.set_capacity(capacity)

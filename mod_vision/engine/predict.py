@@ -11,14 +11,20 @@ from ultralytics.utils import LOGGER
 
 from ..cfg import apply_routing
 from ..heatmap import depth_image, routing_maps, save_image_heatmaps
-from ..nn.routing import token_share
+from ..nn.routing import routed_blocks, token_share
+from .export import check_exported_args, exported_routing, exported_token_share
 
 
 class RoutedPredictorMixin:
-    """Sets the capacity asked for at predict time, and adds `result.token_share` and `result.routing` (a
-    `mod_vision.heatmap.Routing`; both None for dense or exported models). With `save_heatmap=True`, writes heatmaps to
-    save_dir/heatmaps: per image <stem>_depth.jpg, <stem>_block<j>.jpg and <stem>_blocks.png; per video or stream
-    <stem>_depth.mp4 with each frame's compute share."""
+    """Sets the capacity asked for at predict time, and adds to each Results `token_share` (share of routed-block
+    tokens processed; None for dense models), `capacity` (one per routed block; empty for dense models) and `routing`
+    (a `mod_vision.heatmap.Routing`; None for dense or exported models).
+
+    An exported model's capacities are fixed at export and read from its metadata; its token share is then exact
+    (static top-k), computed from the input size. With `save_heatmap=True`, writes heatmaps to save_dir/heatmaps: per
+    image <stem>_depth.jpg, <stem>_block<j>.jpg and <stem>_blocks.png; per video or stream <stem>_depth.mp4 with each
+    frame's compute share.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -29,15 +35,25 @@ class RoutedPredictorMixin:
     def setup_source(self, source, *args, **kwargs):
         # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
         super().setup_source(source, *args, **kwargs)  # a stream that cannot be opened: its error names the URL
-        apply_routing(self.model, self.args)
+        self.exported = exported_routing(self.model)
+        if self.exported:
+            check_exported_args(self.exported, self.args)
+        else:
+            apply_routing(self.model, self.args)
         self._heatmap_stems, self._warned_no_routing = {}, False
 
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)
-        share = token_share(self.model)
-        routings = routing_maps(self.model, img.shape[2:], [r.orig_shape for r in results])
-        for i, r in enumerate(results):
-            r.token_share = None if share is None else float(share[i])
+        routings = None
+        if self.exported:
+            capacity = self.exported["capacity"]
+            shares = [exported_token_share(self.exported, img.shape[-2:])] * len(results)
+        else:
+            capacity, share = [b.capacity for b in routed_blocks(self.model)], token_share(self.model)
+            shares = [None] * len(results) if share is None else share.tolist()
+            routings = routing_maps(self.model, img.shape[2:], [r.orig_shape for r in results])
+        for i, (r, s) in enumerate(zip(results, shares)):
+            r.token_share, r.capacity = s, capacity
             r.routing = None if routings is None else routings[i]
         return results
 

@@ -21,8 +21,16 @@ def check_capacity(capacity: float) -> float:
     return float(capacity)
 
 
-def tokens_for(capacity: float, n: int) -> int:
-    """Return k = ceil(capacity * n), at least one token, at most n."""
+def tokens_for(capacity: float, n: int | torch.Tensor) -> int | torch.Tensor:
+    """Return k = ceil(capacity * n), at least one token, at most n.
+
+    `n` is a tensor while torch.jit / torch.onnx trace a model for export: k is then computed in the graph, in integer
+    arithmetic on capacity in millionths, so an export with dynamic shapes keeps k = ceil(capacity * N) at every input
+    size (the same k as eager mode for any capacity given to 6 decimals) instead of the traced size's k.
+    """
+    if isinstance(n, torch.Tensor):
+        millionths = round(capacity * 1_000_000)
+        return torch.minimum((n * millionths + 999_999) // 1_000_000, n).clamp(min=1)
     # round() first so that float noise such as 0.1 * 30 = 3.0000000000000004 does not add a token
     return max(1, min(n, math.ceil(round(capacity * n, 6))))
 
@@ -98,6 +106,7 @@ class RoutedBlock(Block):
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         self.dynamic: tuple[float, float] | None = None
+        self.export_dynamic_shapes = False
         self.threshold = 0.0  # a score of 0 is sigmoid 0.5, the auxiliary loss's decision boundary
         self.last_index = self.last_valid = self.last_scores = self.last_predicted = None
         self.last_tokens = 0
@@ -126,8 +135,17 @@ class RoutedBlock(Block):
         """
         n = scores.shape[1]
         if self.dynamic is None:
-            k = tokens_for(self.capacity, n)
-            return scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values, None
+            # While tracing for export, n is a tensor: k stays in the graph only for exports with dynamic shapes (the
+            # exporter sets `export_dynamic_shapes`); a constant k lets a runtime plan fixed shapes and fuse the
+            # block's matmuls (onnxruntime left MatMul+Add unfused, not Gemm, with k computed in the graph).
+            dynamic_shapes = getattr(self, "export_dynamic_shapes", False)  # absent in blocks pickled before it existed
+            k = tokens_for(self.capacity, n if dynamic_shapes or not torch.is_tensor(n) else int(n))
+            top = scores.topk(k, dim=1).indices
+            # Raster order through a second top-k (of the negated positions as floats, exact below 2**24 tokens) and a
+            # gather rather than a sort: every export runtime has a float TopK, while LiteRT's interpreter has no Sort
+            # (and lowers an int or values-only top-k to one). sorted=True above: CoreML's iOS16 opset has no unsorted
+            # top-k. All of it is free in eager mode.
+            return top.gather(1, (-top.float()).topk(k, dim=1).indices), None
         lo, hi = (tokens_for(c, n) for c in self.dynamic)
         want = (predicted > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
         k = int(want.max())
@@ -147,8 +165,13 @@ class RoutedBlock(Block):
         index, valid = self.select(scores, predicted)
         self.last_index, self.last_valid, self.last_tokens = index.detach(), valid, x.shape[1]
         self.last_scores = scores.detach()
-        gather_index = index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-        selected = x.gather(1, gather_index)
+        b, n, c = x.shape
+        # Whole rows of the flattened (B*N, C) tokens are gathered and scattered (ONNX Gather/ScatterND), rather than
+        # one element per channel through an index expanded over C (GatherElements/ScatterElements, which reads a
+        # B*k*C index tensor): the same values, and in onnxruntime's profile ScatterElements was 3-7% of the time.
+        rows = (index + torch.arange(b, device=x.device).unsqueeze(1) * n).flatten()
+        flat = x.reshape(-1, c)
+        selected = flat.index_select(0, rows).view(b, -1, c)
         # padded tokens (dynamic mode, batch > 1) are hidden from attention as keys
         mask = None if valid is None else valid[:, None, None, :]
         processed = super().forward(selected, attn_mask=mask)
@@ -159,7 +182,9 @@ class RoutedBlock(Block):
             processed = selected + g * (processed - selected)
         if valid is not None:
             processed = torch.where(valid.unsqueeze(-1), processed, selected)
-        return x.scatter(1, gather_index, processed)
+        out = flat.clone()
+        out[rows] = processed.reshape(-1, c)  # in place on a copy: OpenVINO converts index_put_, not index_put
+        return out.view(b, n, c)
 
 
 def native_model(model: nn.Module) -> nn.Module:

@@ -1,0 +1,260 @@
+"""Export keeps the routing: each runtime's outputs against PyTorch, routing ops in the saved graph, metadata, errors.
+
+Each format is exported once per module (from a copy of the session's tiny trained models, imgsz 96) and reused.
+Tolerances: raw head outputs within BOX_ATOL + BOX_RTOL x value (decoded boxes, pixels at imgsz 96) and RAW_ATOL
+(class scores in [0, 1], mask coefficients, protos) of PyTorch; after NMS, every detection above MATCH_CONF has a same-class partner with box IoU >= 0.9
+(and mask IoU >= 0.9) in the other runtime's results.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import IMGSZ
+
+pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
+
+BOX_ATOL, BOX_RTOL, RAW_ATOL = 1e-2, 1e-3, 5e-3
+MATCH_CONF = 0.05
+RUNTIME_FORMATS = ["onnx", "openvino", "torchscript", "litert"]
+
+
+@pytest.fixture(scope="module")
+def export(det_run, seg_run, tmp_path_factory):
+    """export(task, format, **kw) -> path of the exported file, exported once per arguments."""
+    from mod_vision import MoDYOLO
+
+    cache = {}
+
+    def get(task, fmt, **kw):
+        key = (task, fmt, tuple(sorted(kw.items())))
+        if key not in cache:
+            d = tmp_path_factory.mktemp(f"{task}-{fmt}")
+            pt = shutil.copy((det_run if task == "detect" else seg_run) / "weights" / "best.pt", d / "best.pt")
+            cache[key] = MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ, **kw)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def images(sample_yaml):
+    return sorted((sample_yaml.parent / "images" / "val").glob("*.jpg"))[:4]
+
+
+def letterboxed(images, size=IMGSZ) -> torch.Tensor:
+    import cv2
+    from ultralytics.data.augment import LetterBox
+
+    lb = LetterBox((size, size), auto=False)
+    ims = [lb(image=cv2.imread(str(f)))[..., ::-1].transpose(2, 0, 1) for f in images]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(ims))).float() / 255
+
+
+def heads(y) -> list[torch.Tensor]:
+    """The raw head outputs, [boxes+scores(+mask coefficients), (protos)], from any runtime's or PyTorch's output."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y[0], torch.Tensor) and len(y) > 1 and isinstance(y[1], torch.Tensor) and y[1].ndim == 4:
+        return [y[0], y[1]]
+    return heads(y[0])
+
+
+def run(path, im) -> list[torch.Tensor]:
+    from ultralytics.nn.autobackend import AutoBackend
+
+    if str(path).rstrip("/").endswith("_openvino_model"):
+        return run_openvino_f32(path, im)
+    model = AutoBackend(str(path), device=torch.device("cpu"), verbose=False)
+    with torch.no_grad():
+        return [torch.cat(t) for t in zip(*(heads(model(x[None])) for x in im))]
+
+
+def run_openvino_f32(path, im) -> list[torch.Tensor]:
+    """OpenVINO in f32: on CPUs with bf16 units its default precision is bf16 (a runtime choice, also for dense
+    models), which is compared after NMS instead."""
+    import openvino as ov
+    from pathlib import Path
+
+    xml = next(Path(path).glob("*.xml"))
+    model = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": ov.Type.f32})
+    outs = [[torch.from_numpy(v) for v in model(x[None].numpy()).values()] for x in im]
+    return [torch.cat(t) for t in zip(*outs)]
+
+
+def routed(pt) -> int:
+    from mod_vision import MoDYOLO
+
+    return len(MoDYOLO(pt).model.routed_blocks())
+
+
+def assert_raw_close(out: torch.Tensor, ref: torch.Tensor, protos: bool = False):
+    assert out.shape == ref.shape
+    out, ref = out.float(), ref.float()
+    if not protos:
+        torch.testing.assert_close(out[:, :4], ref[:, :4], atol=BOX_ATOL, rtol=BOX_RTOL)
+        out, ref = out[:, 4:], ref[:, 4:]
+    torch.testing.assert_close(out, ref, atol=RAW_ATOL, rtol=0)
+
+
+def box_iou(a, b):
+    from ultralytics.utils.metrics import box_iou as iou
+
+    return iou(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def assert_same_detections(ref, out, masks: bool):
+    """Every confident detection of one result has a same-class partner in the other (boxes and masks overlap)."""
+    for r, o in zip(ref, out):
+        for a, b in ((r, o), (o, r)):
+            keep = a.boxes.conf > MATCH_CONF
+            if not keep.any():
+                continue
+            assert len(b.boxes), "detections in one runtime, none in the other"
+            iou = box_iou(a.boxes.xyxy[keep], b.boxes.xyxy)
+            iou[a.boxes.cls[keep][:, None] != b.boxes.cls[None]] = 0
+            best, j = iou.max(1)
+            assert (best >= 0.9).all(), f"unmatched detections: best IoUs {best.tolist()}"
+            if masks:
+                ma, mb = a.masks.data[keep], b.masks.data[j]
+                inter, union = (ma * mb).sum((1, 2)), ((ma + mb) > 0).sum((1, 2)).clamp(min=1)
+                assert (inter / union >= 0.9).all(), f"masks differ: IoUs {(inter / union).tolist()}"
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+@pytest.mark.parametrize("fmt", RUNTIME_FORMATS)
+def test_runtime_matches_pytorch(export, det_run, seg_run, images, sample_yaml, fmt, task):
+    from ultralytics import YOLO
+
+    from mod_vision import MoDYOLO
+    from mod_vision.engine.export import routing_op_counts
+
+    pt = (det_run if task == "detect" else seg_run) / "weights" / "best.pt"
+    f = export(task, fmt)
+
+    # the graph is routed, not densified: every routed block has its top-k, gathers and scatter
+    counts = routing_op_counts(f, fmt)
+    r = routed(pt)
+    assert r > 0 and counts["topk"] >= r and counts["gather"] >= r and counts["scatter"] == r, counts
+
+    im = letterboxed(images)
+    ref, out = run(pt, im), run(f, im)
+    assert len(ref) == len(out) == (2 if task == "segment" else 1)
+    for i, (a, b) in enumerate(zip(ref, out)):
+        assert_raw_close(b, a, protos=i == 1)
+
+    # final detections (and masks) after NMS, through mod_vision's predictor
+    kw = dict(imgsz=IMGSZ, conf=0.01, verbose=False)
+    ref, out = MoDYOLO(pt).predict(images, **kw), MoDYOLO(f, task=task).predict(images, **kw)
+    assert_same_detections(ref, out, masks=task == "segment")
+    assert out[0].capacity == MoDYOLO(pt).model.capacities()
+
+    # Ultralytics' own predict and val on the exported file
+    stock = YOLO(f, task=task)
+    res = stock.predict(images, **kw)
+    assert len(res) == len(images) and all(r.boxes is not None for r in res)
+    metrics = stock.val(data=str(sample_yaml), imgsz=IMGSZ, batch=1, device="cpu", plots=False, verbose=False)
+    ref_metrics = YOLO(pt).val(data=str(sample_yaml), imgsz=IMGSZ, batch=1, device="cpu", plots=False, verbose=False)
+    assert metrics.box.map50 == pytest.approx(ref_metrics.box.map50, abs=0.02)
+
+
+def test_capacity_chosen_at_export_is_in_metadata_and_results(export, det_run, images):
+    """capacity= at export fixes k in the graph, is written to the metadata, and predicting from the file reports it."""
+    from ultralytics.nn.autobackend import AutoBackend
+
+    from mod_vision import MoDYOLO
+    from mod_vision.engine.export import exported_routing
+    from mod_vision.nn.routing import tokens_for
+
+    pt = det_run / "weights" / "best.pt"
+    f = export("detect", "onnx", capacity=0.25)
+    r = routed(pt)
+    assert exported_routing(AutoBackend(f, verbose=False))["capacity"] == [0.25] * r
+
+    res = MoDYOLO(f).predict(images[:1], imgsz=IMGSZ, verbose=False)[0]
+    n = (IMGSZ // 16) ** 2
+    assert res.capacity == [0.25] * r
+    assert res.token_share == tokens_for(0.25, n) / n  # exact: static top-k
+    # PyTorch at the same capacity gives the same share and the same raw outputs
+    model = MoDYOLO(pt).set_capacity(0.25)
+    ref = model.predict(images[:1], imgsz=IMGSZ, verbose=False)[0]
+    assert ref.token_share == res.token_share and ref.capacity == res.capacity
+    im = letterboxed(images[:2])
+    model.model.eval()
+    with torch.no_grad():
+        expected = torch.cat([heads(model.model.fuse()(x[None]))[0] for x in im])
+    assert_raw_close(run(f, im)[0], expected)
+    # the default export keeps the model's own capacity, so the two graphs differ
+    assert exported_routing(AutoBackend(export("detect", "onnx"), verbose=False))["capacity"] != [0.25] * r
+
+    with pytest.raises(ValueError, match=r"fixed at export.*re-export with capacity=0.5"):
+        MoDYOLO(f).predict(images[:1], imgsz=IMGSZ, capacity=0.5, verbose=False)
+
+
+def test_onnx_dynamic_batch_and_size(export, det_run, sample_yaml):
+    """dynamic=True: batch 2 and another image size give PyTorch's outputs (k follows N = tokens of the input)."""
+    import onnxruntime as ort
+
+    from mod_vision import MoDYOLO
+
+    f = export("detect", "onnx", dynamic=True)
+    model = MoDYOLO(det_run / "weights" / "best.pt").model.fuse().eval()
+    session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    val = sorted((sample_yaml.parent / "images" / "val").glob("*.jpg"))
+    for batch, size in ((2, IMGSZ), (1, 128), (2, 160)):
+        im = letterboxed(val[:batch], size)
+        with torch.no_grad():
+            expected = heads(model(im))[0]
+        out = torch.from_numpy(session.run(None, {"images": im.numpy()})[0])
+        assert_raw_close(out, expected)
+
+
+def test_coreml_converts_with_routing(export, det_run, seg_run):
+    """No CoreML runtime on Linux: the conversion succeeds, the saved spec loads and validates, routing ops included."""
+    ct = pytest.importorskip("coremltools")
+    from mod_vision.engine.export import routing_op_counts
+
+    for task, run_dir in (("detect", det_run), ("segment", seg_run)):
+        f = export(task, "coreml")
+        spec = ct.models.MLModel(str(f), skip_model_load=True).get_spec()  # parses the package and its weights
+        assert spec.WhichOneof("Type") == "mlProgram"
+        assert spec.description.metadata.userDefined["capacity"]
+        r = routed(run_dir / "weights" / "best.pt")
+        counts = routing_op_counts(f, "coreml")
+        assert counts["topk"] >= r and counts["scatter"] == r, counts
+
+
+def test_unsupported_format_lists_supported(det_run):
+    from mod_vision import MoDYOLO
+    from mod_vision.engine.export import FORMATS
+
+    with pytest.raises(ValueError, match=r"format='paddle' is not supported.*onnx.*openvino.*litert"):
+        MoDYOLO(det_run / "weights" / "best.pt").export(format="paddle", imgsz=IMGSZ)
+    with pytest.raises(ValueError, match="Supported formats"):
+        MoDYOLO(det_run / "weights" / "best.pt").export(format="no-such-format", imgsz=IMGSZ)
+    assert "onnx" in FORMATS and "paddle" not in FORMATS
+
+
+def test_op_missing_in_runtime_fails_at_export(det_run, tmp_path):
+    """ncnn has no TopK/Gather/Scatter layer: the export fails naming the ops and the format, not at deploy time."""
+    pytest.importorskip("ncnn")
+    from mod_vision import MoDYOLO
+    from mod_vision.engine.export import ExportOpError
+
+    pt = shutil.copy(det_run / "weights" / "best.pt", tmp_path / "best.pt")
+    with pytest.raises(ExportOpError, match=r"format='ncnn' cannot run op\(s\).*torch\.topk") as e:
+        MoDYOLO(pt).export(format="ncnn", imgsz=IMGSZ)
+    assert "torch.topk" in e.value.ops and e.value.format == "ncnn"
+
+
+def test_cli_export(det_run, tmp_path):
+    from mod_vision.cli import run as cli
+    from mod_vision.engine.export import routing_op_counts
+
+    pt = shutil.copy(det_run / "weights" / "best.pt", tmp_path / "best.pt")
+    f = cli(["export", f"model={pt}", "format=torchscript", f"imgsz={IMGSZ}", "capacity=0.5"])
+    assert routing_op_counts(f, "torchscript")["topk"] >= routed(pt)

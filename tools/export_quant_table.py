@@ -1,0 +1,74 @@
+"""mAP of each exported precision against the fp32 PyTorch model, on a data YAML. Trains nothing.
+
+    python tools/export_quant_table.py model=runs/detect/train/weights/best.pt data=path/to/sample.yaml imgsz=160
+
+Variants: PyTorch fp32; ONNX fp32 and fp16 (quantize=16); OpenVINO fp32, fp16 and int8 (NNCF, calibrated on `data`);
+LiteRT fp32 and int8 (static, calibrated on `data`). Each is exported from a copy of the checkpoint in its own folder,
+then validated with Ultralytics' validator (batch 1, device cpu). Writes <project>/<name>/quant.md and prints it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from ultralytics import YOLO
+
+from mod_vision import MoDYOLO
+
+VARIANTS = [  # (name, format, quantize)
+    ("ONNX fp32", "onnx", None),
+    ("ONNX fp16", "onnx", 16),
+    ("OpenVINO fp32", "openvino", None),
+    ("OpenVINO fp16", "openvino", 16),
+    ("OpenVINO int8", "openvino", 8),
+    ("LiteRT fp32", "litert", None),
+    ("LiteRT int8", "litert", 8),
+]
+
+
+def main(argv: list[str]) -> str:
+    args = dict(a.split("=", 1) for a in argv)
+    pt, data, imgsz = Path(args["model"]), args["data"], int(args.get("imgsz", 640))
+    out = Path(args.get("project", "runs/export_quant")) / args.get("name", pt.parent.parent.name or "model")
+    out.mkdir(parents=True, exist_ok=True)
+    # rect=False: square letterboxed inputs for PyTorch too, as the fixed-shape exports get (else N tokens differ)
+    val = dict(data=data, imgsz=imgsz, batch=1, device="cpu", plots=False, verbose=False, rect=False)
+
+    def metrics(model):
+        m = model.val(**val)
+        seg = getattr(m, "seg", None)
+        return m.box.map50, m.box.map, (seg.map if seg is not None else None)
+
+    rows = [("PyTorch fp32", metrics(MoDYOLO(pt)))]
+    for name, fmt, q in VARIANTS:
+        d = out / name.replace(" ", "-")
+        d.mkdir(exist_ok=True)
+        copy = shutil.copy(pt, d / pt.name)
+        try:
+            f = MoDYOLO(copy).export(format=fmt, imgsz=imgsz, quantize=q, data=data if q == 8 else None)
+            rows.append((name, metrics(YOLO(f, task=MoDYOLO(copy).task))))
+        except Exception as e:  # a failing variant is reported in the table, not hidden
+            rows.append((name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+
+    ref = rows[0][1]
+    seg = ref[2] is not None
+    head = "| variant | mAP50(B) | mAP50-95(B) | Δ mAP50-95(B) vs fp32 |" + (" mAP50-95(M) | Δ (M) |" if seg else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, m in rows:
+        if isinstance(m, str):
+            lines.append(f"| {name} | {m} |")
+            continue
+        cells = f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[1] - ref[1]:+.4f} |"
+        if seg:
+            cells += f" {m[2]:.4f} | {m[2] - ref[2]:+.4f} |"
+        lines.append(cells)
+    table = "\n".join(lines)
+    (out / "quant.md").write_text(f"model {pt}, data {data}, imgsz {imgsz}\n\n{table}\n")
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
