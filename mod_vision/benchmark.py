@@ -106,21 +106,39 @@ def peak_memory_mb(net: nn.Module, x: torch.Tensor) -> float:
     return peak / 2**20
 
 
+def round_robin(calls: list, runs: int, warmup: int) -> list[list[float]]:
+    """Seconds per timed call of each (prepare, run) pair, timed round-robin: every repetition runs each pair once, so
+    machine noise hits all of them alike. `prepare` (or None) runs untimed before each `run`, e.g. to set a capacity."""
+    for prepare, run in calls:
+        for _ in range(warmup):
+            if prepare:
+                prepare()
+            run()
+    times = [[] for _ in calls]
+    for _ in range(runs):
+        for (prepare, run), t in zip(calls, times):
+            if prepare:
+                prepare()
+            start = time.perf_counter()
+            run()
+            t.append(time.perf_counter() - start)
+    return times
+
+
 def time_rows(rows: list[Row], x: torch.Tensor, runs: int, warmup: int) -> None:
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    for r in rows:
-        r.times = []
-        r.prepare()
-        for _ in range(warmup):
-            r.net(x)
-    for _ in range(runs):  # round-robin: each repetition times every row once
-        for r in rows:
-            r.prepare()
+
+    def forward(net):
+        def run():
             sync()
-            t = time.perf_counter()
-            r.net(x)
+            net(x)
             sync()
-            r.times.append(time.perf_counter() - t)
+
+        return run
+
+    times = round_robin([(r.prepare, forward(r.net)) for r in rows], runs, warmup)
+    for r, t in zip(rows, times):
+        r.times = t
 
 
 def summarize(rows: list[Row], imgsz: int, batch: int, x: torch.Tensor) -> list[dict]:
@@ -151,12 +169,14 @@ COLUMNS = ("imgsz", "batch", "part", "row", "capacity", "params_M", "gflops", "l
            "peak_mem_MB", "speedup", "ideal_speedup", "share_of_ideal")
 
 
-def markdown(records: list[dict]) -> str:
-    def fmt(v):
-        return "" if v is None or v == "" else f"{v:.3g}" if isinstance(v, float) else str(v)
+def markdown_table(rows: list[dict], columns, missing: str = "") -> str:
+    """A markdown table of `columns` (floats to 3 significant digits; None or "" shown as `missing`)."""
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in records]
+    def fmt(v):
+        return missing if v is None or v == "" else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -246,7 +266,7 @@ def benchmark(
                 time_rows(rows, x, runs, warmup)
                 records += summarize(rows, s, b, x)
     header = f"device {device}, torch {torch.__version__}, {threads} threads, {runs} runs after {warmup} warm-up\n\n"
-    report = header + markdown(records) + "\n\n" + "\n".join(targets(records)) + "\n"
+    report = header + markdown_table(records, COLUMNS) + "\n\n" + "\n".join(targets(records)) + "\n"
     (save_dir / "results.md").write_text(report)
     with open(save_dir / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)

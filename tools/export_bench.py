@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import csv
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mod_vision import MoDYOLO
+from mod_vision.benchmark import round_robin
 
 CAPACITIES = (1.0, 0.5, 0.25)
 
@@ -85,15 +85,8 @@ def main(argv: list[str]) -> Path:
     for cap in (None, *CAPACITIES):
         for rt, fn in runners(model_yaml if cap else dense_yaml(model_yaml), cap, imgsz, threads, out).items():
             rows[(rt, cap)] = fn
-    for fn in rows.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in rows}
-    for _ in range(runs):  # round-robin
-        for k, fn in rows.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(1000 * (time.perf_counter() - t))
+    measured = round_robin([(None, fn) for fn in rows.values()], runs, warmup)
+    times = {k: [1000 * t for t in ts] for k, ts in zip(rows, measured)}
 
     med = {k: float(np.median(v)) for k, v in times.items()}
     iqr = {k: tuple(np.percentile(v, [25, 75])) for k, v in times.items()}

@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -192,6 +193,7 @@ def run_arm(arm: str, split: str, data: Path, run: Path, args) -> dict:
 
 def measure_latency(results: list[dict], args) -> None:
     """Median batch-1 CPU latency (ms) of every (arm, split, capacity), timed round-robin so load drifts hit all."""
+    from mod_vision.benchmark import round_robin
     from mod_vision.nn.routing import set_capacity
 
     torch.set_num_threads(args.threads)
@@ -200,16 +202,10 @@ def measure_latency(results: list[dict], args) -> None:
     for r in results:
         module = load_module(Path(r["weights"])).fuse(verbose=False)
         configs += [(r, key, module) for key in r["eval"]]
-    times = [[] for _ in configs]
+    calls = [(None if key == "dense" else partial(set_capacity, module, float(key)), partial(module, x))
+             for _, key, module in configs]  # fmt: skip
     with torch.inference_mode():
-        for i in range(args.warmup + args.latency_runs):
-            for j, (r, key, module) in enumerate(configs):
-                if key != "dense":
-                    set_capacity(module, float(key))
-                t0 = time.perf_counter()
-                module(x)
-                if i >= args.warmup:
-                    times[j].append(time.perf_counter() - t0)
+        times = round_robin(calls, args.latency_runs, args.warmup)
     for (r, key, _), t in zip(configs, times):
         r["eval"][key]["latency_ms"] = 1000 * statistics.median(t)
     for split in {r["split"] for r in results}:

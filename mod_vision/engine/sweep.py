@@ -44,11 +44,9 @@ def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict]
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
-    fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    from ..benchmark import markdown_table
+
+    return markdown_table(rows, [c for c in COLUMNS if any(r.get(c) is not None for r in rows)], missing="-")
 
 
 def write_sweep(rows: list[dict], save_dir: Path) -> None:
