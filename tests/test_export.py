@@ -162,8 +162,9 @@ def test_runtime_matches_pytorch(export, det_run, seg_run, images, sample_yaml, 
     assert metrics.box.map50 == pytest.approx(ref_metrics.box.map50, abs=0.02)
 
 
-def test_capacity_chosen_at_export_is_in_metadata_and_results(export, det_run, images):
-    """capacity= at export fixes k in the graph, is written to the metadata, and predicting from the file reports it."""
+def test_capacity_chosen_at_export_is_in_metadata_and_results(export, det_run, images, sample_yaml):
+    """capacity= at export fixes k in the graph, is written to the metadata, and predicting or validating from the file
+    reports it."""
     from ultralytics.nn.autobackend import AutoBackend
 
     from mod_vision import MoDYOLO
@@ -193,6 +194,12 @@ def test_capacity_chosen_at_export_is_in_metadata_and_results(export, det_run, i
 
     with pytest.raises(ValueError, match=r"fixed at export.*re-export with capacity=0.5"):
         MoDYOLO(f).predict(images[:1], imgsz=IMGSZ, capacity=0.5, verbose=False)
+
+    # val on the file: the exact share in its metrics, and another capacity refused rather than silently ignored
+    kw = dict(data=str(sample_yaml), imgsz=IMGSZ, batch=2, device="cpu", plots=False, verbose=False)
+    assert MoDYOLO(f).val(**kw).token_share == tokens_for(0.25, n) / n
+    with pytest.raises(ValueError, match=r"fixed at export.*re-export with capacity=0.5"):
+        MoDYOLO(f).val(capacity=0.5, **kw)
 
 
 def test_onnx_dynamic_batch_and_size(export, det_run, sample_yaml):

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,3 +123,26 @@ def test_tiny_run_gives_finite_results_and_resumes(bench, tmp_path, capsys):
     assert (run / "results" / "textured__mod-elastic.json").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit, match="use another --name"):
         bench.main([*argv[:-4], "--epochs", "2", "--latency-runs", "20"])
+
+
+@pytest.mark.parametrize("family", ["modvit", "modvit-deep", "hybrid"])
+def test_family_and_mlp_router_pick_the_models(bench, family, tmp_path):
+    from mod_vision.nn.routing import routed_blocks
+    from mod_vision.nn.tasks import MoDSegmentationModel
+
+    args = bench.parse_args(["--family", family, "--out", str(tmp_path), "--name", "f"])
+    routed, dense = bench.arm_spec("mod-c0.5", args)["model"], bench.arm_spec("dense", args)["model"]
+    base = {"modvit": "modvit-seg", "modvit-deep": "modvit-seg-deep", "hybrid": "hybrid-seg"}[family]
+    assert routed == f"{base}-n.yaml"
+    assert dense == bench.YAML.load(ROOT / "cfg" / "models" / f"{base}.yaml")["dense_twin"].replace(".yaml", "-n.yaml")
+    assert not routed_blocks(MoDSegmentationModel(dense, nc=4, verbose=False))
+    linear = routed_blocks(MoDSegmentationModel(routed, nc=4, verbose=False))
+    assert linear and all(isinstance(b.router.net, torch.nn.Linear) for b in linear)
+
+    args = bench.parse_args(["--family", family, "--router-hidden", "32", "--out", str(tmp_path), "--name", "f"])
+    mlp_yaml = bench.arm_spec("mod-c0.25", args)["model"]
+    assert Path(mlp_yaml).parent == tmp_path / "f" / "models"  # a copy in the run folder, cfg/models untouched
+    mlp = routed_blocks(MoDSegmentationModel(mlp_yaml, nc=4, verbose=False))
+    assert len(mlp) == len(linear)  # only the router changed: same blocks routed
+    assert all([m.out_features for m in b.router.net if isinstance(m, torch.nn.Linear)] == [32, 1] for b in mlp)
+    assert bench.arm_spec("dense", args)["model"] == dense

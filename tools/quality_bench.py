@@ -5,10 +5,10 @@ evaluator (mod_vision's validator: faster-coco-eval against the sample data's CO
 the split's val list), YOLO11n included. MoD arms are also evaluated at capacities 1.0/0.5/0.25/0.125.
 
 Arms (segmentation models, so boxes and masks come from one run):
-    mod-c0.5     modvit-seg trained at fixed capacity 0.5
-    mod-c0.25    modvit-seg trained at fixed capacity 0.25
-    mod-elastic  modvit-seg trained with capacity_range (each batch at a capacity drawn from the range)
-    dense        modvit-seg-dense, the dense twin (same blocks, no routers)
+    mod-c0.5     the --family's YAML (default modvit-seg) trained at fixed capacity 0.5
+    mod-c0.25    the same YAML trained at fixed capacity 0.25
+    mod-elastic  the same YAML trained with capacity_range (each batch at a capacity drawn from the range)
+    dense        the YAML's dense_twin (modvit-seg-dense), the dense twin (same blocks, no routers)
     yolo11n      Ultralytics' yolo11n-seg.yaml (from scratch, no weights)
 Splits: the sample data's textured-background images (the honest case) and its flat-background ones.
 
@@ -17,7 +17,8 @@ training from its last.pt and re-measures latency (interleaved round-robin over 
 report: results.md, results.csv, capacity.csv, ap_vs_latency.png, ap_vs_capacity.png in runs/quality_bench/<name>/.
 
 Usage: python tools/quality_bench.py [--name default] [--epochs 20] [--imgsz 128] [--n-train 400] [--arms ...]
-           [--splits textured flat] [--extra capacity_warmup=2 router_aux=0.1]
+           [--splits textured flat] [--family modvit|modvit-deep|hybrid] [--router-hidden 64]
+           [--extra capacity_warmup=2 router_aux=0.1]
 """
 
 from __future__ import annotations
@@ -44,18 +45,44 @@ SPLITS = ("textured", "flat")
 ROUTED_ARMS = ("mod-c0.5", "mod-c0.25", "mod-elastic")
 ARMS = (*ROUTED_ARMS, "dense", "yolo11n")
 # settings that must match for a finished arm's result to be reused
-SHARED = ("epochs", "imgsz", "batch", "seed", "n_train", "n_val", "scale", "elastic_range", "extra")
+SHARED = ("epochs", "imgsz", "batch", "seed", "n_train", "n_val", "family", "scale", "router_hidden", "elastic_range",
+          "extra")  # fmt: skip
+FAMILIES = {"modvit": "modvit-seg", "modvit-deep": "modvit-seg-deep", "hybrid": "hybrid-seg"}  # -> cfg/models YAML
 
 
 def arm_spec(arm: str, args) -> dict:
     """Model YAML and arm-specific training arguments."""
     if arm == "yolo11n":
         return {"family": "yolo", "model": "yolo11n-seg.yaml", "train": {}}
+    routed, dense = model_yamls(args)
     if arm == "dense":
-        return {"family": "mod", "model": f"modvit-seg-dense-{args.scale}.yaml", "train": {}}
+        return {"family": "mod", "model": dense, "train": {}}
     own = {"mod-c0.5": {"capacity": 0.5}, "mod-c0.25": {"capacity": 0.25},
            "mod-elastic": {"capacity": 0.5, "capacity_range": list(args.elastic_range)}}[arm]  # fmt: skip
-    return {"family": "mod", "model": f"modvit-seg-{args.scale}.yaml", "train": {**args.extra, **own}}
+    return {"family": "mod", "model": routed, "train": {**args.extra, **own}}
+
+
+def model_yamls(args) -> tuple[str, str]:
+    """The routed arms' model YAML and its dense twin's, for --family, --scale and --router-hidden.
+
+    With --router-hidden, the routed YAML is a copy (written into the run folder) whose MoDViTStage rows get the
+    `router_hidden` keyword: SViT's 2-layer MLP router instead of a linear one."""
+    from mod_vision.nn.tasks import MODEL_DIR
+
+    base = FAMILIES[args.family]
+    d = YAML.load(MODEL_DIR / f"{base}.yaml")
+    dense = f"{Path(d['dense_twin']).stem}-{args.scale}.yaml"
+    if not args.router_hidden:
+        return f"{base}-{args.scale}.yaml", dense
+    for row in d["backbone"] + d["head"]:
+        if row[2] == "MoDViTStage":
+            kw = row[3].pop() if isinstance(row[3][-1], dict) else {}
+            row[3].append({**kw, "router_hidden": args.router_hidden})
+    d["scale"] = args.scale
+    path = Path(args.out).resolve() / args.name / "models" / f"{base}-mlp{args.router_hidden}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    YAML.save(path, d)
+    return str(path), dense
 
 
 def parse_extra(items: list[str]) -> dict:
@@ -351,7 +378,12 @@ def parse_args(argv=None):
     ap_.add_argument("--n-train", type=int, default=400, help="train images generated, both kinds together")
     ap_.add_argument("--n-val", type=int, default=100, help="val images generated, both kinds together")
     ap_.add_argument("--data-size", type=int, nargs=2, default=(128, 192), help="min, max sample image side")
+    ap_.add_argument("--family", default="modvit", choices=list(FAMILIES),
+                     help="routed model family: modvit (every other block routed), modvit-deep (every block after "
+                     "the first), hybrid (conv stem + routed transformer)")
     ap_.add_argument("--scale", default="n", choices=("n", "s", "m"), help="MoD model scale")
+    ap_.add_argument("--router-hidden", type=int, default=0,
+                     help="hidden width of a 2-layer MLP router (SViT) in the routed arms; 0: linear router")
     ap_.add_argument("--device", default="cpu")
     ap_.add_argument("--workers", type=int, default=0)
     ap_.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,7 @@ from .export import check_exported_args, exported_routing, exported_token_share
 class RoutedPredictorMixin:
     """Sets the capacity asked for at predict time, and adds to each Results `token_share` (share of routed-block
     tokens processed; None for dense models), `capacity` (one per routed block; empty for dense models) and `routing`
-    (a `mod_vision.heatmap.Routing`; None for dense or exported models).
+    (a `mod_vision.heatmap.Routing`; None for dense or exported models: an exported graph does not return its indices).
 
     An exported model's capacities are fixed at export and read from its metadata; its token share is then exact
     (static top-k), computed from the input size. With `save_heatmap=True`, writes heatmaps to save_dir/heatmaps: per

@@ -12,13 +12,16 @@ from ultralytics.utils import LOGGER
 from ..cfg import apply_routing
 from ..nn.routing import token_share
 from .coco_eval import COCO_METRICS, coco_evaluate, coco_json_for
+from .export import check_exported_args, exported_routing, exported_token_share
 
 
 class RoutedValidatorMixin:
     """COCO AP/AP50/AP75/APs/APm/APl against the json annotations, plus `routing/token_share` in the stats.
 
     `model.val()` returns Ultralytics' metrics object with two more attributes: `coco` ({'metrics/coco_AP(B)': ...},
-    masks as (M)) and `token_share` (mean share of routed-block tokens processed; None for dense or exported models).
+    masks as (M)) and `token_share` (mean share of routed-block tokens processed; None for dense models). An exported
+    model's share is exact, from the capacities in its metadata (static top-k), and asking it for another capacity
+    raises, as predict does.
 
     Ultralytics rebuilds ground truth from YOLO labels for custom detect data and looks for an LVIS file for custom
     segment data; evaluating against the dataset's own COCO json instead is what a COCO user expects, and it covers
@@ -33,13 +36,21 @@ class RoutedValidatorMixin:
             self.args.save_json = True
         super().init_metrics(model)
         self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
-        apply_routing(model, self.args)
+        self.exported = exported_routing(model)  # an AutoBackend of an exported routed file, else None
+        if self.exported:
+            check_exported_args(self.exported, self.args)  # its routing cannot change: refuse, don't ignore
+        else:
+            apply_routing(model, self.args)
         self.routing_model = model
         self.token_shares = []
         self.metrics.coco, self.metrics.token_share = {}, None
 
     def update_metrics(self, preds, batch) -> None:
-        share = token_share(self.routing_model)
+        if self.exported:
+            n = len(batch["im_file"])
+            share = torch.full((n,), exported_token_share(self.exported, batch["img"].shape[-2:]), dtype=torch.float64)
+        else:
+            share = token_share(self.routing_model)
         if share is not None:
             self.token_shares.append(share)
         super().update_metrics(preds, batch)
