@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import cv2
 import pytest
@@ -24,6 +25,29 @@ def test_capacity_sweep_table_plot_and_restored_capacity(det_run, sample_yaml, t
         assert [float(r["capacity"]) for r in csv.DictReader(f)] == [1.0, 0.25]
     assert "| capacity |" in (save_dir / "capacity_sweep.md").read_text()
     assert cv2.imread(str(save_dir / "capacity_sweep.png")) is not None
+
+
+def test_capacity_sweep_takes_per_block_schedules(det_run, sample_yaml, tmp_path):
+    """A per-block schedule (SparseViT's per-layer sparsity) is one row, validated at exactly that schedule."""
+    model = MoDYOLO(det_run / "weights" / "best.pt")
+    own = model.model.capacities()
+    r = len(own)
+    assert r >= 2  # so the schedule below differs per block
+    schedule = [1.0] + [0.25] * (r - 1)
+    rows, save_dir = model.val_sweep((0.25, schedule), data=str(sample_yaml), imgsz=96, batch=8, project=str(tmp_path))
+    label = "[" + ", ".join(f"{c:g}" for c in schedule) + "]"
+    assert [row["capacity"] for row in rows] == [0.25, label]
+    # 1.0 in the first block and 0.25 elsewhere: more tokens and FLOPs than 0.25 everywhere, exactly the mean share
+    assert rows[1]["gflops"] > rows[0]["gflops"]
+    tokens = (96 // 16) ** 2
+    assert rows[1]["token_share"] == pytest.approx((tokens + (r - 1) * math.ceil(0.25 * tokens)) / (r * tokens))
+    assert (save_dir / ("capacity_" + "-".join(f"{c:g}" for c in schedule))).is_dir()
+    assert model.model.capacities() == own
+    with open(save_dir / "capacity_sweep.csv") as f:
+        assert [row["capacity"] for row in csv.DictReader(f)] == ["0.25", label]
+    assert cv2.imread(str(save_dir / "capacity_sweep.png")) is not None
+    with pytest.raises(ValueError, match=f"1 capacities given for {r} routed blocks"):
+        model.val_sweep(([0.5],), data=str(sample_yaml), imgsz=96, project=str(tmp_path))
 
 
 def test_capacity_sweep_of_a_dense_model_is_refused(sample_yaml):

@@ -77,6 +77,9 @@ def main(argv=None):
     keys = [("all", lambda r: True)]
     keys += [(b, lambda r, b=b: bucket(r["objects"]) == b) for b in ("0 objects", "1-2 objects", "3+ objects")]
     keys += [(k, lambda r, k=k: r["background"] == k) for k in ("flat", "textured")]
+    # per background too: texture itself draws tokens, so the object-count effect is clearest with it held fixed
+    keys += [(f"{k}, {b}", lambda r, k=k, b=b: r["background"] == k and bucket(r["objects"]) == b)
+             for k in ("flat", "textured") for b in ("0 objects", "1-2 objects", "3+ objects")]  # fmt: skip
     for name, keep in keys:
         s = [r["token_share"] for r in rows if keep(r)]
         if s:

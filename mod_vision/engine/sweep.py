@@ -17,7 +17,9 @@ COLUMNS = ("capacity", "gflops", "token_share", "coco_AP(B)", "coco_AP50(B)", "c
 def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict], Path]:
     """Validate `model` (a MoDYOLO) at each capacity; write capacity_sweep.{csv,md,png} into one run folder.
 
-    Returns (rows, save_dir). The model's own capacities are restored afterwards.
+    An entry is one capacity for every routed block, or a per-block schedule (a list, one value per routed block:
+    SparseViT's per-layer sparsity), so schedules of equal compute can be compared. Returns (rows, save_dir). The
+    model's own capacities are restored afterwards.
     """
     net = model.model
     own = net.capacities()
@@ -31,10 +33,13 @@ def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict]
     rows = []
     try:
         for c in capacities:
-            m = model.val(**val_args, capacity=c, project=str(save_dir), name=f"capacity_{c:g}", exist_ok=True)
+            c = list(c) if isinstance(c, (list, tuple)) else c
+            tag = "-".join(f"{x:g}" for x in c) if isinstance(c, list) else f"{c:g}"
+            m = model.val(**val_args, capacity=c, project=str(save_dir), name=f"capacity_{tag}", exist_ok=True)
             net.set_capacity(c)  # val() fused the model in place; the FLOP count is of the same network
             coco = {k.removeprefix("metrics/"): v for k, v in m.coco.items()}
-            rows.append({"capacity": c, "gflops": gflops(net, imgsz), "token_share": m.token_share,
+            rows.append({"capacity": f"[{tag.replace('-', ', ')}]" if isinstance(c, list) else c,
+                         "gflops": gflops(net, imgsz), "token_share": m.token_share,
                          **{k: coco.get(k) for k in COLUMNS[3:7]}, "mAP50-95(B)": float(m.box.map)})
     finally:
         net.set_capacity(own)
@@ -61,13 +66,16 @@ def write_sweep(rows: list[dict], save_dir: Path) -> None:
         w.writerows(rows)
     (save_dir / "capacity_sweep.md").write_text(markdown(rows) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
-    caps = [r["capacity"] for r in rows]
+    schedules = any(isinstance(r["capacity"], str) for r in rows)  # per-block entries: place rows by token share
+    caps = [r["token_share"] if schedules else r["capacity"] for r in rows]
     for key, label in (("coco_AP(B)", "box AP"), ("coco_AP50(B)", "box AP50"), ("coco_AP(M)", "mask AP")):
         if all(r.get(key) is not None for r in rows):
             ax.plot(caps, [r[key] for r in rows], "o-", label=label)
-    for r in rows:
-        ax.annotate(f"{r['gflops']:.1f} GFLOPs", (r["capacity"], r.get("coco_AP(B)") or 0), fontsize=7)
-    ax.set(xlabel="capacity (share of tokens per routed block)", ylabel="COCO AP", title="Accuracy vs capacity")
+    for x, r in zip(caps, rows):
+        text = f"{r['capacity']} " * schedules + f"{r['gflops']:.1f} GFLOPs"
+        ax.annotate(text, (x, r.get("coco_AP(B)") or 0), fontsize=7)
+    xlabel = "token share (mean over routed blocks)" if schedules else "capacity (share of tokens per routed block)"
+    ax.set(xlabel=xlabel, ylabel="COCO AP", title="Accuracy vs capacity")
     ax.set_xscale("log", base=2)
     ax.legend()
     fig.savefig(save_dir / "capacity_sweep.png", dpi=120)
