@@ -40,6 +40,7 @@ def main(argv=None):
     p.add_argument("--data-root", default="datasets/mod-dynamic")
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-val", type=int, default=80)
+    p.add_argument("--data-size", type=int, nargs=2, default=[192, 320], help="min, max sample image side")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--imgsz", type=int, default=256)
     p.add_argument("--router-aux", type=float, default=0.1)
@@ -48,7 +49,7 @@ def main(argv=None):
     p.add_argument("--project", default="runs/dynamic_compute")
     a = p.parse_args(argv)
 
-    data = make_sample_data(a.data_root, n_train=a.n_train, n_val=a.n_val, seed=1)
+    data = make_sample_data(a.data_root, n_train=a.n_train, n_val=a.n_val, seed=1, size=tuple(a.data_size))
     if a.weights is None:
         model = MoDYOLO(a.model)
         model.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=16, workers=2, seed=0, plots=False,
