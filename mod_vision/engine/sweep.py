@@ -33,12 +33,12 @@ def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict]
     rows = []
     try:
         for c in capacities:
-            c = list(c) if isinstance(c, (list, tuple)) else c
-            tag = "-".join(f"{x:g}" for x in c) if isinstance(c, list) else f"{c:g}"
+            schedule = [f"{x:g}" for x in c] if isinstance(c, (list, tuple)) else None
+            tag = "-".join(schedule) if schedule else f"{c:g}"
             m = model.val(**val_args, capacity=c, project=str(save_dir), name=f"capacity_{tag}", exist_ok=True)
             net.set_capacity(c)  # val() fused the model in place; the FLOP count is of the same network
             coco = {k.removeprefix("metrics/"): v for k, v in m.coco.items()}
-            rows.append({"capacity": f"[{tag.replace('-', ', ')}]" if isinstance(c, list) else c,
+            rows.append({"capacity": f"[{', '.join(schedule)}]" if schedule else c,
                          "gflops": gflops(net, imgsz), "token_share": m.token_share,
                          **{k: coco.get(k) for k in COLUMNS[3:7]}, "mAP50-95(B)": float(m.box.map)})
     finally:
