@@ -60,7 +60,7 @@ def backbone_of(model: nn.Module) -> nn.Sequential:
 def build_rows(model: str, dense: str | None, capacities, yolo) -> list[Row]:
     from ultralytics import YOLO
 
-    from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml
+    from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, dense_twin_yaml, load_model_yaml
 
     def load(cfg):
         cls = MoDSegmentationModel if "-seg" in Path(cfg).stem else MoDDetectionModel
@@ -70,10 +70,7 @@ def build_rows(model: str, dense: str | None, capacities, yolo) -> list[Row]:
     if not routed_blocks(routed):
         raise ValueError(f"{model} has no routed blocks; pass a routed model and its dense twin with --dense")
     if dense is None:  # the routed YAML names its twin; keep the routed model's scale
-        spec = load_model_yaml(model)
-        if not spec.get("dense_twin"):
-            raise ValueError(f"{model} names no `dense_twin`; pass the dense twin's YAML with --dense")
-        dense = Path(spec["dense_twin"]).stem + (f"-{spec['scale']}" if spec.get("scale") else "") + ".yaml"
+        dense = dense_twin_yaml(model)
     twin = load(dense)
     rows = [Row(f"{Path(dense).stem} (dense twin)", "model", twin)]
     rows += [Row(f"{Path(model).stem} @ {c:g}", "model", routed, c) for c in capacities]

@@ -67,13 +67,14 @@ def model_yamls(args) -> tuple[str, str]:
 
     With --router-hidden, the routed YAML is a copy (written into the run folder) whose MoDViTStage rows get the
     `router_hidden` keyword: SViT's 2-layer MLP router instead of a linear one."""
-    from mod_vision.nn.tasks import MODEL_DIR
+    from mod_vision.nn.tasks import MODEL_DIR, dense_twin_yaml
 
     base = FAMILIES[args.family]
-    d = YAML.load(MODEL_DIR / f"{base}.yaml")
-    dense = f"{Path(d['dense_twin']).stem}-{args.scale}.yaml"
+    routed = f"{base}-{args.scale}.yaml"
+    dense = dense_twin_yaml(routed)
     if not args.router_hidden:
-        return f"{base}-{args.scale}.yaml", dense
+        return routed, dense
+    d = YAML.load(MODEL_DIR / f"{base}.yaml")
     for row in d["backbone"] + d["head"]:
         if row[2] == "MoDViTStage":
             kw = row[3].pop() if isinstance(row[3][-1], dict) else {}

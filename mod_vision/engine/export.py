@@ -25,7 +25,7 @@ import torch
 from ultralytics.engine.exporter import Exporter
 from ultralytics.utils import LOGGER
 
-from ..cfg import apply_capacity
+from ..cfg import apply_capacity, apply_routing
 from ..nn.routing import routed_blocks, set_dynamic, tokens_for
 from ..nn.vit import MoDViTStage
 
@@ -123,6 +123,17 @@ def check_exported_args(routing: dict, args) -> None:
             )
     if getattr(args, "dynamic_capacity", None):
         raise ValueError("dynamic_capacity is not available for exported models: export uses static top-k routing")
+
+
+def apply_or_check_routing(model, args) -> dict | None:
+    """Predict/val set-up: apply the routing arguments to a PyTorch model; for an exported file, whose routing is fixed
+    in its graph, check them against its metadata instead (refuse, don't ignore). Returns the exported routing or None."""
+    exported = exported_routing(model)
+    if exported:
+        check_exported_args(exported, args)
+    else:
+        apply_routing(model, args)
+    return exported
 
 
 def exported_token_share(routing: dict, shape: tuple[int, int]) -> float:

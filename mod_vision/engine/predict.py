@@ -9,10 +9,9 @@ from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.models.yolo.segment import SegmentationPredictor
 from ultralytics.utils import LOGGER
 
-from ..cfg import apply_routing
 from ..heatmap import depth_image, routing_maps, save_image_heatmaps
 from ..nn.routing import routed_blocks, token_share
-from .export import check_exported_args, exported_routing, exported_token_share
+from .export import apply_or_check_routing, exported_token_share
 
 
 class RoutedPredictorMixin:
@@ -35,11 +34,7 @@ class RoutedPredictorMixin:
     def setup_source(self, source, *args, **kwargs):
         # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
         super().setup_source(source, *args, **kwargs)  # a stream that cannot be opened: its error names the URL
-        self.exported = exported_routing(self.model)
-        if self.exported:
-            check_exported_args(self.exported, self.args)
-        else:
-            apply_routing(self.model, self.args)
+        self.exported = apply_or_check_routing(self.model, self.args)
         self._heatmap_stems, self._warned_no_routing = {}, False
 
     def postprocess(self, preds, img, orig_imgs, **kwargs):

@@ -9,10 +9,9 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
-from ..cfg import apply_routing
 from ..nn.routing import token_share
 from .coco_eval import COCO_METRICS, coco_evaluate, coco_json_for
-from .export import check_exported_args, exported_routing, exported_token_share
+from .export import apply_or_check_routing, exported_token_share
 
 
 class RoutedValidatorMixin:
@@ -36,11 +35,7 @@ class RoutedValidatorMixin:
             self.args.save_json = True
         super().init_metrics(model)
         self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
-        self.exported = exported_routing(model)  # an AutoBackend of an exported routed file, else None
-        if self.exported:
-            check_exported_args(self.exported, self.args)  # its routing cannot change: refuse, don't ignore
-        else:
-            apply_routing(model, self.args)
+        self.exported = apply_or_check_routing(model, self.args)  # routing of an exported file, else None
         self.routing_model = model
         self.token_shares = []
         self.metrics.coco, self.metrics.token_share = {}, None

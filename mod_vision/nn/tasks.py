@@ -104,6 +104,14 @@ def load_model_yaml(cfg: str | Path | dict) -> dict:
     return d
 
 
+def dense_twin_yaml(cfg: str | Path) -> str:
+    """The dense twin a routed model YAML names (`dense_twin:`), at the routed model's scale: 'modvit-det-dense-s.yaml'."""
+    spec = load_model_yaml(cfg)
+    if not spec.get("dense_twin"):
+        raise ValueError(f"{cfg} names no `dense_twin`; pass the dense twin's YAML with --dense")
+    return Path(spec["dense_twin"]).stem + (f"-{spec['scale']}" if spec.get("scale") else "") + ".yaml"
+
+
 class RoutedModelMixin:
     """Routing controls shared by the routed detection and segmentation models."""
 
