@@ -82,6 +82,12 @@ def test_too_few_latency_runs_is_refused(bench, capsys):
     assert "at least 20" in capsys.readouterr().err
 
 
+def test_negative_router_hidden_is_refused(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--router-hidden", "-64"])
+    assert "--router-hidden must be 0" in capsys.readouterr().err
+
+
 def test_tiny_run_gives_finite_results_and_resumes(bench, tmp_path, capsys):
     argv = ["--name", "tiny", "--out", str(tmp_path), "--epochs", "1", "--imgsz", "64", "--n-train", "32", "--n-val",
             "16", "--data-size", "64", "96", "--arms", "mod-elastic", "yolo11n", "--splits", "textured",

@@ -267,3 +267,9 @@ def test_static_inference_does_not_run_the_predictor():
     block.dynamic = (0.1, 1.0)
     block(torch.randn(1, 20, 32))
     assert block.last_predicted.shape == (1, 20)
+
+
+@pytest.mark.parametrize("hidden", [-64, 1.5])
+def test_bad_router_hidden_is_refused_at_build(hidden):
+    with pytest.raises(ValueError, match=f"router_hidden must be 0 .* got {hidden}"):
+        MoDViTStage(32, 32, depth=2, routed=2, router_hidden=hidden)

@@ -402,6 +402,8 @@ def parse_args(argv=None):
     args.elastic_range = list(args.elastic_range)
     if args.latency_runs < 20:
         ap_.error("--latency-runs must be at least 20")
+    if args.router_hidden < 0:
+        ap_.error("--router-hidden must be 0 (linear router) or a positive hidden width")
     return args
 
 

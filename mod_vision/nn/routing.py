@@ -40,6 +40,8 @@ class Router(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 0):
         super().__init__()
+        if not isinstance(hidden, int) or hidden < 0:
+            raise ValueError(f"router_hidden must be 0 (linear router) or a positive hidden width, got {hidden!r}")
         if hidden:
             self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         else:
