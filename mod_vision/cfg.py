@@ -11,9 +11,9 @@ EXTRA_ARGS = {
     "capacity_range": None,
     # (int) epochs over which training capacity ramps linearly from 1.0 (dense) down to its target
     "capacity_warmup": 0,
-    # (float) weight of the auxiliary loss that trains each routed block's predictor (BCE: is this token in the batch's
-    # top-k?), which dynamic mode thresholds. The predictor sees detached tokens, so this never changes the detector;
-    # 0 leaves the predictor untrained (dynamic mode then has nothing calibrated to go on)
+    # (float) weight of the auxiliary loss that trains each routed block's predictor (BCE: does this token overlap a
+    # ground-truth box?), which dynamic mode thresholds. The predictor sees detached tokens, so this never changes the
+    # detector; 0 leaves the predictor untrained (dynamic mode then has nothing calibrated to go on)
     "router_aux": 0.1,
     # ([min, max] | False | None) dynamic per-image compute at val/predict time: each image takes as many tokens as its
     # predictor scores above 0.5, clamped to these capacities; False returns to static top-k
@@ -24,6 +24,9 @@ EXTRA_ARGS = {
     # (float) learning rate of the router parameters relative to the rest (the optimizer's lr0, or the one chosen by
     # optimizer=auto): routers start from scratch even when the backbone is pretrained
     "router_lr_mult": 1.0,
+    # (float) learning rate of the predictors (dynamic mode's, trained by router_aux) relative to the rest: they are
+    # probes on detached tokens, so a high rate cannot upset the detector, and it lets them converge in a short run
+    "predictor_lr_mult": 10.0,
     # (bool) predict: write routing heatmaps (per-block selected tokens, depth map, compute share) to save_dir/heatmaps,
     # as images for images and as <stem>_depth.mp4 for videos and streams
     "save_heatmap": False,

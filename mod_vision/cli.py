@@ -28,11 +28,12 @@ plus mod_vision's:
   capacity_range=[0.125,1]  elastic training: each batch trains at a capacity drawn from this range
   capacity_warmup=3         epochs over which training capacity ramps down from 1.0 to its target
   router_aux=0.1            weight of the loss that trains the routers' predictors (for dynamic mode)
-  dynamic_capacity=[0.05,1] val/predict: per-image token count from the predictors, within bounds
+  dynamic_capacity=[0.05,1] val/predict: per image, as many tokens as the predictors find on objects, within bounds
   save_heatmap=True         predict: also write routing heatmaps (what the heatmap mode does)
   heatmap_period=5          train (plots=True): routing heatmap of a val batch every 5 epochs, and at the end
   timm_weights=FILE|NAME    train: initialise the ViT backbone from timm weights (see cfg/models/*-vits.yaml)
   router_lr_mult=5          train: router learning rate relative to lr0
+  predictor_lr_mult=10      train: learning rate of dynamic mode's predictors relative to lr0
 Models: cfg/models/{modvit,hybrid}-{det,seg}[-dense].yaml, modvit-{det,seg}-{deep,vits,dinov2s}.yaml; add -n/-s/-m for a scale, e.g. model=modvit-det-s.yaml,
 or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
 

@@ -18,7 +18,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.utils import YAML
 
 from mod_vision import MoDYOLO
-from mod_vision.engine.train import MoDDetectionTrainer, capacity_range, router_param_groups
+from mod_vision.engine.train import MoDDetectionTrainer, capacity_range, routing_param_groups
 from mod_vision.nn import MoDDetectionModel, routed_blocks
 from mod_vision.nn.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_timm_backbone, read_timm_weights
 from mod_vision.nn.routing import set_capacity
@@ -191,18 +191,21 @@ def test_trainer_skips_timm_weights_when_starting_from_a_checkpoint(vit16):
     assert torch.equal(model.model[0].proj.weight, before)
 
 
-def test_router_param_groups_scale_router_lr_only():
+def test_routing_param_groups_scale_router_and_predictor_lr_only():
     model = tiny_model()
     opt = torch.optim.SGD([{"params": [p for p in model.parameters()], "lr": 0.01, "param_group": "weight"}])
-    router = {id(p) for b in routed_blocks(model) for p in b.router.parameters()}
-    router_param_groups(opt, model, 3.0)
-    mine = [g for g in opt.param_groups if g.get("router")]
-    assert [g["lr"] for g in mine] == [pytest.approx(0.03)] and {id(p) for p in mine[0]["params"]} == router
-    rest = [g for g in opt.param_groups if not g.get("router")]
-    assert rest[0]["lr"] == 0.01 and not router & {id(p) for p in rest[0]["params"]}
+    ids = {n: {id(p) for b in routed_blocks(model) for p in getattr(b, n).parameters()} for n in ("router", "predictor")}
+    routing_param_groups(opt, model, router=3.0, predictor=10)
+    for name, lr in (("router", 0.03), ("predictor", 0.1)):
+        mine = [g for g in opt.param_groups if g.get(name)]
+        assert [g["lr"] for g in mine] == [pytest.approx(lr)] and {id(p) for p in mine[0]["params"]} == ids[name]
+    rest = [g for g in opt.param_groups if not g.get("router") and not g.get("predictor")]
+    assert [g["lr"] for g in rest] == [0.01] and not (ids["router"] | ids["predictor"]) & {id(p) for p in rest[0]["params"]}
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="router_lr_mult must be a number >= 0"):
-        router_param_groups(opt, model, -1)
+        routing_param_groups(opt, model, router=-1)
+    with pytest.raises(ValueError, match="predictor_lr_mult must be a number >= 0, got 'x'"):
+        routing_param_groups(opt, model, predictor="x")
 
 
 def test_recipe_keys_are_valid_cfg_keys():

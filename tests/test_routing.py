@@ -17,6 +17,7 @@ from mod_vision.nn import (
     token_share,
     tokens_for,
 )
+from mod_vision.nn.routing import ObjectPredictor, object_tokens
 from mod_vision.nn.vit import routed_indices
 
 torch.manual_seed(0)
@@ -242,22 +243,91 @@ def test_routing_masks_and_token_share_agree_with_k():
     torch.testing.assert_close(token_share(stage), torch.full((2,), 20 / 64))
 
 
-def test_aux_loss_teaches_the_predictor_the_batch_top_k_and_leaves_the_router_alone():
+def test_object_tokens_marks_every_cell_a_box_overlaps():
+    # image 1 has a box spanning x 0.25-0.5 (columns 1.5-3 of 6) and y 0-0.5 (rows 0-2 of 4); image 0 has none
+    boxes = torch.tensor([[0.375, 0.25, 0.25, 0.5]])
+    target = object_tokens((4, 6), boxes, torch.tensor([1.0]), batch_size=2).view(2, 4, 6)
+    expected = torch.zeros(2, 4, 6)
+    expected[1, 0:2, 1:3] = 1  # column 1 is half covered: any overlap counts
+    assert torch.equal(target, expected)
+    # two overlapping boxes in one image count once; no box at all gives an all-zero target
+    two = object_tokens((4, 6), boxes.repeat(2, 1), torch.tensor([0, 0]), batch_size=1)
+    assert torch.equal(two, expected[1].view(1, -1))
+    assert object_tokens((4, 6), torch.zeros(0, 4), torch.zeros(0), batch_size=3).sum() == 0
+
+
+def test_aux_loss_teaches_the_predictor_object_cover_and_leaves_the_router_alone():
     stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).train()
     block = routed_blocks(stage)[0]
-    stage(torch.randn(4, 32, 5, 5))
-    scores, predicted = block.last_scores, block.last_predicted.detach()
-    loss = router_aux_loss(stage)
+    stage(torch.randn(2, 32, 4, 5))
+    assert block.last_grid == (4, 5)
+    predicted = block.last_predicted.detach()
+    boxes, image_index = torch.tensor([[0.5, 0.5, 0.2, 0.25]]), torch.tensor([1])
+    loss = router_aux_loss(stage, boxes, image_index)
     assert block.last_predicted is None  # the graph reference is dropped
-    k = math.ceil(0.25 * 100)  # over the batch: 4 images x 25 tokens
-    target = (scores >= scores.flatten().topk(k).values[-1]).float()
-    assert target.sum() == k
-    torch.testing.assert_close(loss.detach(), torch.nn.functional.binary_cross_entropy_with_logits(predicted, target))
+    target = object_tokens((4, 5), boxes, image_index, 2)
+    assert target[0].sum() == 0 and target[1].sum() == 2  # the box covers cell column 2, rows 1-2
+    pos_weight = torch.tensor(38 / 2)  # balanced: 38 background tokens for 2 object tokens in the batch
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(predicted, target, pos_weight=pos_weight)
+    torch.testing.assert_close(loss.detach(), expected)
     loss.backward()
     assert block.predictor.net[0].weight.grad.abs().sum() > 0
     assert block.router.net.weight.grad is None and block.attn.qkv.weight.grad is None
     stage.eval()(torch.randn(1, 32, 5, 5))
-    assert router_aux_loss(stage) is None  # eval predictions carry no grad
+    assert router_aux_loss(stage, boxes, image_index) is None  # eval predictions carry no grad
+
+
+def test_aux_loss_needs_the_token_grid():
+    block = routed(capacity=0.5).train()  # run outside a stage: nothing tells it the grid
+    block(torch.randn(1, 12, 32))
+    with pytest.raises(ValueError, match=r"12 tokens but its token grid is None"):
+        router_aux_loss(block, torch.zeros(0, 4), torch.zeros(0))
+
+
+def test_object_predictor_sees_the_image_it_is_in():
+    predictor = ObjectPredictor(8, 16)
+    x = torch.randn(1, 10, 8)
+    other = x.clone()
+    other[0, 1:] += 1.0  # the same first token in a different image
+    assert not torch.allclose(predictor(x)[0, 0], predictor(other)[0, 0])
+    perm = torch.randperm(10)  # and no dependence on token order beyond that
+    torch.testing.assert_close(predictor(x[:, perm]), predictor(x)[:, perm])
+
+
+def test_trained_predictor_gives_empty_images_fewer_tokens_than_busy_ones():
+    # Each image: a random background colour with noise, and 0-6 objects of random colours, each on a 2x2 cell patch.
+    # Object and background colours come from the same distribution, so only the image's context tells them apart.
+    torch.manual_seed(0)
+    stage = MoDViTStage(16, 16, depth=1, routed="0:", capacity=0.5)
+    opt = torch.optim.Adam(stage.blocks[0].predictor.parameters(), 1e-2)
+
+    def images(n_objects):
+        x = torch.randn(len(n_objects), 16, 1, 1).expand(-1, -1, 8, 8) + 0.1 * torch.randn(len(n_objects), 16, 8, 8)
+        boxes, index = [], []
+        for i, n in enumerate(n_objects):
+            for _ in range(n):
+                r, c = torch.randint(0, 7, (2,)).tolist()
+                x[i, :, r : r + 2, c : c + 2] = torch.randn(16, 1, 1)
+                boxes.append([(c + 1) / 8, (r + 1) / 8, 2 / 8, 2 / 8])
+                index.append(i)
+        return x, torch.tensor(boxes).view(-1, 4), torch.tensor(index)
+
+    for _ in range(150):
+        x, boxes, index = images(torch.randint(0, 7, (16,)).tolist())
+        stage.train()(x)
+        loss = router_aux_loss(stage, boxes, index)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    set_dynamic(stage, (1 / 64, 1.0))
+    stage.eval()
+
+    def shares(n_objects):  # one image at a time, so each share is the image's own
+        return [stage(images([n_objects])[0]) is not None and token_share(stage).item() for _ in range(10)]
+
+    empty, few, busy = shares(0), shares(2), shares(6)
+    assert max(empty) < min(busy), (empty, busy)
+    assert sum(empty) < sum(few) < sum(busy)
 
 
 def test_static_inference_does_not_run_the_predictor():

@@ -1,10 +1,13 @@
 """Dynamic compute per image: does an empty or flat image use fewer tokens than a busy one?
 
-Trains a routed model briefly on the sample data with the auxiliary router loss (or takes --weights), predicts the val
-images in dynamic mode (each image takes the tokens its routers score above 0.5, within [min, max] capacity), and
-reports the token share per image grouped by object count and background, as a markdown table and CSV.
+Trains a routed model on the sample data with the auxiliary predictor loss (or takes --weights), predicts the val
+images one at a time in dynamic mode (each routed block takes the tokens its predictor scores above 0.5, within
+[min, max] capacity), and reports the token share per image grouped by object count and background, the gap between
+busy and empty images with a bootstrap interval, and val mAP in dynamic mode against static top-k at the same mean
+share, as markdown and CSV.
 
-    python tools/dynamic_compute.py --epochs 10 --imgsz 256 --router-aux 0.1 --bounds 0.05 1.0  # ~8 min on 2 CPU cores
+    python tools/dynamic_compute.py --model modvit-det-deep.yaml --epochs 40 --imgsz 128 --n-train 400 --n-val 400 \
+        --data-size 128 192 --data-root datasets/mod-dynamic-deep --capacity-range 0.25 1  # ~9 min on 2 CPU cores
     python tools/dynamic_compute.py --weights runs/detect/train/weights/best.pt
 """
 
@@ -13,7 +16,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import statistics
+import sys
 from pathlib import Path
 
 from mod_vision import MoDYOLO
@@ -33,6 +38,13 @@ def bucket(n: int) -> str:
     return "0 objects" if n == 0 else "1-2 objects" if n <= 2 else "3+ objects"
 
 
+def bootstrap_gap(a: list[float], b: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of mean(b) - mean(a), resampling the images of each group."""
+    rng = random.Random(seed)
+    gaps = sorted(statistics.mean(rng.choices(b, k=len(b))) - statistics.mean(rng.choices(a, k=len(a))) for _ in range(n))
+    return gaps[int(0.025 * n)], gaps[int(0.975 * n) - 1]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", default=None, help="a trained routed .pt (default: train one)")
@@ -44,17 +56,19 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--imgsz", type=int, default=256)
     p.add_argument("--router-aux", type=float, default=0.1)
+    p.add_argument("--predictor-lr-mult", type=float, default=None, help="predictors' lr over lr0 (default: cfg's)")
     p.add_argument("--capacity-range", type=float, nargs=2, default=None, help="elastic training range (default: fixed)")
     p.add_argument("--bounds", type=float, nargs=2, default=[0.05, 1.0], help="dynamic [min, max] capacity")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the data's is fixed)")
     p.add_argument("--project", default="runs/dynamic_compute")
     a = p.parse_args(argv)
 
     data = make_sample_data(a.data_root, n_train=a.n_train, n_val=a.n_val, seed=1, size=tuple(a.data_size))
     if a.weights is None:
         model = MoDYOLO(a.model)
-        model.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=16, workers=2, seed=0, plots=False,
+        model.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=16, workers=2, seed=a.seed, plots=False,
                     router_aux=a.router_aux, capacity_range=a.capacity_range, project=str(Path(a.project).resolve()),
-                    name="train")
+                    name="train", **({} if a.predictor_lr_mult is None else {"predictor_lr_mult": a.predictor_lr_mult}))
         weights = model.trainer.best
     else:
         weights = a.weights
@@ -73,7 +87,8 @@ def main(argv=None):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = [f"weights {weights}, dynamic bounds {a.bounds}, imgsz {a.imgsz}, {len(rows)} val images", "",
+    command = "python tools/dynamic_compute.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"`{command}`", "", f"weights {weights}, dynamic bounds {a.bounds}, imgsz {a.imgsz}, {len(rows)} val images", "",
              "| group | images | mean token share | median | min | max |", "|---|---|---|---|---|---|"]
     keys = [("all", lambda r: True)]
     keys += [(b, lambda r, b=b: bucket(r["objects"]) == b) for b in ("0 objects", "1-2 objects", "3+ objects")]
@@ -86,6 +101,25 @@ def main(argv=None):
         if s:
             lines.append(f"| {name} | {len(s)} | {statistics.mean(s):.3f} | {statistics.median(s):.3f} | "
                          f"{min(s):.3f} | {max(s):.3f} |")
+    # "measurably fewer": the gap between busy and empty images, with a bootstrap interval over images
+    lines += ["", "| background | 3+ objects minus 0 objects (mean token share) | 95% bootstrap interval |", "|---|---|---|"]
+    for k in ("all", "flat", "textured"):
+        empty = [r["token_share"] for r in rows if r["objects"] == 0 and k in ("all", r["background"])]
+        busy = [r["token_share"] for r in rows if r["objects"] >= 3 and k in ("all", r["background"])]
+        if empty and busy:
+            lo, hi = bootstrap_gap(empty, busy)
+            lines.append(f"| {k} | {statistics.mean(busy) - statistics.mean(empty):+.3f} | [{lo:+.3f}, {hi:+.3f}] |")
+    # What the per-image budget costs or buys: val AP in dynamic mode against static top-k at the same mean share
+    def val(**routing):
+        m = model.val(data=str(data), imgsz=a.imgsz, batch=16, project=str(out), name="val", exist_ok=True, plots=False,
+                      verbose=False, **routing)
+        return m.box.map, m.box.map50, m.token_share
+
+    dynamic = val(dynamic_capacity=a.bounds)
+    static = val(capacity=round(dynamic[2], 4), dynamic_capacity=False)
+    lines += ["", "| val mode | box mAP50-95 | mAP50 | mean token share |", "|---|---|---|---|"]
+    lines += [f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.3f} |"
+              for name, m in ((f"dynamic {a.bounds}", dynamic), ("static, same share", static))]  # fmt: skip
     report = "\n".join(lines) + "\n"
     (out / "dynamic_compute.md").write_text(report)
     print(report)

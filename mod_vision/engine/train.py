@@ -47,7 +47,10 @@ class MoDDetectionTrainer(DetectionTrainer):
         load_timm_backbone(model, source, verbose=RANK in {-1, 0})
 
     def build_optimizer(self, model, *args, **kwargs):
-        return router_param_groups(super().build_optimizer(model, *args, **kwargs), model, self.args.router_lr_mult)
+        optimizer = super().build_optimizer(model, *args, **kwargs)
+        return routing_param_groups(
+            optimizer, model, router=self.args.router_lr_mult, predictor=self.args.predictor_lr_mult
+        )
 
     def preprocess_batch(self, batch: dict) -> dict:
         batch = super().preprocess_batch(batch)
@@ -140,28 +143,32 @@ class MoDSegmentationTrainer(MoDDetectionTrainer, SegmentationTrainer):
     model_class, validator_class = MoDSegmentationModel, MoDSegmentationValidator
 
 
-def router_param_groups(optimizer, model, lr_mult: float | None):
-    """Move router parameters into their own param groups, each a copy of its source group (same decay, same
-    Ultralytics warm-up role) with lr x `lr_mult`, marked `router=True`. A multiplier of 1 (or None) changes nothing."""
-    if lr_mult is None or float(lr_mult) == 1.0:
-        return optimizer
-    if isinstance(lr_mult, bool) or not isinstance(lr_mult, (int, float)) or lr_mult < 0:
-        raise ValueError(f"router_lr_mult must be a number >= 0, got {lr_mult!r}")
-    router = {id(p) for b in routed_blocks(unwrap_model(model)) for p in b.router.parameters()}
-    if not router:
-        return optimizer
-    groups = []
-    for g in optimizer.param_groups:
-        params = g["params"]
-        groups.append({**g, "params": [p for p in params if id(p) not in router]})
-        mine = [p for p in params if id(p) in router]
-        if mine:
-            groups.append({**g, "params": mine, "lr": g["lr"] * float(lr_mult), "router": True})
-    optimizer.param_groups.clear()
-    optimizer.state.clear()
-    for g in groups:
-        optimizer.add_param_group(g)
-    LOGGER.info(f"router_lr_mult={lr_mult}: {len(router)} router parameters in their own param groups")
+def routing_param_groups(optimizer, model, **lr_mults: float | None):
+    """Move the parameters of each routed block's `router` and/or `predictor` (the keyword names) into param groups of
+    their own: copies of their source groups (same decay, same Ultralytics warm-up role) with lr x the multiplier,
+    marked with the module name (`g["router"] = True`). A multiplier of 1 (or None) leaves that module where it is."""
+    blocks = routed_blocks(unwrap_model(model))
+    for name, lr_mult in lr_mults.items():
+        if lr_mult is None or (not isinstance(lr_mult, bool) and isinstance(lr_mult, (int, float)) and lr_mult == 1):
+            continue
+        if isinstance(lr_mult, bool) or not isinstance(lr_mult, (int, float)) or lr_mult < 0:
+            raise ValueError(f"{name}_lr_mult must be a number >= 0, got {lr_mult!r}")
+        mine = {id(p) for b in blocks for p in getattr(b, name).parameters()}
+        if not mine:
+            continue
+        groups = []
+        for g in optimizer.param_groups:
+            params = g["params"]
+            groups.append({**g, "params": [p for p in params if id(p) not in mine]})
+            moved = [p for p in params if id(p) in mine]
+            if moved:
+                groups.append({**g, "params": moved, "lr": g["lr"] * float(lr_mult), name: True})
+        optimizer.param_groups.clear()
+        optimizer.state.clear()
+        for g in groups:
+            if g["params"]:
+                optimizer.add_param_group(g)
+        LOGGER.info(f"{name}_lr_mult={lr_mult}: {len(mine)} {name} parameters in their own param groups")
     return optimizer
 
 

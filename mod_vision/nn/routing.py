@@ -56,6 +56,22 @@ class Router(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+class ObjectPredictor(Router):
+    """Says whether a token lies on an object: a 2-layer MLP on each token joined with its image's mean token.
+
+    The mean is DynamicViT's global feature, and it is what makes the answer learnable: "background" is only defined
+    relative to the rest of the image (a red patch is an object on grass and the background on a red wall). Measured
+    on frozen tokens of a trained modvit-det-n: a per-token MLP separated object from background tokens no better than
+    chance (ROC AUC 0.53), the same MLP with the mean token reached 0.77.
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__(2 * dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat([x, x.mean(1, keepdim=True).expand_as(x)], -1))
+
+
 GATES = ("sigmoid", "unit", "none")
 
 
@@ -72,8 +88,8 @@ class RoutedBlock(Block):
 
     Two ways to choose tokens:
         static (default, the exported path): k = ceil(capacity * N) per image, fixed shapes.
-        dynamic (`dynamic=(min_capacity, max_capacity)`): the MoD paper's auxiliary predictor (a small MLP on the
-            stop-gradient tokens, trained by `router_aux_loss` to say whether a token is in the batch's top-k) decides
+        dynamic (`dynamic=(min_capacity, max_capacity)`): an auxiliary predictor, as in the MoD paper (`ObjectPredictor`
+            on the stop-gradient tokens, trained by `router_aux_loss` to say whether a token lies on an object), decides
             how many tokens each image takes: those it scores above `threshold`, clamped to [min, max] capacity; the
             router's ranking decides which. A separate predictor keeps its calibration free of the task loss, which
             pushes router scores up wherever a block's update helps. In a batch, images are padded to the largest k: padded tokens
@@ -89,6 +105,8 @@ class RoutedBlock(Block):
         last_predicted (torch.Tensor | None): (B, N) predictor logits of the latest forward that ran it (training or
             dynamic mode; with grad while training, for the auxiliary loss).
         last_tokens (int): N of the latest forward.
+        last_grid (tuple[int, int] | None): the (H, W) token grid of the latest forward, set by the stage that runs the
+            block; `router_aux_loss` lays ground-truth boxes out on it.
     """
 
     def __init__(
@@ -102,7 +120,7 @@ class RoutedBlock(Block):
     ):
         super().__init__(dim, num_heads, **kwargs)
         self.router = Router(dim, router_hidden)
-        self.predictor = Router(dim, max(16, dim // 8))
+        self.predictor = ObjectPredictor(dim, max(16, dim // 8))
         self.capacity = capacity
         self.gate = {True: "sigmoid", False: "none", None: "none"}.get(gate, gate)
         if self.gate not in GATES:
@@ -112,6 +130,7 @@ class RoutedBlock(Block):
         self.threshold = 0.0  # a score of 0 is sigmoid 0.5, the auxiliary loss's decision boundary
         self.last_index = self.last_valid = self.last_scores = self.last_predicted = None
         self.last_tokens = 0
+        self.last_grid: tuple[int, int] | None = None
 
     @property
     def capacity(self) -> float:
@@ -258,21 +277,55 @@ def token_share(model: nn.Module) -> torch.Tensor | None:
     return None if masks is None else masks.float().mean((1, 2)).cpu()
 
 
-def router_aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """The MoD paper's auxiliary loss: BCE teaching each block's predictor whether the router puts a token in the top-k.
+def object_tokens(
+    grid: tuple[int, int], boxes: torch.Tensor, image_index: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """(B, H*W) float: 1 where a token's cell of the (H, W) grid overlaps one of its image's boxes.
 
-    The top-k is taken over the whole batch (k = capacity * B * N router scores), not per image, so the predictor's
-    answer is comparable across images: that is what lets its threshold give a busy image more tokens than a flat one.
-    Only the predictor learns from it (its input is detached). Returns the mean over routed blocks, or None when no
-    block kept predictions with grad (eval mode, or no routed block).
+    `boxes` are (M, 4) normalized xywh, as in an Ultralytics batch's "bboxes", with `image_index` (M,) their image
+    ("batch_idx"). The grid is taken to tile the image exactly, as it does at training sizes (multiples of the stride).
+    """
+    h, w = grid
+    target = torch.zeros(batch_size, h, w, device=boxes.device)
+    if len(boxes):
+        xy, half = boxes[:, :2], boxes[:, 2:] / 2
+        lo = ((xy - half) * boxes.new_tensor([w, h])).floor()
+        hi = ((xy + half) * boxes.new_tensor([w, h])).ceil()
+        cols, rows = torch.arange(w, device=boxes.device), torch.arange(h, device=boxes.device)
+        in_x = (cols >= lo[:, :1]) & (cols < hi[:, :1])  # (M, W)
+        in_y = (rows >= lo[:, 1:]) & (rows < hi[:, 1:])  # (M, H)
+        cells = (in_y[:, :, None] & in_x[:, None, :]).float()  # (M, H, W)
+        target.index_add_(0, image_index.long(), cells)
+    return (target > 0).float().flatten(1)
+
+
+def router_aux_loss(model: nn.Module, boxes: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor | None:
+    """The auxiliary predictor loss: BCE teaching each routed block's predictor which tokens lie on an object.
+
+    `boxes` (M, 4) normalized xywh and `image_index` (M,) are the batch's ground truth (Ultralytics' "bboxes" and
+    "batch_idx"). The MoD paper trains its predictor on top-k membership instead; that target was measured here and
+    gives no per-image compute: the router's top-k over a batch was no smaller on empty images than on busy ones (in
+    400 val images, empty ones took 0.19 of their tokens and 3+-object ones 0.17). Object cover is the quantity dynamic
+    mode should follow (Focus-DETR's foreground supervision). Object tokens are weighted by the batch's background to
+    object ratio (balanced BCE): with the plain BCE, a predictor unsure of most tokens (on the features of a model
+    trained for minutes) stayed below 0.5 everywhere, so every image took the minimum capacity; balanced, a token is
+    above 0.5 when it looks more like an object than the base rate does, and the count above 0.5 follows the object
+    cover. Only the predictor learns from it (its input is detached). Returns the mean over routed blocks, or None when no block kept predictions with grad (eval mode, or no
+    routed block).
     """
     losses = []
     for b in routed_blocks(model):
         p = b.last_predicted
         if p is None or not p.requires_grad:
             continue
-        flat = b.last_scores.flatten()
-        kth = flat.topk(tokens_for(b.capacity, flat.numel())).values[-1]
-        losses.append(nn.functional.binary_cross_entropy_with_logits(p, (b.last_scores >= kth).to(p.dtype)))
         b.last_predicted = None  # drop the graph reference; the model may be deep-copied (EMA, checkpoints)
+        grid = b.last_grid
+        if grid is None or grid[0] * grid[1] != p.shape[1]:
+            raise ValueError(
+                f"routed block has {p.shape[1]} tokens but its token grid is {grid}: run it in a stage that sets last_grid"
+            )
+        target = object_tokens(grid, boxes.to(p.device), image_index.to(p.device), p.shape[0]).to(p.dtype)
+        cover = target.mean().clamp(1e-3, 1 - 1e-3)
+        pos_weight = (1 - cover) / cover  # balanced: see the docstring
+        losses.append(nn.functional.binary_cross_entropy_with_logits(p, target, pos_weight=pos_weight))
     return torch.stack(losses).mean() if losses else None

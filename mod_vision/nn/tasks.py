@@ -146,7 +146,8 @@ class RoutedModelMixin:
     def loss(self, batch, preds=None):
         """The task loss, plus `router_aux` x the auxiliary router loss (its own column, `router_aux`)."""
         loss, items = super().loss(batch, preds)
-        aux = router_aux_loss(self)  # always called: it also drops the scores' graph reference
+        # always called: it also drops the predictions' graph reference
+        aux = router_aux_loss(self, batch["bboxes"], batch["batch_idx"])
         args = getattr(self, "args", None)
         weight = (args.get("router_aux") if isinstance(args, dict) else getattr(args, "router_aux", None)) or 0.0
         if aux is not None and weight > 0:

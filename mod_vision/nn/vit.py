@@ -135,5 +135,7 @@ class MoDViTStage(nn.Module):
         x = x + self.position_embedding(h, w).to(x.dtype)
         t = x.flatten(2).transpose(1, 2)  # (B, N, C) tokens in raster order
         for blk in self.blocks:
+            if isinstance(blk, RoutedBlock):
+                blk.last_grid = (h, w)
             t = blk(t)
         return t.transpose(1, 2).reshape(b, c, h, w)
