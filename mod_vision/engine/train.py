@@ -149,10 +149,12 @@ def routing_param_groups(optimizer, model, **lr_mults: float | None):
     marked with the module name (`g["router"] = True`). A multiplier of 1 (or None) leaves that module where it is."""
     blocks = routed_blocks(unwrap_model(model))
     for name, lr_mult in lr_mults.items():
-        if lr_mult is None or (not isinstance(lr_mult, bool) and isinstance(lr_mult, (int, float)) and lr_mult == 1):
+        if lr_mult is None:
             continue
         if isinstance(lr_mult, bool) or not isinstance(lr_mult, (int, float)) or lr_mult < 0:
             raise ValueError(f"{name}_lr_mult must be a number >= 0, got {lr_mult!r}")
+        if lr_mult == 1:
+            continue
         mine = {id(p) for b in blocks for p in getattr(b, name).parameters()}
         if not mine:
             continue

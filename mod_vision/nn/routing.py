@@ -242,8 +242,8 @@ def set_capacity(model: nn.Module, capacity: float | list[float] | dict[int, flo
 
 
 def set_dynamic(model: nn.Module, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
-    """Switch routed blocks to dynamic per-image k (the router's threshold, clamped to `bounds` capacities), or back
-    to static top-k with `bounds=None`."""
+    """Switch routed blocks to dynamic per-image k (the tokens their predictors score above `threshold`, clamped to
+    `bounds` capacities), or back to static top-k with `bounds=None`."""
     if bounds is not None:
         if len(bounds) != 2:
             raise ValueError(f"dynamic capacity needs (min, max), got {bounds!r}")

@@ -132,7 +132,7 @@ class RoutedModelMixin:
         return [b.capacity for b in self.routed_blocks()]
 
     def set_dynamic(self, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
-        """Per-image k from the router's threshold within (min, max) capacity; None returns to static top-k."""
+        """Per-image k from the predictors' threshold within (min, max) capacity; None returns to static top-k."""
         set_dynamic(self, bounds, threshold)
 
     def token_share(self) -> torch.Tensor | None:
