@@ -59,10 +59,10 @@ class Router(nn.Module):
 class ObjectPredictor(Router):
     """Says whether a token lies on an object: a 2-layer MLP on each token joined with its image's mean token.
 
-    The mean is DynamicViT's global feature, and it is what makes the answer learnable: "background" is only defined
-    relative to the rest of the image (a red patch is an object on grass and the background on a red wall). Measured
-    on frozen tokens of a trained modvit-det-n: a per-token MLP separated object from background tokens no better than
-    chance (ROC AUC 0.53), the same MLP with the mean token reached 0.77.
+    The mean is DynamicViT's global feature: "background" is only defined relative to the rest of the image (a red
+    patch is an object on grass and the background on a red wall). It helped, without being what makes dynamic mode
+    work: in the README's dynamic-compute run, busy images took 0.216 more of their tokens than empty ones with it and
+    0.149 more with a per-token MLP (one training run each, overlapping bootstrap intervals).
     """
 
     def __init__(self, dim: int, hidden: int):
