@@ -46,3 +46,9 @@ def test_predictor_probe_reports_every_routed_block(det_run, sample_yaml, capsys
     assert [int(r.split("|")[1]) for r in rows] == list(range(blocks))
     assert all(0.0 <= float(r.split("|")[3]) <= 1.0 for r in rows)  # a ROC AUC
     assert "token only: val ROC AUC" in out and "token + image mean: val ROC AUC" in out
+
+
+def test_predictor_probe_refuses_a_block_out_of_range(det_run, sample_yaml, capsys):
+    with pytest.raises(SystemExit):
+        _tool("predictor_probe").main([str(det_run / "weights" / "best.pt"), str(sample_yaml), "--block", "9"])
+    assert "--block 9 is out of range: the model has 3 routed blocks (0-2)" in capsys.readouterr().err

@@ -73,6 +73,11 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     model = MoDYOLO(a.weights).model.float().eval()
+    n_blocks = len(routed_blocks(model))
+    if not n_blocks:
+        p.error(f"{a.weights} has no routed block, so no predictor to probe")
+    if not 0 <= a.block < n_blocks:
+        p.error(f"--block {a.block} is out of range: the model has {n_blocks} routed blocks (0-{n_blocks - 1})")
     data = check_det_dataset(a.data)
     tokens, target, counts = block_inputs(model, data, "val", a.imgsz)
     empty, busy = counts == 0, counts >= 3
