@@ -310,10 +310,10 @@ def router_aux_loss(model: nn.Module, boxes: torch.Tensor, image_index: torch.Te
     object ratio (balanced BCE): with the plain BCE, a predictor unsure of most tokens (on the features of a model
     trained for minutes) stayed below 0.5 everywhere, so every image took the minimum capacity; balanced, a token is
     above 0.5 when it looks more like an object than the base rate does, and the count above 0.5 follows the object
-    cover. Only the predictor learns from it (its input is detached). Returns the mean over routed blocks, or None when no block kept predictions with grad (eval mode, or no
-    routed block).
+    cover. Only the predictor learns from it (its input is detached). Returns the mean over routed blocks, or None when
+    no block kept predictions with grad (eval mode, or no routed block).
     """
-    losses = []
+    losses, targets = [], {}  # the blocks of a stage share one token grid, so one target per grid
     for b in routed_blocks(model):
         p = b.last_predicted
         if p is None or not p.requires_grad:
@@ -324,8 +324,10 @@ def router_aux_loss(model: nn.Module, boxes: torch.Tensor, image_index: torch.Te
             raise ValueError(
                 f"routed block has {p.shape[1]} tokens but its token grid is {grid}: run it in a stage that sets last_grid"
             )
-        target = object_tokens(grid, boxes.to(p.device), image_index.to(p.device), p.shape[0]).to(p.dtype)
-        cover = target.mean().clamp(1e-3, 1 - 1e-3)
-        pos_weight = (1 - cover) / cover  # balanced: see the docstring
+        if grid not in targets:
+            target = object_tokens(grid, boxes.to(p.device), image_index.to(p.device), p.shape[0]).to(p.dtype)
+            cover = target.mean().clamp(1e-3, 1 - 1e-3)
+            targets[grid] = target, (1 - cover) / cover  # balanced: see the docstring
+        target, pos_weight = targets[grid]
         losses.append(nn.functional.binary_cross_entropy_with_logits(p, target, pos_weight=pos_weight))
     return torch.stack(losses).mean() if losses else None
