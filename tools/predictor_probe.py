@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mod_vision import MoDYOLO
-from mod_vision.nn.routing import ObjectPredictor, Router, object_tokens, routed_blocks
+from mod_vision.nn.routing import ObjectPredictor, Scorer, object_tokens, record_routing, routed_blocks
 from ultralytics.cfg import get_cfg
 from ultralytics.data import build_yolo_dataset
 from ultralytics.data.utils import check_det_dataset
@@ -42,9 +42,9 @@ def block_inputs(model, data: dict, split: str, imgsz: int, batch: int = 16):
     for start in range(0, len(ds), batch):
         b = ds.collate_fn([ds[j] for j in range(start, min(start + batch, len(ds)))])
         n = b["img"].shape[0]
-        with torch.no_grad():
+        with torch.no_grad(), record_routing() as record:
             model(b["img"].float() / 255)
-        targets.append(object_tokens(blocks[0].last_grid, b["bboxes"], b["batch_idx"], n))
+        targets.append(object_tokens(record.blocks[0].grid, b["bboxes"], b["batch_idx"], n))
         counts.append(torch.bincount(b["batch_idx"].long(), minlength=n))
     for h in hooks:
         h.remove()
@@ -95,7 +95,7 @@ def main(argv=None):
         x, xt = tokens[a.block], train_tokens[a.block]
         dim = x.shape[-1]
         print(f"\nfresh predictors on block {a.block}'s frozen tokens, {a.fit_steps} Adam steps (lr 1e-3, batch 16):")
-        for name, predictor in (("token only", Router(dim, 64)), ("token + image mean", ObjectPredictor(dim, 64))):
+        for name, predictor in (("token only", Scorer(dim, 64)), ("token + image mean", ObjectPredictor(dim, 64))):
             fit(predictor, xt, train_target, a.fit_steps)
             with torch.no_grad():
                 print(f"  {name}: val ROC AUC {auc(predictor(x), target):.3f}")

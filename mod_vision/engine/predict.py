@@ -10,7 +10,7 @@ from ultralytics.models.yolo.segment import SegmentationPredictor
 from ultralytics.utils import LOGGER
 
 from ..heatmap import depth_image, routing_maps, save_image_heatmaps
-from ..nn.routing import routed_blocks, token_share
+from ..nn.routing import record_routing, routed_blocks
 from .export import apply_or_check_routing, exported_token_share
 
 
@@ -37,6 +37,13 @@ class RoutedPredictorMixin:
         self.exported = apply_or_check_routing(self.model, self.args)
         self._heatmap_stems, self._warned_no_routing = {}, False
 
+    def inference(self, im, *args, **kwargs):
+        if self.exported or not routed_blocks(self.model):
+            self.routing_record = None
+            return super().inference(im, *args, **kwargs)
+        with record_routing() as self.routing_record:
+            return super().inference(im, *args, **kwargs)
+
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)
         routings = None
@@ -44,9 +51,10 @@ class RoutedPredictorMixin:
             capacity = self.exported["capacity"]
             shares = [exported_token_share(self.exported, img.shape[-2:])] * len(results)
         else:
-            capacity, share = [b.capacity for b in routed_blocks(self.model)], token_share(self.model)
+            record = getattr(self, "routing_record", None)
+            capacity, share = [b.capacity for b in routed_blocks(self.model)], record and record.token_share()
             shares = [None] * len(results) if share is None else share.tolist()
-            routings = routing_maps(self.model, img.shape[2:], [r.orig_shape for r in results])
+            routings = routing_maps(record, img.shape[2:], [r.orig_shape for r in results])
         for i, (r, s) in enumerate(zip(results, shares)):
             r.token_share, r.capacity = s, capacity
             r.routing = None if routings is None else routings[i]

@@ -16,7 +16,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ..data import with_missing_help
 from ..nn.pretrained import load_timm_backbone
-from ..nn.routing import check_capacity, routed_blocks, set_capacity
+from ..nn.routing import check_capacity, record_routing, routed_blocks, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
 from .val import MoDDetectionValidator, MoDSegmentationValidator
 
@@ -111,10 +111,10 @@ class MoDDetectionTrainer(DetectionTrainer):
         batch = ds.collate_fn([ds[i] for i in range(n)])
         p = next(model.parameters())
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), record_routing() as record:
             model(batch["img"].to(p.device, p.dtype) / 255)
         shape = tuple(batch["img"].shape[2:])
-        routings = routing_maps(model, shape, [shape] * n)
+        routings = routing_maps(record, shape, [shape] * n)
         if routings is None:
             return None
         images = batch["img"].permute(0, 2, 3, 1).numpy()[..., ::-1]  # the loader's RGB -> BGR, as OpenCV draws
@@ -155,7 +155,8 @@ def routing_param_groups(optimizer, model, **lr_mults: float | None):
             raise ValueError(f"{name}_lr_mult must be a number >= 0, got {lr_mult!r}")
         if lr_mult == 1:
             continue
-        mine = {id(p) for b in blocks for p in getattr(b, name).parameters()}
+        module = {"router": "scorer", "predictor": "predictor"}[name]  # the router's own parts
+        mine = {id(p) for b in blocks for p in getattr(b, module).parameters()}
         if not mine:
             continue
         groups = []

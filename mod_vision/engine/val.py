@@ -9,7 +9,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
-from ..nn.routing import token_share
+from ..nn.routing import record_routing, token_share
 from .coco_eval import COCO_METRICS, coco_evaluate, coco_json_for
 from .export import apply_or_check_routing, exported_token_share
 
@@ -28,6 +28,16 @@ class RoutedValidatorMixin:
     """
 
     iou_types = {"bbox": "B"}
+    routing_record = None
+
+    def __call__(self, trainer=None, model=None):
+        with record_routing() as self.routing_record:
+            return super().__call__(trainer, model)
+
+    def preprocess(self, batch):
+        if self.routing_record is not None:
+            self.routing_record.take()  # what ran before this batch's forward (warm-up) is not this batch's
+        return super().preprocess(batch)
 
     def init_metrics(self, model: torch.nn.Module) -> None:
         self.anno_json = coco_json_for(self.data, self.args.split or "val")
@@ -36,7 +46,6 @@ class RoutedValidatorMixin:
         super().init_metrics(model)
         self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
         self.exported = apply_or_check_routing(model, self.args)  # routing of an exported file, else None
-        self.routing_model = model
         self.token_shares = []
         self.metrics.coco, self.metrics.token_share = {}, None
 
@@ -45,7 +54,7 @@ class RoutedValidatorMixin:
             n = len(batch["im_file"])
             share = torch.full((n,), exported_token_share(self.exported, batch["img"].shape[-2:]), dtype=torch.float64)
         else:
-            share = token_share(self.routing_model)
+            share = token_share(self.routing_record.take() if self.routing_record is not None else [])
         if share is not None:
             self.token_shares.append(share)
         super().update_metrics(preds, batch)
