@@ -167,7 +167,9 @@ COLUMNS = ("imgsz", "batch", "part", "row", "capacity", "params_M", "gflops", "l
 
 
 def targets(records: list[dict]) -> list[str]:
-    """The issue's targets, checked on the batch-1, 640 rows (or the smallest setting run)."""
+    """The latency targets, checked on the batch-1, 640 rows (or the smallest setting run): the backbone reaches 90% of
+    its FLOP-ideal speedup at every capacity, the whole model is 1.6x faster than its dense twin at capacity 0.25, and
+    the routers cost at most 5% at capacity 1.0."""
     setting = min({(r["imgsz"], r["batch"]) for r in records}, key=lambda s: (s[1], abs(s[0] - 640)))
     rs = [r for r in records if (r["imgsz"], r["batch"]) == setting and "speedup" in r and r["capacity"] != ""]
     lines = [f"targets at imgsz {setting[0]}, batch {setting[1]}:"]

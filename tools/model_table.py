@@ -1,4 +1,4 @@
-"""Print the README's model table: parameters and GFLOPs at 640x640 for every shipped YAML and scale.
+"""Print the model table (docs/compute.md): parameters and GFLOPs at 640x640 for every shipped YAML and scale.
 
 GFLOPs are counted by torch.utils.flop_counter on a real 640x640 forward (2 FLOPs per multiply-add, Ultralytics'
 convention), so attention and routed blocks are counted at the token counts that actually run. Ultralytics' own
