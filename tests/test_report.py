@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import ast
 import csv
-import importlib.util
 import inspect
-from pathlib import Path
 
 import pytest
 
 from mod_vision.defaults import DEFAULT_CAPACITIES
 from mod_vision.report import markdown_table, write_csv
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .test_dynamic_tools import ROOT, _tool
 
 
 def test_markdown_table_formats_each_kind_of_cell():
