@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from .defaults import DEFAULT_CAPACITIES
+
 HELP = """Usage: mod-vision MODE [key=value ...]
 
 MODE:
@@ -95,7 +97,7 @@ def run(argv: list[str]):
 
         args = {**YAML.load(MODEL_DIR.parent / "train-sample.yaml"), **args, "data": str(sample_data_yaml())}
     if mode == "sweep":
-        return model.val_sweep(args.pop("capacities", (1.0, 0.5, 0.25, 0.125)), **args)
+        return model.val_sweep(args.pop("capacities", DEFAULT_CAPACITIES), **args)
     if mode == "info":
         return model.info(detailed=bool(args.get("detailed", False)), imgsz=int(args.get("imgsz", 640)))
     if mode in {"predict", "heatmap"}:

@@ -8,6 +8,7 @@ from ultralytics.engine.model import Model
 from ultralytics.nn.tasks import guess_model_task
 from ultralytics.utils import DEFAULT_CFG_DICT, RANK
 
+from .defaults import DEFAULT_CAPACITIES
 from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
@@ -77,7 +78,7 @@ class MoDYOLO(Model):
                 LOGGER.info(f"  capacity {c:<6g} {g:8.2f} GFLOPs")
         return {"summary": out, "gflops": now, "capacity_gflops": dict(table)}
 
-    def val_sweep(self, capacities=(1.0, 0.5, 0.25, 0.125), **kwargs):
+    def val_sweep(self, capacities=DEFAULT_CAPACITIES, **kwargs):
         """Validate at each capacity; returns (rows, save_dir) and writes a mAP-vs-capacity table (csv, md) and plot."""
         from .engine.sweep import capacity_sweep
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from mod_vision import MoDYOLO
 from mod_vision.nn.routing import ObjectPredictor, Scorer, object_tokens, record_routing, routed_blocks
+from mod_vision.report import markdown_table
 from ultralytics.cfg import get_cfg
 from ultralytics.data import build_yolo_dataset
 from ultralytics.data.utils import check_det_dataset
@@ -83,13 +84,15 @@ def main(argv=None):
     empty, busy = counts == 0, counts >= 3
     print(f"{len(counts)} val images ({int(empty.sum())} empty, {int(busy.sum())} with 3+ objects); true object cover: "
           f"empty 0, 3+ objects {target[busy].mean():.3f}")  # fmt: skip
-    print("| routed block | predictor | ROC AUC | share > 0.5, empty | share > 0.5, 3+ objects |\n|---|---|---|---|---|")
+    rows = []
     for i, (b, x) in enumerate(zip(routed_blocks(model), tokens)):
         with torch.no_grad():
             score = b.predictor(x)
-        above = (score > 0).float().mean(1)
-        print(f"| {i} | {type(b.predictor).__name__} | {auc(score, target):.3f} | {above[empty].mean():.3f} | "
-              f"{above[busy].mean():.3f} |")  # fmt: skip
+        above = (score > 0).float().mean(1)  # logit > 0: probability above 0.5
+        rows.append({"routed block": i, "predictor": type(b.predictor).__name__, "ROC AUC": auc(score, target),
+                     "share > 0.5, empty": above[empty].mean().item(),
+                     "share > 0.5, 3+ objects": above[busy].mean().item()})
+    print(markdown_table(rows, floatfmt=".3f"))
     if a.fit_steps:
         train_tokens, train_target, _ = block_inputs(model, data, "train", a.imgsz)
         x, xt = tokens[a.block], train_tokens[a.block]

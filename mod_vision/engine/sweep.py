@@ -9,12 +9,13 @@ from types import SimpleNamespace
 from ultralytics.cfg import get_save_dir
 from ultralytics.utils import LOGGER
 
-from ..flops import CAPACITIES, gflops
+from ..defaults import DEFAULT_CAPACITIES
+from ..flops import gflops
 
 COLUMNS = ("capacity", "gflops", "token_share", "coco_AP(B)", "coco_AP50(B)", "coco_AP(M)", "coco_AP50(M)", "mAP50-95(B)")
 
 
-def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict], Path]:
+def capacity_sweep(model, capacities=DEFAULT_CAPACITIES, **val_args) -> tuple[list[dict], Path]:
     """Validate `model` (a MoDYOLO) at each capacity; write capacity_sweep.{csv,md,png} into one run folder.
 
     An entry is one capacity for every routed block, or a per-block schedule (a list, one value per routed block:
@@ -49,7 +50,7 @@ def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict]
 
 
 def markdown(rows: list[dict]) -> str:
-    from ..benchmark import markdown_table
+    from ..report import markdown_table
 
     return markdown_table(rows, [c for c in COLUMNS if any(r.get(c) is not None for r in rows)], missing="-")
 
