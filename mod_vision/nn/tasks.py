@@ -136,6 +136,20 @@ class RoutedModelMixin:
         """Per-image k from the predictors' threshold within (min, max) capacity; None returns to static top-k."""
         set_dynamic(self, bounds, threshold)
 
+    def predict(self, x, *args, **kwargs):
+        """Ultralytics' forward, on an input padded at the bottom and right to a multiple of the largest stride.
+
+        A conv pyramid with upsampling needs it (an FPN cannot concatenate a 1x1 stride-32 map upsampled to 2x2 with a
+        1x1 stride-16 map); boxes keep their coordinates, as nothing moves at the top left. The predictor's letterbox
+        already does this; a direct call with any size now works too."""
+        stride = getattr(self, "stride", None)
+        if isinstance(stride, torch.Tensor) and isinstance(x, torch.Tensor) and x.ndim == 4:
+            s = int(stride.max())
+            ph, pw = -x.shape[-2] % s, -x.shape[-1] % s
+            if ph or pw:
+                x = torch.nn.functional.pad(x, (0, pw, 0, ph), value=114 / 255)  # Ultralytics' letterbox grey
+        return super().predict(x, *args, **kwargs)
+
     def loss(self, batch, preds=None):
         """The task loss, plus `router_aux` x the auxiliary router loss (its own column, `router_aux`)."""
         with record_routing(predictions=preds is None) as record:
