@@ -112,3 +112,181 @@ def test_coco_json_without_any_val_image_fails_loudly(det_run, sample_yaml, tmp_
     data = copy_data(sample_yaml, tmp_path / "d", edit_json=other_names)
     with pytest.raises(ValueError, match=r"none of the 8 val images is in .*elsewhere_"):
         gt_validate(det_run, data, tmp_path, "v")
+
+
+# --- a CLI resume keeps its run's data and settings ---------------------------------------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after_first_epoch(trainer):
+    if trainer.epoch == 0:
+        raise Interrupt  # after last.pt of epoch 1 is saved, as a killed run leaves it
+
+
+def test_cli_resume_keeps_the_runs_data_imgsz_and_batch(sample_yaml, tmp_path, monkeypatch):
+    from ultralytics.utils import YAML
+
+    from mod_vision import MoDYOLO
+
+    model = MoDYOLO("modvit-det.yaml")
+    model.add_callback("on_model_save", interrupt_after_first_epoch)
+    with pytest.raises(Interrupt):
+        model.train(data=str(sample_yaml), epochs=2, imgsz=64, batch=4, workers=0, plots=False, project=str(tmp_path),
+                    name="r", device="cpu")  # fmt: skip
+    run_dir = tmp_path / "r"
+    assert not (run_dir / "run.lock").exists()  # the interrupted run let go of its folder
+    monkeypatch.chdir(tmp_path)  # where the CLI would generate the sample data
+    run(["train", f"model={run_dir / 'weights' / 'last.pt'}", "resume=True"])
+    args = YAML.load(run_dir / "args.yaml")
+    assert (args["data"], args["imgsz"], args["batch"], args["epochs"]) == (str(sample_yaml), 64, 4, 2)
+    assert not (tmp_path / "datasets").exists()  # no sample data was generated
+    assert len((run_dir / "results.csv").read_text().splitlines()) == 3  # header and epochs 1 and 2
+    assert not (run_dir / "run.lock").exists()
+
+
+def test_cli_resume_true_without_model_names_what_is_missing():
+    with pytest.raises(SystemExit, match=r"resume=True needs model=.*last\.pt"):
+        run(["train", "resume=True"])
+
+
+# --- a lock on the run folder ------------------------------------------------------------------------------------
+
+
+def test_second_run_into_a_folder_in_use_refuses_naming_folder_and_process(sample_yaml, tmp_path):
+    import subprocess
+    import sys
+
+    from mod_vision import MoDYOLO
+    from mod_vision.engine.runlock import RunFolderLocked, RunLock
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder = tmp_path / "shared"
+        folder.mkdir()
+        (folder / "run.lock").write_text(json.dumps({"pid": other.pid, "host": __import__("socket").gethostname()}))
+        with pytest.raises(RunFolderLocked, match=rf"run folder {folder} is in use by another training, process {other.pid}"):
+            MoDYOLO("modvit-det.yaml").train(data=str(sample_yaml), epochs=1, imgsz=64, batch=4, workers=0, plots=False,
+                                            project=str(tmp_path), name="shared", exist_ok=True, device="cpu")  # fmt: skip
+        assert sorted(p.name for p in folder.iterdir()) == ["run.lock"]  # nothing of the other run was touched
+        assert RunLock(folder).owner()["pid"] == other.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    from mod_vision.engine.runlock import RunLock
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": __import__("socket").gethostname()}))
+    lock = RunLock(folder).acquire()
+    assert f"locked by process {gone.pid}, which is gone" in caplog.text
+    assert lock.owner()["pid"] == __import__("os").getpid()
+    lock.release()
+    assert not (folder / "run.lock").exists()
+
+
+# --- models without routed blocks ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stock_checkpoint(tmp_path_factory) -> Path:
+    """A stock Ultralytics YOLO11n checkpoint for the sample data's 4 classes (random weights, Ultralytics' own YAML)."""
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import yaml_model_load
+    from ultralytics.utils import YAML
+
+    folder = tmp_path_factory.mktemp("stock")
+    YAML.save(folder / "yolo11n.yaml", {**yaml_model_load("yolo11n.yaml"), "nc": 4})
+    YOLO(folder / "yolo11n.yaml").save(folder / "yolo11n.pt")
+    return folder / "yolo11n.pt"
+
+
+def no_routing_warnings(caplog, key="capacity"):
+    return caplog.text.count(f"{key}=0.25 ignored: this model has no routed blocks")
+
+
+def test_capacity_for_a_model_without_routed_blocks_is_a_warning_at_predict_val_and_export(
+    stock_checkpoint, sample_yaml, tmp_path, caplog
+):
+    from ultralytics.utils import ASSETS
+
+    from mod_vision import MoDYOLO
+
+    model = MoDYOLO(stock_checkpoint)
+    r = model.predict(ASSETS / "bus.jpg", imgsz=64, capacity=0.25)
+    assert no_routing_warnings(caplog) == 1 and r[0].token_share is None and r[0].capacity == []
+    caplog.clear()
+    m = model.val(data=str(sample_yaml), imgsz=64, capacity=0.25, plots=False, project=str(tmp_path), name="v")
+    assert no_routing_warnings(caplog) == 1 and m.token_share is None
+    caplog.clear()
+    MoDYOLO(stock_checkpoint).export(format="torchscript", imgsz=64, capacity=0.25)
+    assert no_routing_warnings(caplog) == 1
+
+
+def test_info_and_heatmap_on_a_model_without_routed_blocks(stock_checkpoint, tmp_path, capsys, caplog):
+    from ultralytics.utils import ASSETS
+
+    info = run(["info", f"model={stock_checkpoint}", "imgsz=64"])
+    assert info["capacity_gflops"] == {} and info["gflops"] > 0
+    assert "dense: no routed blocks" in caplog.text
+    folder = run(["heatmap", f"model={stock_checkpoint}", f"source={ASSETS / 'bus.jpg'}", "imgsz=64",
+                  f"project={tmp_path}", "name=h"])  # fmt: skip
+    assert folder is None and not (tmp_path / "h" / "heatmaps").exists()
+    out = capsys.readouterr().out
+    assert "no routing heatmaps written" in out and "written to" not in out
+
+
+# --- what a newcomer trips over ------------------------------------------------------------------------------------
+
+
+def test_cli_predict_without_model_refuses_instead_of_random_weights():
+    with pytest.raises(SystemExit, match=r"predict needs model=.*random weights"):
+        run(["predict", "source=bus.jpg"])
+    with pytest.raises(SystemExit, match=r"heatmap needs model="):
+        run(["heatmap", "source=bus.jpg"])
+
+
+def test_cli_val_without_data_says_which_data_is_needed():
+    with pytest.raises(SystemExit, match=r"val needs data=.*sample\.yaml"):
+        run(["val", "model=modvit-det.yaml", "imgsz=64"])
+
+
+def test_cli_export_without_the_export_extra_names_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if onnx were not installed
+    with pytest.raises(SystemExit, match=r"needs the Python package 'onnx'.*\[export\]"):
+        run(["export", "model=modvit-det.yaml", "format=onnx", "imgsz=64"])
+
+
+# --- late or cryptic errors ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [("abc", r"capacities must be a non-empty list.*got 'abc'"), ("[]", r"got \[\]"),
+     ("[0.5,0]", r"entry 0 is invalid .*range \(0, 1\]"), ("[[0.5]]", r"entry \[0.5\] is invalid \(1 values for \d+ routed blocks")],
+)  # fmt: skip
+def test_cli_sweep_bad_capacities_fail_before_any_validation(det_run, sample_yaml, tmp_path, value, match):
+    best = det_run / "weights" / "best.pt"
+    with pytest.raises(ValueError, match=match):
+        run(["sweep", f"model={best}", f"data={sample_yaml}", f"capacities={value}", "imgsz=64",
+             f"project={tmp_path}", "name=s"])  # fmt: skip
+    assert not list(tmp_path.rglob("capacity_*"))  # not one validation ran
+
+
+def test_cli_predict_batch_zero_and_info_imgsz_zero_name_the_key():
+    with pytest.raises(SystemExit, match=r"predict: batch must be an integer >= 1, got batch=0"):
+        run(["predict", "model=x.pt", "source=bus.jpg", "batch=0"])
+    with pytest.raises(SystemExit, match=r"info: imgsz must be a positive integer or \[height, width\], got imgsz=0"):
+        run(["info", "imgsz=0"])

@@ -65,6 +65,11 @@ class RoutedValidatorMixin:
         key = (self.anno_json, self.anno_json.stat().st_mtime_ns)
         if getattr(self, "_coco_key", None) != key:  # the trainer's validator runs every epoch: read the json once
             self._coco_gt, self._coco_key = load_coco_json(self.anno_json), key
+        if len(self.names) != len(self.data["names"]):  # predicted classes would index past the json's categories
+            raise ValueError(
+                f"the model predicts {len(self.names)} classes but the data YAML {self.data.get('yaml_file', '')} names "
+                f"{len(self.data['names'])}: COCO metrics against {self.anno_json} need the model trained on these classes"
+            )
         self.class_map = coco_category_ids(self._coco_gt["categories"], self.data["names"], self.anno_json)
         self.coco_image_ids = coco_image_ids(self._coco_gt["images"], self.dataloader.dataset.im_files, self.anno_json)
 
