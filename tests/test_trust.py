@@ -290,3 +290,28 @@ def test_cli_predict_batch_zero_and_info_imgsz_zero_name_the_key():
         run(["predict", "model=x.pt", "source=bus.jpg", "batch=0"])
     with pytest.raises(SystemExit, match=r"info: imgsz must be a positive integer or \[height, width\], got imgsz=0"):
         run(["info", "imgsz=0"])
+
+
+def test_heatmaps_of_a_huge_image_are_drawn_at_a_bounded_size_with_a_legend(tmp_path):
+    import cv2
+    import numpy as np
+
+    from mod_vision.heatmap import MAX_SIDE, Routing, depth_image, save_image_heatmaps
+
+    rng = np.random.default_rng(0)
+    image = np.full((4000, 6000, 3), 90, np.uint8)  # H0, W0
+    routing = Routing(rng.random((3, 40, 40)) < 0.5, (640, 640), (4000, 6000))
+    paths = save_image_heatmaps(image, routing, tmp_path, "huge")
+    assert [p.name for p in paths] == ["huge_depth.jpg", "huge_block0.jpg", "huge_block1.jpg", "huge_block2.jpg",
+                                       "huge_blocks.png"]  # fmt: skip
+    for p in paths[:-1]:
+        assert cv2.imread(str(p)).shape == (MAX_SIDE * 2 // 3, MAX_SIDE, 3)
+    assert max(cv2.imread(str(paths[-1])).shape[:2]) < MAX_SIDE
+    small = np.full((96, 128, 3), 90, np.uint8)  # small images keep their size
+    plain = Routing(np.ones((3, 6, 8), bool), (96, 128), (96, 128))
+    assert depth_image(small, plain).shape == small.shape
+    # the legend is drawn: a bottom strip differs from the same overlay without it
+    from mod_vision.heatmap import caption, colorize
+
+    bare = caption(colorize(small, plain.to_image(), 3), "x")
+    assert (depth_image(small, plain, "x")[-20:] != bare[-20:]).any()
