@@ -315,3 +315,48 @@ def test_heatmaps_of_a_huge_image_are_drawn_at_a_bounded_size_with_a_legend(tmp_
 
     bare = caption(colorize(small, plain.to_image(), 3), "x")
     assert (depth_image(small, plain, "x")[-20:] != bare[-20:]).any()
+
+
+def test_generating_sample_data_says_what_where_and_how_long(tmp_path, caplog):
+    from mod_vision.data import make_sample_data
+
+    yaml = make_sample_data(tmp_path / "s", n_train=3, n_val=2, seed=1, size=(64, 64))
+    text = caplog.text
+    assert f"Generating the mod_vision sample data in {tmp_path / 's'}: 3 train and 2 val images" in text
+    assert f"s: {yaml}" in text and "Sample data written in " in text
+
+
+def test_results_png_plots_token_share_and_router_loss(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mod_vision.engine import train as train_module
+
+    csv = tmp_path / "results.csv"
+    csv.write_text("epoch,time,train/box_loss,train/router_aux,metrics/mAP50(B),routing/token_share,val/box_loss,"
+                   "val/router_aux\n1,1,2.0,0.7,0.1,0.5,2.1,0.6\n2,2,1.5,0.6,0.2,0.5,1.9,0.5\n")  # fmt: skip
+    plotted, real = [], train_module.plot_results
+
+    def spy(file, **kw):
+        plotted.extend(Path(file).read_text().splitlines()[0].split(","))
+        return real(file=file, **kw)
+
+    monkeypatch.setattr(train_module, "plot_results", spy)
+    seen = []
+    fake = SimpleNamespace(csv=csv, save_dir=tmp_path, on_plot=seen.append)
+    train_module.MoDDetectionTrainer.plot_metrics(fake)
+    # plot_results draws every column whose name holds "loss" or "metric"
+    drawn = [c for c in plotted if "loss" in c or "metric" in c]
+    assert {"routing/token_share (metric)", "train/router_aux (loss)", "val/router_aux (loss)"} <= set(drawn)
+    assert seen == [tmp_path / "results.png"] and (tmp_path / "results.png").stat().st_size > 0
+    assert csv.read_text().startswith("epoch,time,train/box_loss,train/router_aux,")  # the csv keeps its names
+
+
+def test_close_mosaic_covering_every_epoch_is_said_plainly(sample_yaml, tmp_path, caplog):
+    from mod_vision import MoDYOLO
+
+    model = MoDYOLO("modvit-det.yaml")
+    model.train(data=str(sample_yaml), epochs=1, imgsz=64, batch=8, workers=0, plots=False, close_mosaic=10,
+                project=str(tmp_path), name="m", device="cpu")  # fmt: skip
+    assert "close_mosaic=10 covers all 1 epochs: training without mosaic" in caplog.text
+    assert "Closing dataloader mosaic" not in caplog.text
+    assert "routed token share" in caplog.text  # the val line shows routing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from copy import copy
 from pathlib import Path
@@ -13,6 +14,7 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.cfg import get_save_dir
 from ultralytics.utils import LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils.plotting import plot_results
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..data import with_missing_help
@@ -130,6 +132,30 @@ class MoDDetectionTrainer(DetectionTrainer):
         if self.run_lock is not None:
             self.run_lock.release()
 
+    def plot_metrics(self):
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            header, *rows = self.csv.read_text(encoding="utf-8").splitlines()
+            header = ",".join(PLOTTED_AS.get(c.strip(), c) for c in header.split(","))
+            (Path(tmp) / "results.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+            plot_results(file=Path(tmp) / "results.csv")
+            if (Path(tmp) / "results.png").exists():
+                shutil.move(Path(tmp) / "results.png", self.save_dir / "results.png")
+                self.on_plot(self.save_dir / "results.png")
+
+    def _close_dataloader_mosaic(self):
+        if self.epoch == 0 and self.args.close_mosaic >= self.epochs:  # mosaic never used: no "closing" before epoch 1
+            LOGGER.info(f"close_mosaic={self.args.close_mosaic} covers all {self.epochs} epochs: training without mosaic")
+            quiet = DropLogLine("Closing dataloader mosaic")
+            LOGGER.addFilter(quiet)
+            try:
+                return super()._close_dataloader_mosaic()
+            finally:
+                LOGGER.removeFilter(quiet)
+        return super()._close_dataloader_mosaic()
+
     def plot_routing(self, model, fname: str) -> Path | None:
         """Save a figure of the first val images: depth map and each routed block's tokens. None for a dense model."""
         from ..heatmap import panel_figure, routing_maps
@@ -150,6 +176,24 @@ class MoDDetectionTrainer(DetectionTrainer):
         path = panel_figure(rows, self.save_dir / fname)
         self.on_plot(path)
         return path
+
+
+# Ultralytics' plot_results draws the results.csv columns whose names hold "loss" or "metric"; these say so in the copy
+# it plots, so results.png shows routing too (results.csv keeps its names).
+PLOTTED_AS = {
+    "routing/token_share": "routing/token_share (metric)",
+    "train/router_aux": "train/router_aux (loss)",
+    "val/router_aux": "val/router_aux (loss)",
+}
+
+
+class DropLogLine(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return record.getMessage() != self.text
 
 
 def routing_plot_epoch(trainer) -> None:

@@ -59,6 +59,11 @@ class RoutedValidatorMixin:
             stats["routing/token_share"] = self.metrics.token_share
         return stats
 
+    def print_results(self) -> None:
+        super().print_results()
+        if self.metrics.token_share is not None:  # routing at a glance, each epoch in training too
+            LOGGER.info(f"{'routed token share':>22s} {self.metrics.token_share:10.3f}")
+
     def map_to_coco_json(self) -> None:
         """Class index -> the json's category id (Ultralytics' `class_map`, which `pred_to_json` writes) and val image
         -> the json's image id, both checked before any inference: a mismatch fails now, not as silently wrong AP."""
