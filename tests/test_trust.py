@@ -275,7 +275,7 @@ def test_cli_export_without_the_export_extra_names_it(monkeypatch):
 @pytest.mark.parametrize(
     "value, match",
     [("abc", r"capacities must be a non-empty list.*got 'abc'"), ("[]", r"got \[\]"),
-     ("[0.5,0]", r"entry 0 is invalid .*range \(0, 1\]"), ("[[0.5]]", r"entry \[0.5\] is invalid \(1 values for \d+ routed blocks")],
+     ("[0.5,0]", r"entry 0 is invalid .*range \(0, 1\]"), ("[[0.5]]", r"entry \[0.5\] is invalid \(1 capacities given for \d+ routed blocks")],
 )  # fmt: skip
 def test_cli_sweep_bad_capacities_fail_before_any_validation(det_run, sample_yaml, tmp_path, value, match):
     best = det_run / "weights" / "best.pt"

@@ -62,7 +62,7 @@ def check_sweep_capacities(capacities, n_blocks: int) -> list:
         try:
             if isinstance(c, (list, tuple)):
                 if len(c) != n_blocks:
-                    raise ValueError(f"{len(c)} values for {n_blocks} routed blocks")
+                    raise ValueError(f"{len(c)} capacities given for {n_blocks} routed blocks")
                 for x in c:
                     check_capacity(x)
             else:
