@@ -43,9 +43,23 @@ def register_args() -> None:
             setattr(DEFAULT_CFG, key, value)
 
 
+def has_no_routing(model, key: str, value) -> bool:
+    """True, after a warning naming the argument, when `key=value` is given to a model with no routed blocks (a stock
+    YOLO checkpoint, a dense YAML): it runs, as a dense baseline must in a side-by-side comparison, but the user asked
+    for a compute budget that cannot apply and must not believe it did."""
+    from ultralytics.utils import LOGGER
+
+    from .nn.routing import routed_blocks
+
+    if routed_blocks(model):
+        return False
+    LOGGER.warning(f"{key}={value} ignored: this model has no routed blocks (a dense model), it always runs in full")
+    return True
+
+
 def apply_capacity(model, capacity) -> None:
-    """Set the capacity of a (possibly wrapped) routed model when `capacity` is given; a no-op for dense models."""
-    if capacity is None:
+    """Set the capacity of a (possibly wrapped) routed model when `capacity` is given; for a dense model, a warning."""
+    if capacity is None or has_no_routing(model, "capacity", capacity):
         return
     from .nn.routing import set_capacity
 
@@ -58,5 +72,7 @@ def apply_routing(model, args) -> None:
 
     apply_capacity(model, getattr(args, "capacity", None))
     dynamic = getattr(args, "dynamic_capacity", None)
+    if dynamic and has_no_routing(model, "dynamic_capacity", dynamic):
+        return
     if dynamic is not None:
         set_dynamic(model, tuple(dynamic) if dynamic else None)

@@ -8,7 +8,7 @@ maps them back to the original image with Ultralytics' own letterbox inverse (`o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -21,6 +21,7 @@ from .nn.routing import BlockRouting, RoutingRecord
 
 COLORMAP = cv2.COLORMAP_INFERNO  # dark = skipped / shallow, bright = processed / deep; readable in grey too
 ALPHA = 0.5  # weight of the colormap over the image
+MAX_SIDE = 1920  # heatmaps are drawn with the long side at most this: RAM and file sizes stay bounded on huge images
 
 
 @dataclass
@@ -116,12 +117,22 @@ def colorize(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
     return cv2.addWeighted(np.ascontiguousarray(image), 1 - ALPHA, colored, ALPHA, 0)
 
 
-def caption(image: np.ndarray, text: str) -> np.ndarray:
-    """Write `text` on a dark box at the top left (Ultralytics' Annotator, cv2 fonts: no font download)."""
+def bounded(image: np.ndarray, routing: Routing, max_side: int = MAX_SIDE) -> tuple[np.ndarray, Routing]:
+    """The image shrunk to a long side of at most `max_side`, and its routing mapped to that size instead."""
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image, routing
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), replace(routing, orig_shape=(size[1], size[0]))
+
+
+def caption(image: np.ndarray, text: str, bottom: bool = False) -> np.ndarray:
+    """Write `text` on a dark box at the top left, or bottom left (Ultralytics' Annotator, cv2 fonts: no download)."""
     lw = max(1, round(min(image.shape[:2]) / 250))
     ann = Annotator(np.ascontiguousarray(image), line_width=lw, pil=False)
     h = cv2.getTextSize(text, 0, fontScale=ann.sf, thickness=ann.tf)[0][1]
-    ann.text((2, h + 5), text, box_color=(32, 32, 32))
+    ann.text((2, image.shape[0] - h - 8 if bottom else h + 5), text, box_color=(32, 32, 32))
     return ann.result()
 
 
@@ -129,18 +140,27 @@ def share_text(routing: Routing) -> str:
     return f"compute share {routing.share:.2f} ({len(routing.masks)} routed blocks)"
 
 
+def depth_legend(routing: Routing) -> str:
+    return f"dark: no routed block, bright: all {len(routing.masks)}"
+
+
 def depth_image(image: np.ndarray, routing: Routing, text: str | None = None) -> np.ndarray:
-    """The original BGR image with the depth map overlaid and the compute share written on it."""
+    """The original BGR image (long side at most MAX_SIDE) with the depth map overlaid, the compute share written on
+    it, and what the colours mean."""
+    image, routing = bounded(image, routing)
     heat = colorize(image, routing.to_image(), len(routing.masks))
-    return caption(heat, text or share_text(routing))
+    return caption(caption(heat, text or share_text(routing)), depth_legend(routing), bottom=True)
 
 
 def block_images(image: np.ndarray, routing: Routing) -> list[np.ndarray]:
-    """Per routed block, the original image with that block's selected tokens bright and the skipped ones dark."""
+    """Per routed block, the original image (long side at most MAX_SIDE) with that block's selected tokens bright and
+    the skipped ones dark."""
+    image, routing = bounded(image, routing)
     return [
-        caption(colorize(image, m, 1), f"routed block {j}: {grid.mean():.2f} of tokens")
+        caption(caption(colorize(image, m, 1), f"routed block {j}: {grid.mean():.2f} of tokens"),
+                "bright: processed, dark: skipped", bottom=True)
         for j, (m, grid) in enumerate(zip(routing.to_image(routing.masks), routing.masks))
-    ]
+    ]  # fmt: skip
 
 
 def panel_figure(rows: list[tuple[np.ndarray, Routing, str]], fname: str | Path) -> Path:
@@ -158,6 +178,7 @@ def panel_figure(rows: list[tuple[np.ndarray, Routing, str]], fname: str | Path)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for ax_row, (image, routing, title) in zip(axes, rows):
+        image, routing = bounded(image, routing)
         r = len(routing.masks)
         panels = [colorize(image, routing.to_image(), r)] + [colorize(image, m, 1) for m in routing.to_image(routing.masks)]
         names = [f"{title}\ndepth, share {routing.share:.2f}"] + [
@@ -169,8 +190,13 @@ def panel_figure(rows: list[tuple[np.ndarray, Routing, str]], fname: str | Path)
         for ax in ax_row:
             ax.axis("off")
         bar = ScalarMappable(Normalize(0, r), cmap="inferno")  # the same map as cv2.COLORMAP_INFERNO
-        fig.colorbar(bar, ax=ax_row[0], fraction=0.046, pad=0.02, ticks=range(r + 1)).ax.tick_params(labelsize=7)
-    fig.suptitle("routed blocks per token (depth) and each block's selected tokens", fontsize=10)
+        cbar = fig.colorbar(bar, ax=ax_row[0], fraction=0.046, pad=0.02, ticks=range(r + 1))
+        cbar.ax.tick_params(labelsize=7)
+        cbar.set_label("routed blocks", fontsize=7)
+    fig.suptitle(
+        "depth: routed blocks each token went through (colour bar); block panels: bright = processed, dark = skipped",
+        fontsize=9,
+    )
     fig.savefig(fname, dpi=110)
     return Path(fname)
 

@@ -12,7 +12,13 @@ from .defaults import DEFAULT_CAPACITIES
 from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
+from .nn.routing import routed_blocks
 from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml
+
+
+def routed_capacities(model) -> list[float]:
+    """Capacities of the routed blocks, [] for a model without any (also a stock Ultralytics model)."""
+    return [b.capacity for b in routed_blocks(model)]
 
 
 class MoDYOLO(Model):
@@ -72,7 +78,7 @@ class MoDYOLO(Model):
         now = gflops(self.model, imgsz)
         table = capacity_table(self.model, imgsz)
         if verbose:
-            caps = ", ".join(f"{c:g}" for c in self.model.capacities()) or "dense"
+            caps = ", ".join(f"{c:g}" for c in routed_capacities(self.model)) or "dense: no routed blocks"
             LOGGER.info(f"routing-aware GFLOPs at {imgsz}: {now:.2f} (capacities: {caps})")
             for c, g in table:
                 LOGGER.info(f"  capacity {c:<6g} {g:8.2f} GFLOPs")

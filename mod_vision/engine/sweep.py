@@ -11,6 +11,7 @@ from ultralytics.utils import LOGGER
 
 from ..defaults import DEFAULT_CAPACITIES
 from ..flops import gflops
+from ..nn.routing import check_capacity, routed_blocks
 
 COLUMNS = ("capacity", "gflops", "token_share", "coco_AP(B)", "coco_AP50(B)", "coco_AP(M)", "coco_AP50(M)", "mAP50-95(B)")
 
@@ -23,9 +24,10 @@ def capacity_sweep(model, capacities=DEFAULT_CAPACITIES, **val_args) -> tuple[li
     model's own capacities are restored afterwards.
     """
     net = model.model
-    own = net.capacities()
+    own = [b.capacity for b in routed_blocks(net)]  # a stock Ultralytics model has no capacities()
     if not own:
         raise ValueError("capacity sweep needs a routed model; this one has no routed blocks")
+    capacities = check_sweep_capacities(capacities, len(own))
     imgsz = int(val_args.get("imgsz") or 640)
     save_dir = get_save_dir(
         SimpleNamespace(project=val_args.pop("project", None), name=val_args.pop("name", None) or "sweep",
@@ -47,6 +49,28 @@ def capacity_sweep(model, capacities=DEFAULT_CAPACITIES, **val_args) -> tuple[li
     write_sweep(rows, save_dir)
     LOGGER.info(f"capacity sweep saved to {save_dir}\n{markdown(rows)}")
     return rows, save_dir
+
+
+def check_sweep_capacities(capacities, n_blocks: int) -> list:
+    """The sweep's entries, each a capacity in (0, 1] or a list of one per routed block; raises naming `capacities`
+    before anything is validated, so a bad entry cannot fail after hours of validation at the good ones."""
+    usage = "a non-empty list of capacities in (0, 1], e.g. capacities=[1.0,0.5,0.25], or of per-block lists"
+    if isinstance(capacities, (int, float)) and not isinstance(capacities, bool):
+        capacities = [capacities]
+    if not isinstance(capacities, (list, tuple)) or not capacities:
+        raise ValueError(f"capacities must be {usage}; got {capacities!r}")
+    for c in capacities:
+        try:
+            if isinstance(c, (list, tuple)):
+                if len(c) != n_blocks:
+                    raise ValueError(f"{len(c)} capacities given for {n_blocks} routed blocks")
+                for x in c:
+                    check_capacity(x)
+            else:
+                check_capacity(c)
+        except ValueError as e:
+            raise ValueError(f"capacities={list(capacities)!r}: entry {c!r} is invalid ({e}); capacities must be {usage}") from None
+    return list(capacities)
 
 
 def markdown(rows: list[dict]) -> str:

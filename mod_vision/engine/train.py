@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from copy import copy
 from pathlib import Path
@@ -11,13 +12,16 @@ import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import LOGGER, RANK
+from ultralytics.cfg import get_save_dir
+from ultralytics.utils import LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils.plotting import plot_results
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..data import with_missing_help
 from ..nn.pretrained import load_timm_backbone
 from ..nn.routing import check_capacity, record_routing, routed_blocks, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
+from .runlock import RunLock
 from .val import MoDDetectionValidator, MoDSegmentationValidator
 
 
@@ -93,14 +97,64 @@ class MoDDetectionTrainer(DetectionTrainer):
     # with heatmap_period=N, every N epochs (EMA weights). Registered as callbacks so the training loop stays upstream's.
     HEATMAP_IMAGES = 4
 
+    run_lock = None
+
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        period = self.args.heatmap_period
-        if isinstance(period, bool) or not isinstance(period, int) or period < 0:
-            raise ValueError(f"heatmap_period must be an int >= 0 (epochs between routing heatmaps; 0: none), got {period!r}")
+        try:
+            super().__init__(*args, **kwargs)
+            period = self.args.heatmap_period
+            if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+                raise ValueError(
+                    f"heatmap_period must be an int >= 0 (epochs between routing heatmaps; 0: none), got {period!r}"
+                )
+        except BaseException:  # a run that never starts must not keep its folder locked
+            self.release_run_lock()
+            raise
         for event, fn in (("on_fit_epoch_end", routing_plot_epoch), ("on_train_end", routing_plot_final)):
             if fn not in self.callbacks[event]:  # the dict is the model's, shared by every trainer it makes
                 self.add_callback(event, fn)
+
+    def check_resume(self, overrides):
+        # The first thing BaseTrainer.__init__ does before it creates the run folder and writes args.yaml into it: the
+        # place to lock the folder, so a second run into the same project/name stops before it touches anything.
+        super().check_resume(overrides)
+        if LOCAL_RANK == -1:  # the launching process; DDP workers train under its lock
+            self.args.save_dir = str(get_save_dir(self.args))  # what BaseTrainer would pick; it keeps args.save_dir
+            self.run_lock = RunLock(self.args.save_dir).acquire()
+
+    def train(self):
+        try:
+            return super().train()
+        finally:
+            self.release_run_lock()
+
+    def release_run_lock(self) -> None:
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def plot_metrics(self):
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            header, *rows = self.csv.read_text(encoding="utf-8").splitlines()
+            header = ",".join(PLOTTED_AS.get(c.strip(), c) for c in header.split(","))
+            (Path(tmp) / "results.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+            plot_results(file=Path(tmp) / "results.csv")
+            if (Path(tmp) / "results.png").exists():
+                shutil.move(Path(tmp) / "results.png", self.save_dir / "results.png")
+                self.on_plot(self.save_dir / "results.png")
+
+    def _close_dataloader_mosaic(self):
+        if self.epoch == 0 and self.args.close_mosaic >= self.epochs:  # mosaic never used: no "closing" before epoch 1
+            LOGGER.info(f"close_mosaic={self.args.close_mosaic} covers all {self.epochs} epochs: training without mosaic")
+            quiet = DropLogLine("Closing dataloader mosaic")
+            LOGGER.addFilter(quiet)
+            try:
+                return super()._close_dataloader_mosaic()
+            finally:
+                LOGGER.removeFilter(quiet)
+        return super()._close_dataloader_mosaic()
 
     def plot_routing(self, model, fname: str) -> Path | None:
         """Save a figure of the first val images: depth map and each routed block's tokens. None for a dense model."""
@@ -122,6 +176,24 @@ class MoDDetectionTrainer(DetectionTrainer):
         path = panel_figure(rows, self.save_dir / fname)
         self.on_plot(path)
         return path
+
+
+# Ultralytics' plot_results draws the results.csv columns whose names hold "loss" or "metric"; these say so in the copy
+# it plots, so results.png shows routing too (results.csv keeps its names).
+PLOTTED_AS = {
+    "routing/token_share": "routing/token_share (metric)",
+    "train/router_aux": "train/router_aux (loss)",
+    "val/router_aux": "val/router_aux (loss)",
+}
+
+
+class DropLogLine(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return record.getMessage() != self.text
 
 
 def routing_plot_epoch(trainer) -> None:

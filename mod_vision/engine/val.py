@@ -10,7 +10,7 @@ from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
 from ..nn.routing import record_routing, token_share
-from .coco_eval import COCO_METRICS, coco_evaluate, coco_json_for
+from .coco_eval import COCO_METRICS, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
 from .export import apply_or_check_routing, exported_token_share
 
 
@@ -48,6 +48,8 @@ class RoutedValidatorMixin:
         self.exported = apply_or_check_routing(model, self.args)  # routing of an exported file, else None
         self.token_shares = []
         self.metrics.coco, self.metrics.token_share = {}, None
+        if self.anno_json:
+            self.map_to_coco_json()
 
     def update_metrics(self, preds, batch) -> None:
         if self.exported:
@@ -66,13 +68,42 @@ class RoutedValidatorMixin:
             stats["routing/token_share"] = self.metrics.token_share
         return stats
 
+    def print_results(self) -> None:
+        super().print_results()
+        if self.metrics.token_share is not None:  # routing at a glance, each epoch in training too
+            LOGGER.info(f"{'routed token share':>22s} {self.metrics.token_share:10.3f}")
+
+    def map_to_coco_json(self) -> None:
+        """Class index -> the json's category id (Ultralytics' `class_map`, which `pred_to_json` writes) and val image
+        -> the json's image id, both checked before any inference: a mismatch fails now, not as silently wrong AP."""
+        key = (self.anno_json, self.anno_json.stat().st_mtime_ns)
+        if getattr(self, "_coco_key", None) != key:  # the trainer's validator runs every epoch: read the json once
+            self._coco_gt, self._coco_key = load_coco_json(self.anno_json), key
+        if len(self.names) != len(self.data["names"]):  # predicted classes would index past the json's categories
+            raise ValueError(
+                f"the model predicts {len(self.names)} classes but the data YAML {self.data.get('yaml_file', '')} names "
+                f"{len(self.data['names'])}: COCO metrics against {self.anno_json} need the model trained on these classes"
+            )
+        self.class_map = coco_category_ids(self._coco_gt["categories"], self.data["names"], self.anno_json)
+        self.coco_image_ids = coco_image_ids(self._coco_gt["images"], self.dataloader.dataset.im_files, self.anno_json)
+
+    def pred_to_json(self, predn, pbatch) -> None:
+        start = len(self.jdict)
+        super().pred_to_json(predn, pbatch)
+        if self.anno_json:
+            image_id = self.coco_image_ids.get(pbatch["im_file"])
+            if image_id is None:  # not in the json (warned at init_metrics): nothing to score it against
+                del self.jdict[start:]
+            for p in self.jdict[start:]:
+                p["image_id"] = image_id
+
     def eval_json(self, stats: dict) -> dict:
         if not self.anno_json:
             return super().eval_json(stats)
-        ids = [int(Path(f).stem) for f in self.dataloader.dataset.im_files if Path(f).stem.isnumeric()]
+        ids = sorted(set(self.coco_image_ids.values()))
         for iou_type, suffix in self.iou_types.items():
-            try:
-                coco = coco_evaluate(self.anno_json, self.jdict, iou_type, img_ids=ids)
+            try:  # the full COCO table once, at the final validation; each epoch's line below is enough in training
+                coco = coco_evaluate(self.anno_json, self.jdict, iou_type, img_ids=ids, verbose=not self.training)
             except Exception as e:  # a metric failure must not lose the Ultralytics metrics already computed
                 LOGGER.warning(f"COCO {iou_type} evaluation against {self.anno_json} failed: {e}")
                 continue
