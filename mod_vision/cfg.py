@@ -30,6 +30,9 @@ EXTRA_ARGS = {
     # (bool) predict: write routing heatmaps (per-block selected tokens, depth map, compute share) to save_dir/heatmaps,
     # as images for images and as <stem>_depth.mp4 for videos and streams
     "save_heatmap": False,
+    # ("topk" | "random" | None) val: how routed blocks rank tokens; "random" is the control that keeps each block's k
+    # and learned gate but picks tokens at random, so learned-against-random AP is one command
+    "routing": None,
     # (int) train: also save save_dir/routing_val_batch0_epoch<E>.jpg every this many epochs (0: only at the end);
     # needs plots=True
     "heatmap_period": 0,

@@ -41,7 +41,7 @@ def train_arm(arm: str, seed: int, run: Path, args) -> Path:
 
     from mod_vision import MoDYOLO
 
-    folder = run / "train" / f"{Path(arm).stem}__s{seed}"
+    folder = (run / "train" / f"{Path(arm).stem}__s{seed}").resolve()  # Ultralytics nests a relative project in runs/
     last = folder / "weights" / "last.pt"
     best = folder / "weights" / "best.pt"
     if best.exists() and not last.exists():
@@ -56,7 +56,7 @@ def train_arm(arm: str, seed: int, run: Path, args) -> Path:
     model = YOLO(arm) if is_ultralytics(arm) else MoDYOLO(arm)
     extra = {} if is_ultralytics(arm) else args.extra
     model.train(data=args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=seed, workers=args.workers,
-                project=str(run / "train"), name=folder.name, exist_ok=True, plots=False, device="cpu", **extra)
+                project=str(folder.parent), name=folder.name, exist_ok=True, plots=False, device="cpu", **extra)
     return best
 
 

@@ -9,7 +9,8 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
-from ..nn.routing import record_routing, token_share
+from ..nn.routing import record_routing, set_policy, token_share
+from .routing_metrics import RoutingQuality
 from .coco_eval import COCO_METRICS, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
 from .export import apply_or_check_routing, exported_token_share
 
@@ -31,8 +32,13 @@ class RoutedValidatorMixin:
     routing_record = None
 
     def __call__(self, trainer=None, model=None):
-        with record_routing() as self.routing_record:
-            return super().__call__(trainer, model)
+        try:
+            with record_routing() as self.routing_record:
+                return super().__call__(trainer, model)
+        finally:  # routing="random" is this validation's control, not a lasting change to the model
+            if getattr(self, "policy_model", None) is not None:
+                set_policy(self.policy_model, "topk")
+                self.policy_model = None
 
     def preprocess(self, batch):
         if self.routing_record is not None:
@@ -47,7 +53,12 @@ class RoutedValidatorMixin:
         self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
         self.exported = apply_or_check_routing(model, self.args)  # routing of an exported file, else None
         self.token_shares = []
-        self.metrics.coco, self.metrics.token_share = {}, None
+        self.metrics.coco, self.metrics.token_share, self.metrics.routing = {}, None, {}
+        self.routing_quality = RoutingQuality()
+        self.backgrounds = {}  # image file name -> background kind, where the COCO json records one (sample data)
+        if not self.exported:
+            self.policy_model = model
+            set_policy(model, getattr(self.args, "routing", None) or "topk")
         if self.anno_json:
             self.map_to_coco_json()
 
@@ -56,7 +67,11 @@ class RoutedValidatorMixin:
             n = len(batch["im_file"])
             share = torch.full((n,), exported_token_share(self.exported, batch["img"].shape[-2:]), dtype=torch.float64)
         else:
-            share = token_share(self.routing_record.take() if self.routing_record is not None else [])
+            entries = self.routing_record.take() if self.routing_record is not None else []
+            share = token_share(entries)
+            if entries:
+                kinds = [self.backgrounds.get(Path(f).name, "all") for f in batch["im_file"]]
+                self.routing_quality.update(entries, batch, kinds)
         if share is not None:
             self.token_shares.append(share)
         super().update_metrics(preds, batch)
@@ -66,12 +81,23 @@ class RoutedValidatorMixin:
         self.metrics.token_share = float(torch.cat(self.token_shares).mean()) if self.token_shares else None
         if self.metrics.token_share is not None:
             stats["routing/token_share"] = self.metrics.token_share
+        self.metrics.routing = self.routing_quality.summary()
+        for j, block in enumerate(self.metrics.routing.get("all", [])):
+            for k, v in block.items():  # results.csv columns; an undefined value is left out, never NaN
+                if v is not None:
+                    stats[f"routing/{k}_b{j}"] = v
         return stats
 
     def print_results(self) -> None:
         super().print_results()
         if self.metrics.token_share is not None:  # routing at a glance, each epoch in training too
             LOGGER.info(f"{'routed token share':>22s} {self.metrics.token_share:10.3f}")
+        for kind, blocks in self.metrics.routing.items():
+            text = "  ".join(
+                f"b{j} lift {fmt(b['object_lift'])} recall {fmt(b['object_recall'])} pad {fmt(b['padding_share'])}"
+                for j, b in enumerate(blocks)
+            )
+            LOGGER.info(f"{'routing (' + kind + ')':>22s} {text}")
 
     def map_to_coco_json(self) -> None:
         """Class index -> the json's category id (Ultralytics' `class_map`, which `pred_to_json` writes) and val image
@@ -86,6 +112,8 @@ class RoutedValidatorMixin:
             )
         self.class_map = coco_category_ids(self._coco_gt["categories"], self.data["names"], self.anno_json)
         self.coco_image_ids = coco_image_ids(self._coco_gt["images"], self.dataloader.dataset.im_files, self.anno_json)
+        self.backgrounds = {Path(str(im.get("file_name", ""))).name: im["background"] for im in self._coco_gt["images"]
+                            if im.get("background")}  # fmt: skip
 
     def pred_to_json(self, predn, pbatch) -> None:
         start = len(self.jdict)
@@ -112,6 +140,10 @@ class RoutedValidatorMixin:
             self.metrics.coco.update(coco)  # Model.val() returns self.metrics, not the stats dict
             LOGGER.info(f"COCO {iou_type} ({self.anno_json.name}): " + "  ".join(f"{k} {v:.4f}" for k, v in coco.items()))
         return stats
+
+
+def fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 class MoDDetectionValidator(RoutedValidatorMixin, DetectionValidator):

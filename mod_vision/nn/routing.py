@@ -196,6 +196,42 @@ def active_record() -> RoutingRecord | None:
     return _ACTIVE.get()
 
 
+_INPUT: ContextVar[dict | None] = ContextVar("mod_vision_routing_input", default=None)
+
+
+@contextmanager
+def routing_input(image: torch.Tensor) -> Iterator[None]:
+    """Let the routers of forwards run inside the block see the network input (B, 3, H, W), to skip constant cells."""
+    token = _INPUT.set({"image": image, "cells": {}})
+    try:
+        yield
+    finally:
+        _INPUT.reset(token)
+
+
+def constant_cells(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w) bool: the token cells of a (h, w) grid over `image` whose pixels are all one colour (letterbox padding,
+    the padding a patch embedding adds, or a flat patch of exactly one value). Max- and min-pooling: every export
+    runtime has them."""
+    stride = 2 ** round(math.log2(max(image.shape[-2] / grid[0], image.shape[-1] / grid[1])))
+    hi = nn.functional.max_pool2d(image, stride, stride, ceil_mode=True)
+    lo = -nn.functional.max_pool2d(-image, stride, stride, ceil_mode=True)
+    flat = ((hi - lo).amax(1) < 1 / 255)[:, : grid[0], : grid[1]]
+    if flat.shape[-2:] != tuple(grid):  # a grid the image does not tile (a size the model pads further): pad as constant
+        flat = nn.functional.pad(flat, (0, grid[1] - flat.shape[-1], 0, grid[0] - flat.shape[-2]), value=True)
+    return flat.flatten(1)
+
+
+def current_constant_cells(grid: tuple[int, int] | None) -> torch.Tensor | None:
+    """`constant_cells` of the input set by `routing_input`, once per grid and forward; None without one."""
+    state = _INPUT.get()
+    if state is None or grid is None:
+        return None
+    if grid not in state["cells"]:
+        state["cells"][grid] = constant_cells(state["image"], grid)
+    return state["cells"][grid]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The router: scorer, selection policy, gate
 
@@ -266,6 +302,7 @@ class TokenRouter(nn.Module):
         self.policy = policy
         self.dynamic: tuple[float, float] | None = None
         self.threshold = 0.0  # logit 0 is probability 0.5, the auxiliary loss's decision boundary
+        self.skip_constant = True  # the "never padding" policy: constant cells rank last (see `select`)
         self.export_dynamic_shapes = False  # set by the exporter: k computed in the graph from N
 
     @property
@@ -294,10 +331,20 @@ class TokenRouter(nn.Module):
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.capacity = round(float(state), 6)
 
-    def select(self, scores: torch.Tensor, predicted: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, K) indices to process per image, in raster order, and their validity mask (None: all valid)."""
+    def select(
+        self, scores: torch.Tensor, predicted: torch.Tensor | None, constant: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K) indices to process per image, in raster order, and their validity mask (None: all valid).
+
+        `constant` (B, N) marks cells of one colour (letterbox padding): ranked after every other token, so they run
+        only when k exceeds the real tokens, and never counted as wanted in dynamic mode."""
         n = scores.shape[1]
         ranking = torch.rand_like(scores) if self.policy == "random" else scores
+        if constant is not None and self.skip_constant:
+            # a margin far beyond any score, finite so every runtime's TopK takes it
+            ranking = ranking - constant.to(ranking.dtype) * 1e4
+            if predicted is not None:
+                predicted = predicted.masked_fill(constant, -1e4)
         if self.dynamic is None:
             # While tracing, n is a tensor: k stays in the graph only for exports with dynamic shapes; a constant k lets
             # a runtime plan fixed shapes and fuse the block's matmuls.
@@ -324,7 +371,7 @@ class TokenRouter(nn.Module):
         record = active_record()
         want_pred = self.dynamic is not None or (record is not None and record.keep_predictions)
         predicted = self.predictor(x.detach()) if want_pred else None
-        index, valid = self.select(scores, predicted)
+        index, valid = self.select(scores, predicted, current_constant_cells(grid))
         if record is not None:
             record.add(
                 BlockRouting(

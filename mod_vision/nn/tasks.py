@@ -21,7 +21,7 @@ from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics.utils import LOGGER, YAML
 
 from .blocks import MoDA2C2f
-from .routing import TokenRouter, record_routing, routed_blocks, router_aux_loss, set_capacity, set_dynamic
+from .routing import TokenRouter, record_routing, routed_blocks, router_aux_loss, routing_input, set_capacity, set_dynamic
 from .vit import MoDViTStage, PatchEmbed
 
 # Layers named in YAMLs. A layer listed in REPEATED gets the (depth-scaled) repeat count as its third argument,
@@ -148,7 +148,10 @@ class RoutedModelMixin:
             ph, pw = -x.shape[-2] % s, -x.shape[-1] % s
             if ph or pw:
                 x = torch.nn.functional.pad(x, (0, pw, 0, ph), value=114 / 255)  # Ultralytics' letterbox grey
-        return super().predict(x, *args, **kwargs)
+        if not isinstance(x, torch.Tensor):
+            return super().predict(x, *args, **kwargs)
+        with routing_input(x):  # routers rank constant cells (padding) last
+            return super().predict(x, *args, **kwargs)
 
     def loss(self, batch, preds=None):
         """The task loss, plus `router_aux` x the auxiliary router loss (its own column, `router_aux`)."""
