@@ -21,10 +21,12 @@ pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 BOX_ATOL, BOX_RTOL, RAW_ATOL = 1e-2, 1e-3, 5e-3
 MATCH_CONF = 0.05
 RUNTIME_FORMATS = ["onnx", "openvino", "torchscript", "litert"]
+# task -> its session run: the MoD-ViT detector and segmenter, and the multi-stride hybrid (a detector)
+RUNS = {"detect": lambda d, s, h: d, "segment": lambda d, s, h: s, "hybrid": lambda d, s, h: h}
 
 
 @pytest.fixture(scope="module")
-def export(det_run, seg_run, tmp_path_factory):
+def export(det_run, seg_run, hybrid_run, tmp_path_factory):
     """export(task, format, **kw) -> path of the exported file, exported once per arguments."""
     from mod_vision import MoDYOLO
 
@@ -34,7 +36,7 @@ def export(det_run, seg_run, tmp_path_factory):
         key = (task, fmt, tuple(sorted(kw.items())))
         if key not in cache:
             d = tmp_path_factory.mktemp(f"{task}-{fmt}")
-            pt = shutil.copy((det_run if task == "detect" else seg_run) / "weights" / "best.pt", d / "best.pt")
+            pt = shutil.copy(RUNS[task](det_run, seg_run, hybrid_run) / "weights" / "best.pt", d / "best.pt")
             cache[key] = MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ, **kw)
         return cache[key]
 
@@ -125,15 +127,15 @@ def assert_same_detections(ref, out, masks: bool):
                 assert (inter / union >= 0.9).all(), f"masks differ: IoUs {(inter / union).tolist()}"
 
 
-@pytest.mark.parametrize("task", ["detect", "segment"])
+@pytest.mark.parametrize("task", ["detect", "segment", "hybrid"])
 @pytest.mark.parametrize("fmt", RUNTIME_FORMATS)
-def test_runtime_matches_pytorch(export, det_run, seg_run, images, sample_yaml, fmt, task):
+def test_runtime_matches_pytorch(export, det_run, seg_run, hybrid_run, images, sample_yaml, fmt, task):
     from ultralytics import YOLO
 
     from mod_vision import MoDYOLO
     from mod_vision.engine.export import routing_op_counts
 
-    pt = (det_run if task == "detect" else seg_run) / "weights" / "best.pt"
+    pt = RUNS[task](det_run, seg_run, hybrid_run) / "weights" / "best.pt"
     f = export(task, fmt)
 
     # the graph is routed, not densified: every routed block has its top-k, gathers and scatter
@@ -149,12 +151,13 @@ def test_runtime_matches_pytorch(export, det_run, seg_run, images, sample_yaml, 
 
     # final detections (and masks) after NMS, through mod_vision's predictor
     kw = dict(imgsz=IMGSZ, conf=0.01, verbose=False)
-    ref, out = MoDYOLO(pt).predict(images, **kw), MoDYOLO(f, task=task).predict(images, **kw)
+    kind = "segment" if task == "segment" else "detect"
+    ref, out = MoDYOLO(pt).predict(images, **kw), MoDYOLO(f, task=kind).predict(images, **kw)
     assert_same_detections(ref, out, masks=task == "segment")
     assert out[0].capacity == MoDYOLO(pt).model.capacities()
 
     # Ultralytics' own predict and val on the exported file
-    stock = YOLO(f, task=task)
+    stock = YOLO(f, task=kind)
     res = stock.predict(images, **kw)
     assert len(res) == len(images) and all(r.boxes is not None for r in res)
     metrics = stock.val(data=str(sample_yaml), imgsz=IMGSZ, batch=1, device="cpu", plots=False, verbose=False)

@@ -118,6 +118,7 @@ class RoutedModelMixin:
 
     def __init__(self, cfg, ch=3, nc=None, verbose=True):
         super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
+        self.max_stride = int(self.stride.max())
         if self.yaml.get("capacities"):
             self.set_capacity(self.yaml["capacities"])
 
@@ -142,9 +143,8 @@ class RoutedModelMixin:
         A conv pyramid with upsampling needs it (an FPN cannot concatenate a 1x1 stride-32 map upsampled to 2x2 with a
         1x1 stride-16 map); boxes keep their coordinates, as nothing moves at the top left. The predictor's letterbox
         already does this; a direct call with any size now works too."""
-        stride = getattr(self, "stride", None)
-        if isinstance(stride, torch.Tensor) and isinstance(x, torch.Tensor) and x.ndim == 4:
-            s = int(stride.max())
+        s = getattr(self, "max_stride", None)  # a Python int: exporters must not trace a read of the stride tensor
+        if s and isinstance(x, torch.Tensor) and x.ndim == 4:
             ph, pw = -x.shape[-2] % s, -x.shape[-1] % s
             if ph or pw:
                 x = torch.nn.functional.pad(x, (0, pw, 0, ph), value=114 / 255)  # Ultralytics' letterbox grey
