@@ -18,13 +18,22 @@ def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict]
     """Validate `model` (a MoDYOLO) at each capacity; write capacity_sweep.{csv,md,png} into one run folder.
 
     An entry is one capacity for every routed block, or a per-block schedule (a list, one value per routed block:
-    SparseViT's per-layer sparsity), so schedules of equal compute can be compared. Returns (rows, save_dir). The
-    model's own capacities are restored afterwards.
+    SparseViT's per-layer sparsity), so schedules of equal compute can be compared. Every entry runs static top-k, even
+    on a model in dynamic mode. Returns (rows, save_dir). The model's own routing (capacities and mode) is restored
+    afterwards: a sweep measures, it does not set.
     """
+    from ..nn.routing import routed_blocks, set_dynamic
+
     net = model.model
     own = net.capacities()
     if not own:
         raise ValueError("capacity sweep needs a routed model; this one has no routed blocks")
+    own_dynamic = routed_blocks(net)[0].dynamic
+    capacities = check_sweep_capacities(capacities, len(own))
+    for key in ("capacity", "dynamic_capacity"):
+        if val_args.get(key) not in (None, False):
+            raise ValueError(f"{key}= is not an argument of a capacity sweep, which runs static top-k at each of "
+                             f"`capacities`; put the budgets to compare there")
     imgsz = int(val_args.get("imgsz") or 640)
     save_dir = get_save_dir(
         SimpleNamespace(project=val_args.pop("project", None), name=val_args.pop("name", None) or "sweep",
@@ -43,9 +52,27 @@ def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict]
                          **{k: coco.get(k) for k in COLUMNS[3:7]}, "mAP50-95(B)": float(m.box.map)})
     finally:
         net.set_capacity(own)
+        set_dynamic(net, own_dynamic)
     write_sweep(rows, save_dir)
     LOGGER.info(f"capacity sweep saved to {save_dir}\n{markdown(rows)}")
     return rows, save_dir
+
+
+def check_sweep_capacities(capacities, n_blocks: int) -> list:
+    """Every entry checked before the first validation: a capacity in (0, 1], or a list of one per routed block."""
+    from ..cfg import check_capacity_arg
+
+    if isinstance(capacities, (int, float)) and not isinstance(capacities, bool):
+        capacities = [capacities]
+    if not isinstance(capacities, (list, tuple)) or not capacities:
+        raise ValueError(
+            f"capacities must be a non-empty list of capacities in (0, 1] (or of per-block lists), got {capacities!r}"
+        )
+    for c in capacities:
+        check_capacity_arg(c, key="capacities entry")
+        if isinstance(c, (list, tuple)) and len(c) != n_blocks:
+            raise ValueError(f"capacities entry {list(c)} has {len(c)} values for {n_blocks} routed blocks")
+    return list(capacities)
 
 
 def markdown(rows: list[dict]) -> str:
