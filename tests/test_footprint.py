@@ -160,9 +160,9 @@ def test_capacity_schedule_is_a_trainer_callback_not_in_preprocess_batch(sample_
     assert trainer.args.capacity_warmup == 0 and trainer.args.router_aux == EXTRA_ARGS["router_aux"]  # defaulted here
 
 
-def test_val_scores_against_the_datasets_coco_json_without_rebuilding_ground_truth(sample_yaml, tmp_path):
-    model, seen = MoDYOLO("modvit-det.yaml"), {}
+def test_val_scores_against_the_datasets_coco_json_without_rebuilding_ground_truth(det_run, sample_yaml, tmp_path):
+    model, seen = MoDYOLO(det_run / "weights" / "best.pt"), {}
     model.add_callback("on_val_end", lambda v: seen.update(anno=v.anno_json, custom=v.is_custom_json, gdict=v.gdict))
-    metrics = model.val(data=str(sample_yaml), imgsz=64, batch=4, project=str(tmp_path), plots=False, verbose=False)
+    metrics = model.val(data=str(sample_yaml), imgsz=96, batch=4, project=str(tmp_path), plots=False, verbose=False)
     assert seen["anno"].name == "instances_val.json" and seen["custom"] is False and seen["gdict"] is None
     assert "metrics/coco_AP(B)" in metrics.coco
