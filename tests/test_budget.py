@@ -140,7 +140,7 @@ def test_sweep_measures_static_budgets_and_restores_the_routing_set_before(model
     "capacities, match",
     [("abc", "capacities must be a non-empty list"), ([], "capacities must be a non-empty list"),
      ([0.5, 0], r"capacities entry=0 is not valid: capacity must be a float in the range \(0, 1\]"),
-     ([[0.5, 0.5]], r"has 2 values for 3 routed blocks")],
+     ([[0.5, 0.5]], r"capacities entry \[0.5, 0.5\]: 2 capacities given for 3 routed blocks")],
 )
 def test_sweep_checks_every_capacity_before_the_first_validation(model, capacities, match, tmp_path):
     with pytest.raises(ValueError, match=match):

@@ -71,7 +71,7 @@ def check_sweep_capacities(capacities, n_blocks: int) -> list:
     for c in capacities:
         check_capacity_arg(c, key="capacities entry")
         if isinstance(c, (list, tuple)) and len(c) != n_blocks:
-            raise ValueError(f"capacities entry {list(c)} has {len(c)} values for {n_blocks} routed blocks")
+            raise ValueError(f"capacities entry {list(c)}: {len(c)} capacities given for {n_blocks} routed blocks")
     return list(capacities)
 
 
