@@ -145,11 +145,12 @@ def test_bad_mod_vision_key_fails_predict_and_val_first(key, value, match, tmp_p
         model.export(format="onnx", **{key: value})
 
 
-def test_cli_checks_mod_vision_keys_before_data(tmp_path):
+def test_cli_checks_mod_vision_keys_before_data(sample_yaml, tmp_path):
     with pytest.raises(ValueError, match="capacity_warmup must be a number >= 0 .*got 'abc'"):
-        run(["train", f"data={tmp_path / 'missing.yaml'}", "capacity_warmup=abc", f"project={tmp_path}"])
+        run(["train", f"data={sample_yaml}", "capacity_warmup=abc", f"project={tmp_path}", "device=cpu"])
     with pytest.raises(ValueError, match=r"dynamic_capacity must be \[min, max\]"):
-        run(["val", f"data={tmp_path / 'missing.yaml'}", "dynamic_capacity=0.5"])
+        run(["val", f"data={sample_yaml}", "dynamic_capacity=0.5", f"project={tmp_path}", "device=cpu"])
+    assert not list(tmp_path.iterdir())  # no run folder: refused before anything started
 
 
 def test_capacity_schedule_is_a_trainer_callback_not_in_preprocess_batch(sample_yaml, tmp_path):
