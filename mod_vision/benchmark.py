@@ -16,7 +16,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import time
@@ -26,11 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .defaults import DEFAULT_CAPACITIES
 from .flops import gflops
 from .nn.routing import routed_blocks, set_capacity
 from .nn.vit import MoDViTStage
+from .report import markdown_table, write_csv
 
-DEFAULT_CAPACITIES = (1.0, 0.5, 0.25, 0.125)
 DEFAULT_YOLO = ("yolo11n.yaml", "yolo11s.yaml", "yolo26n.yaml", "yolo26s.yaml")
 
 
@@ -166,19 +166,10 @@ COLUMNS = ("imgsz", "batch", "part", "row", "capacity", "params_M", "gflops", "l
            "peak_mem_MB", "speedup", "ideal_speedup", "share_of_ideal")
 
 
-def markdown_table(rows: list[dict], columns, missing: str = "") -> str:
-    """A markdown table of `columns` (floats to 3 significant digits; None or "" shown as `missing`)."""
-
-    def fmt(v):
-        return missing if v is None or v == "" else f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def targets(records: list[dict]) -> list[str]:
-    """The issue's targets, checked on the batch-1, 640 rows (or the smallest setting run)."""
+    """The latency targets, checked on the batch-1, 640 rows (or the smallest setting run): the backbone reaches 90% of
+    its FLOP-ideal speedup at every capacity, the whole model is 1.6x faster than its dense twin at capacity 0.25, and
+    the routers cost at most 5% at capacity 1.0."""
     setting = min({(r["imgsz"], r["batch"]) for r in records}, key=lambda s: (s[1], abs(s[0] - 640)))
     rs = [r for r in records if (r["imgsz"], r["batch"]) == setting and "speedup" in r and r["capacity"] != ""]
     lines = [f"targets at imgsz {setting[0]}, batch {setting[1]}:"]
@@ -265,10 +256,7 @@ def benchmark(
     header = f"device {device}, torch {torch.__version__}, {threads} threads, {runs} runs after {warmup} warm-up\n\n"
     report = header + markdown_table(records, COLUMNS) + "\n\n" + "\n".join(targets(records)) + "\n"
     (save_dir / "results.md").write_text(report)
-    with open(save_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(records)
+    write_csv(save_dir / "results.csv", records, COLUMNS)
     plot(records, save_dir / "latency_vs_capacity.png")
     LOGGER.info(f"{report}\nbenchmark saved to {save_dir}")
     return records
@@ -277,7 +265,7 @@ def benchmark(
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="modvit-det-n.yaml", help="routed model YAML")
-    p.add_argument("--dense", default=None, help="dense twin YAML (default: the model name with -dense)")
+    p.add_argument("--dense", default=None, help="dense twin YAML (default: the one the routed YAML names, `dense_twin:`)")
     p.add_argument("--imgsz", type=int, nargs="+", default=[640, 1280])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--capacities", type=float, nargs="+", default=list(DEFAULT_CAPACITIES))

@@ -43,6 +43,9 @@ EXTRA_ARGS = {
     # (bool) predict: write routing heatmaps (per-block selected tokens, depth map, compute share) to save_dir/heatmaps,
     # as images for images and as <stem>_depth.mp4 for videos and streams
     "save_heatmap": False,
+    # ("topk" | "random" | None) val: how routed blocks rank tokens; "random" is the control that keeps each block's k
+    # and learned gate but picks tokens at random, so learned-against-random AP is one command
+    "routing": None,
     # (int) train: also save save_dir/routing_val_batch0_epoch<E>.jpg every this many epochs (0: only at the end);
     # needs plots=True
     "heatmap_period": 0,
@@ -125,6 +128,8 @@ def check_extra_args(args: dict) -> dict:
             _check_number(key, value, "epochs between routing heatmaps; 0: only at the end", integer=True)
         elif key == "save_heatmap" and not isinstance(value, bool):
             raise ValueError(f"save_heatmap must be True or False, got {value!r}")
+        elif key == "routing" and value not in (None, "topk", "random"):
+            raise ValueError(f"routing must be 'topk', 'random' or None, got {value!r}")
         elif key == "timm_weights" and value is not None and not isinstance(value, (str, Path)):
             raise ValueError(f"timm_weights must be a timm model name or a weights file path, got {value!r}")
     return args
@@ -146,9 +151,23 @@ def with_extra_defaults(cfg=None) -> dict:
     return {**EXTRA_ARGS, **base}
 
 
+def has_no_routing(model, key: str, value) -> bool:
+    """True, after a warning naming the argument, when `key=value` is given to a model with no routed blocks (a stock
+    YOLO checkpoint, a dense YAML): it runs, as a dense baseline must in a side-by-side comparison, but the user asked
+    for a compute budget that cannot apply and must not believe it did."""
+    from ultralytics.utils import LOGGER
+
+    from .nn.routing import routed_blocks
+
+    if routed_blocks(model):
+        return False
+    LOGGER.warning(f"{key}={value} ignored: this model has no routed blocks (a dense model), it always runs in full")
+    return True
+
+
 def apply_capacity(model, capacity) -> None:
-    """Set the capacity of a (possibly wrapped) routed model when `capacity` is given; a no-op for dense models."""
-    if capacity is None:
+    """Set the capacity of a (possibly wrapped) routed model when `capacity` is given; for a dense model, a warning."""
+    if capacity is None or has_no_routing(model, "capacity", capacity):
         return
     from .nn.routing import set_capacity
 
@@ -162,6 +181,8 @@ def apply_routing(model, args) -> None:
 
     capacity = getattr(args, "capacity", None)
     dynamic = check_bounds(getattr(args, "dynamic_capacity", None), "dynamic_capacity")
+    if dynamic and has_no_routing(model, "dynamic_capacity", list(dynamic)):
+        return
     if capacity is not None:
         apply_capacity(model, capacity)
         if dynamic is None:

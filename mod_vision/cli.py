@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from .defaults import DEFAULT_CAPACITIES
+
 HELP = """Usage: mod-vision MODE [key=value ...]
 
 MODE:
@@ -65,6 +67,20 @@ def main(argv: list[str] | None = None) -> None:
     run(sys.argv[1:] if argv is None else argv)
 
 
+def check_sizes(mode: str, args: dict) -> None:
+    """imgsz and batch, checked before a model or data loads (Ultralytics would fail deep inside torch or its loader)."""
+    if "imgsz" in args:
+        v = args["imgsz"]
+        sizes = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not 1 <= len(sizes) <= 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in sizes):
+            raise SystemExit(f"mod-vision {mode}: imgsz must be a positive integer or [height, width], got imgsz={v!r}")
+    # train also takes batch=-1 (auto) and fractions of GPU memory: Ultralytics checks those
+    if "batch" in args and mode != "train":
+        v = args["batch"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SystemExit(f"mod-vision {mode}: batch must be an integer >= 1, got batch={v!r}")
+
+
 def run(argv: list[str]):
     """Run one mode and return what it returns (metrics, results, export path...)."""
     if not argv or argv[0] in {"help", "-h", "--help"}:
@@ -87,15 +103,32 @@ def run(argv: list[str]):
         return benchmark(**args)
     if mode not in MODES:
         raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: {', '.join(MODES)}, benchmark, sample-data, help")
+    check_sizes(mode, args)
+    if mode in {"predict", "heatmap"} and "model" not in args:
+        raise SystemExit(
+            f"mod-vision {mode} needs model=, a trained checkpoint such as model=runs/detect/train/weights/best.pt "
+            f"(`mod-vision train` writes one): the default {DEFAULT_MODEL} has random weights and detects nothing"
+        )
+    resume = args.get("resume")
+    if mode == "train" and resume is True and "model" not in args:
+        raise SystemExit("mod-vision train resume=True needs model=, the run's checkpoint: model=runs/.../weights/last.pt")
     model = MoDYOLO(args.pop("model", DEFAULT_MODEL))
-    if mode == "train" and "data" not in args:
+    if mode == "train" and "data" not in args and not resume:  # a resume keeps its run's data and settings
         from ultralytics.utils import YAML
 
         from .nn.tasks import MODEL_DIR
 
-        args = {**YAML.load(MODEL_DIR.parent / "train-sample.yaml"), **args, "data": str(sample_data_yaml())}
+        defaults = MODEL_DIR.parent / "train-sample.yaml"
+        args = {**YAML.load(defaults), **args, "data": str(sample_data_yaml())}
+        print(f"mod-vision train: no data= given, training on the sample data {args['data']} with {defaults.name}")
+    if mode in {"val", "sweep"} and "data" not in args and not model.overrides.get("data"):
+        raise SystemExit(
+            f"mod-vision {mode} needs data=, a data YAML (e.g. data=datasets/mod-sample/sample.yaml, the sample data "
+            f"that `mod-vision sample-data` or `mod-vision train` writes, or data=data/coco.yaml): this model does not "
+            f"record the data it was trained on"
+        )
     if mode == "sweep":
-        return model.val_sweep(args.pop("capacities", (1.0, 0.5, 0.25, 0.125)), **args)
+        return model.val_sweep(args.pop("capacities", DEFAULT_CAPACITIES), **args)
     if mode == "info":
         return model.info(detailed=bool(args.get("detailed", False)), imgsz=int(args.get("imgsz", 640)))
     if mode in {"predict", "heatmap"}:
@@ -107,9 +140,21 @@ def run(argv: list[str]):
             pass
         if mode == "heatmap":
             folder = model.predictor.save_dir / "heatmaps"
+            if not folder.is_dir():
+                print("no routing heatmaps written: this model reports no routing (it has no routed blocks)")
+                return None
             print(f"routing heatmaps written to {folder}")
             return folder
         return None
+    if mode == "export":
+        try:
+            return model.export(**args)
+        except ImportError as e:
+            raise SystemExit(
+                f"mod-vision export format={args.get('format', 'torchscript')} needs the Python package "
+                f"'{e.name or e}', which is not installed. Install mod_vision's export extra: pip install -e '.[export]' "
+                f"(in a clone of this repository)"
+            ) from e
     return getattr(model, mode)(**args)
 
 

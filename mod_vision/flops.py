@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
+from .defaults import DEFAULT_CAPACITIES as CAPACITIES
 from .nn.routing import routed_blocks, set_capacity
-
-CAPACITIES = (1.0, 0.5, 0.25, 0.125)
 
 # torch < 2.15 has no FLOP formula for CPU flash attention, so it counted 0; the formula is flash attention's (a
 # backport of torch 2.15's registration, for the torch 2.14 that the [export] extra installs)

@@ -8,7 +8,7 @@ maps them back to the original image with Ultralytics' own letterbox inverse (`o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -17,48 +17,70 @@ import torch
 from ultralytics.utils import ops
 from ultralytics.utils.plotting import Annotator
 
-from .nn.routing import RoutedBlock, native_model, routing_masks
-from .nn.vit import MoDViTStage
+from .nn.routing import BlockRouting, RoutingRecord
 
 COLORMAP = cv2.COLORMAP_INFERNO  # dark = skipped / shallow, bright = processed / deep; readable in grey too
 ALPHA = 0.5  # weight of the colormap over the image
+MAX_SIDE = 1920  # heatmaps are drawn with the long side at most this: RAM and file sizes stay bounded on huge images
 
 
 @dataclass
 class Routing:
-    """One image's routing in the latest forward.
+    """One image's routing in one forward.
 
     Attributes:
-        masks: (R, h, w) bool, the tokens each of the R routed blocks processed, on the token grid.
-        input_shape: (H, W) of the network input the grid covers (letterboxed image).
+        blocks: per routed block, its (h, w) bool map of processed tokens on its own token grid (blocks of a multi-stride
+            model sit on different grids).
+        input_shape: (H, W) of the network input the grids cover (letterboxed image).
         orig_shape: (H0, W0) of the original image.
     """
 
-    masks: np.ndarray
+    blocks: list[np.ndarray]
     input_shape: tuple[int, int]
     orig_shape: tuple[int, int]
 
+    def __post_init__(self):
+        if isinstance(self.blocks, np.ndarray):  # (R, h, w): all blocks on one grid
+            self.blocks = list(self.blocks)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The finest token grid among the blocks: the one the depth picture is drawn on."""
+        return max((m.shape for m in self.blocks), key=lambda s: s[0] * s[1])
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(R, h, w) bool on the finest grid: each block's processed tokens (a coarser block's token covers several cells)."""
+        return np.stack([self.regrid(m, self.grid) for m in self.blocks])
+
     @property
     def depth(self) -> np.ndarray:
-        """(h, w) int: how many routed blocks each token went through, in [0, R]."""
+        """(h, w) int on the finest grid: how many routed blocks processed each place, in [0, R]."""
         return self.masks.sum(0, dtype=np.int64)
 
     @property
     def share(self) -> float:
-        """Share of routed-block tokens processed (result.token_share's definition)."""
-        return float(self.masks.mean())
+        """Share of routed-block tokens processed, over all blocks' own tokens (result.token_share's definition)."""
+        return float(sum(m.sum() for m in self.blocks) / sum(m.size for m in self.blocks))
 
-    @property
-    def stride(self) -> int:
-        """Input pixels per token side: a power of two (Ultralytics' strides), at least enough to cover the input."""
-        (h, w), (hi, wi) = self.masks.shape[1:], self.input_shape
+    def stride(self, grid: tuple[int, int] | None = None) -> int:
+        """Input pixels per token side of a grid (default the finest): a power of two that covers the input."""
+        (h, w), (hi, wi) = grid or self.grid, self.input_shape
         s = 2 ** round(math.log2(max(hi / h, wi / w)))
         return max(s, math.ceil(hi / h), math.ceil(wi / w))
+
+    def regrid(self, m: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+        """A token map moved to another block's grid, through input pixels (grids of strides 16 and 32 need not nest
+        exactly when the input is not a multiple of 32)."""
+        if m.shape[-2:] == tuple(grid):
+            return m
+        s = self.stride(grid)
+        return self.to_input(m)[..., ::s, ::s][..., : grid[0], : grid[1]]
 
     def to_input(self, grid: np.ndarray | None = None) -> np.ndarray:
         """(..., h, w) token-grid map (default: depth) -> (..., H, W) on the network input; tokens become squares."""
         grid = self.depth if grid is None else np.asarray(grid)
-        s = self.stride
+        s = self.stride(grid.shape[-2:])
         return grid.repeat(s, -2).repeat(s, -1)[..., : self.input_shape[0], : self.input_shape[1]]
 
     def to_image(self, grid: np.ndarray | None = None) -> np.ndarray:
@@ -71,32 +93,21 @@ class Routing:
         return out.reshape(*lead, *out.shape[-2:])
 
 
-def token_grid(model: torch.nn.Module) -> tuple[int, int] | None:
-    """(h, w) token grid of the routed stage in the latest forward, or None (no routed stage, or not run yet)."""
-    stages = [
-        m
-        for m in native_model(model).modules()
-        if isinstance(m, MoDViTStage) and any(isinstance(b, RoutedBlock) for b in m.blocks)
+def routing_maps(entries: list[BlockRouting] | RoutingRecord | None, input_shape, orig_shapes) -> list[Routing] | None:
+    """One `Routing` per image of one forward, from its record entries, on inputs of `input_shape` (H, W); None when
+    there is no routing to show (a dense model, or nothing recorded)."""
+    if isinstance(entries, RoutingRecord):
+        entries = entries.blocks
+    if not entries:
+        return None
+    per_block = []
+    for e in entries:
+        if e.grid is None or e.grid[0] * e.grid[1] != e.tokens:
+            raise RuntimeError(f"a routed block saw {e.tokens} tokens but recorded the token grid {e.grid}")
+        per_block.append(e.mask().view(-1, *e.grid).cpu().numpy())
+    return [
+        Routing([m[i] for m in per_block], tuple(input_shape[-2:]), tuple(s[:2])) for i, s in enumerate(orig_shapes)
     ]
-    grids = {getattr(s, "last_grid", None) for s in stages}
-    if not stages or None in grids:
-        return None
-    if len(grids) > 1:  # routing_masks stacks all routed blocks, so they must share a token count
-        raise NotImplementedError(f"routed stages on different token grids {sorted(grids)} are not supported")
-    return grids.pop()
-
-
-def routing_maps(model: torch.nn.Module, input_shape, orig_shapes) -> list[Routing] | None:
-    """One `Routing` per image of the latest forward of `model` on inputs of `input_shape` (H, W); None when the model
-    has no routing to show (dense, exported, or not run)."""
-    masks, grid = routing_masks(model), token_grid(model)
-    if masks is None or grid is None:
-        return None
-    b, r, n = masks.shape
-    if n != grid[0] * grid[1]:
-        raise RuntimeError(f"routed blocks saw {n} tokens but the stage's token grid is {grid}")
-    masks = masks.view(b, r, *grid).cpu().numpy()
-    return [Routing(m, tuple(input_shape[-2:]), tuple(s[:2])) for m, s in zip(masks, orig_shapes)]
 
 
 def colorize(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
@@ -106,12 +117,22 @@ def colorize(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
     return cv2.addWeighted(np.ascontiguousarray(image), 1 - ALPHA, colored, ALPHA, 0)
 
 
-def caption(image: np.ndarray, text: str) -> np.ndarray:
-    """Write `text` on a dark box at the top left (Ultralytics' Annotator, cv2 fonts: no font download)."""
+def bounded(image: np.ndarray, routing: Routing, max_side: int = MAX_SIDE) -> tuple[np.ndarray, Routing]:
+    """The image shrunk to a long side of at most `max_side`, and its routing mapped to that size instead."""
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image, routing
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), replace(routing, orig_shape=(size[1], size[0]))
+
+
+def caption(image: np.ndarray, text: str, bottom: bool = False) -> np.ndarray:
+    """Write `text` on a dark box at the top left, or bottom left (Ultralytics' Annotator, cv2 fonts: no download)."""
     lw = max(1, round(min(image.shape[:2]) / 250))
     ann = Annotator(np.ascontiguousarray(image), line_width=lw, pil=False)
     h = cv2.getTextSize(text, 0, fontScale=ann.sf, thickness=ann.tf)[0][1]
-    ann.text((2, h + 5), text, box_color=(32, 32, 32))
+    ann.text((2, image.shape[0] - h - 8 if bottom else h + 5), text, box_color=(32, 32, 32))
     return ann.result()
 
 
@@ -119,18 +140,27 @@ def share_text(routing: Routing) -> str:
     return f"compute share {routing.share:.2f} ({len(routing.masks)} routed blocks)"
 
 
+def depth_legend(routing: Routing) -> str:
+    return f"dark: no routed block, bright: all {len(routing.masks)}"
+
+
 def depth_image(image: np.ndarray, routing: Routing, text: str | None = None) -> np.ndarray:
-    """The original BGR image with the depth map overlaid and the compute share written on it."""
+    """The original BGR image (long side at most MAX_SIDE) with the depth map overlaid, the compute share written on
+    it, and what the colours mean."""
+    image, routing = bounded(image, routing)
     heat = colorize(image, routing.to_image(), len(routing.masks))
-    return caption(heat, text or share_text(routing))
+    return caption(caption(heat, text or share_text(routing)), depth_legend(routing), bottom=True)
 
 
 def block_images(image: np.ndarray, routing: Routing) -> list[np.ndarray]:
-    """Per routed block, the original image with that block's selected tokens bright and the skipped ones dark."""
+    """Per routed block, the original image (long side at most MAX_SIDE) with that block's selected tokens bright and
+    the skipped ones dark."""
+    image, routing = bounded(image, routing)
     return [
-        caption(colorize(image, m, 1), f"routed block {j}: {grid.mean():.2f} of tokens")
+        caption(caption(colorize(image, m, 1), f"routed block {j}: {grid.mean():.2f} of tokens"),
+                "bright: processed, dark: skipped", bottom=True)
         for j, (m, grid) in enumerate(zip(routing.to_image(routing.masks), routing.masks))
-    ]
+    ]  # fmt: skip
 
 
 def panel_figure(rows: list[tuple[np.ndarray, Routing, str]], fname: str | Path) -> Path:
@@ -148,6 +178,7 @@ def panel_figure(rows: list[tuple[np.ndarray, Routing, str]], fname: str | Path)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for ax_row, (image, routing, title) in zip(axes, rows):
+        image, routing = bounded(image, routing)
         r = len(routing.masks)
         panels = [colorize(image, routing.to_image(), r)] + [colorize(image, m, 1) for m in routing.to_image(routing.masks)]
         names = [f"{title}\ndepth, share {routing.share:.2f}"] + [
@@ -159,8 +190,13 @@ def panel_figure(rows: list[tuple[np.ndarray, Routing, str]], fname: str | Path)
         for ax in ax_row:
             ax.axis("off")
         bar = ScalarMappable(Normalize(0, r), cmap="inferno")  # the same map as cv2.COLORMAP_INFERNO
-        fig.colorbar(bar, ax=ax_row[0], fraction=0.046, pad=0.02, ticks=range(r + 1)).ax.tick_params(labelsize=7)
-    fig.suptitle("routed blocks per token (depth) and each block's selected tokens", fontsize=10)
+        cbar = fig.colorbar(bar, ax=ax_row[0], fraction=0.046, pad=0.02, ticks=range(r + 1))
+        cbar.ax.tick_params(labelsize=7)
+        cbar.set_label("routed blocks", fontsize=7)
+    fig.suptitle(
+        "depth: routed blocks each token went through (colour bar); block panels: bright = processed, dark = skipped",
+        fontsize=9,
+    )
     fig.savefig(fname, dpi=110)
     return Path(fname)
 

@@ -11,12 +11,18 @@ from torch import nn
 from ultralytics.engine.model import Model
 
 from .cfg import EXTRA_ARGS, apply_routing, check_extra_args
+from .defaults import DEFAULT_CAPACITIES
 from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
 from .engine.results import routing_mode
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
 from .nn.routing import routed_blocks
 from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, find_model_yaml, load_model_yaml
+
+
+def routed_capacities(model) -> list[float]:
+    """Capacities of the routed blocks, [] for a model without any (also a stock Ultralytics model)."""
+    return [b.capacity for b in routed_blocks(model)]
 
 
 class MoDYOLO(Model):
@@ -125,13 +131,13 @@ class MoDYOLO(Model):
         now = gflops(self.model, imgsz)
         table = capacity_table(self.model, imgsz)
         if verbose:
-            caps = ", ".join(f"{c:g}" for c in self.model.capacities()) or "dense"
+            caps = ", ".join(f"{c:g}" for c in routed_capacities(self.model)) or "dense: no routed blocks"
             LOGGER.info(f"routing-aware GFLOPs at {imgsz}: {now:.2f} (capacities: {caps})")
             for c, g in table:
                 LOGGER.info(f"  capacity {c:<6g} {g:8.2f} GFLOPs")
         return {"summary": out, "gflops": now, "capacity_gflops": dict(table)}
 
-    def val_sweep(self, capacities=(1.0, 0.5, 0.25, 0.125), **kwargs):
+    def val_sweep(self, capacities=DEFAULT_CAPACITIES, **kwargs):
         """Validate at each capacity; returns (rows, save_dir) and writes a mAP-vs-capacity table (csv, md) and plot."""
         from .engine.sweep import capacity_sweep
 

@@ -1,4 +1,4 @@
-"""Unit tests of the routing rule: k per image, top-k selection, exactness, gradients, batch independence."""
+"""Unit tests of the routing core: k per image, top-k selection, exactness, gradients, batch independence, the record."""
 
 import math
 
@@ -10,11 +10,11 @@ from mod_vision.nn import (
     MoDViTStage,
     RoutedBlock,
     check_capacity,
+    record_routing,
+    route_tokens,
     routed_blocks,
     router_aux_loss,
-    routing_masks,
     set_dynamic,
-    token_share,
     tokens_for,
 )
 from mod_vision.nn.routing import ObjectPredictor, object_tokens
@@ -27,12 +27,19 @@ def routed(dim=32, heads=2, capacity=0.25, **kw):
     return RoutedBlock(dim, heads, capacity=capacity, qkv_bias=True, **kw).eval()
 
 
+def run(block, x, **kw):
+    """Forward with a record; returns (output, the block's one BlockRouting)."""
+    with record_routing(**kw) as rec:
+        y = block(x)
+    assert len(rec) == 1
+    return y, rec.blocks[0]
+
+
 @pytest.mark.parametrize("n", [1, 7, 49, 100])
 @pytest.mark.parametrize("capacity", [0.01, 0.125, 0.3, 0.5, 1.0])
 def test_k_is_ceil_capacity_times_n_per_image(n, capacity):
-    block = routed(capacity=capacity)
-    block(torch.randn(3, n, 32))
-    assert block.last_index.shape == (3, max(1, math.ceil(capacity * n)))
+    _, e = run(routed(capacity=capacity), torch.randn(3, n, 32))
+    assert e.index.shape == (3, max(1, math.ceil(capacity * n)))
     assert tokens_for(capacity, n) == max(1, math.ceil(capacity * n))
 
 
@@ -43,20 +50,20 @@ def test_float_noise_does_not_add_a_token():
 def test_selected_tokens_are_exactly_the_top_scores():
     block = routed(capacity=0.25)
     x = torch.randn(4, 40, 32)
-    block(x)
-    scores = block.router(x)
+    _, e = run(block, x)
+    scores = block.router.scorer(x)
     for b in range(4):
-        chosen = set(block.last_index[b].tolist())
+        chosen = set(e.index[b].tolist())
         assert chosen == set(scores[b].topk(10).indices.tolist())
-        assert block.last_index[b].tolist() == sorted(chosen)  # kept in raster order
+        assert e.index[b].tolist() == sorted(chosen)  # kept in raster order
 
 
 def test_unselected_tokens_pass_unchanged_and_selected_change():
     block = routed(capacity=0.25)
     x = torch.randn(2, 40, 32)
-    y = block(x)
-    mask = torch.zeros(2, 40, dtype=torch.bool)
-    mask.scatter_(1, block.last_index, True)
+    y, e = run(block, x)
+    mask = e.mask()
+    assert mask.sum(1).tolist() == [10, 10]
     assert torch.equal(y[~mask], x[~mask])
     assert not torch.allclose(y[mask], x[mask])
 
@@ -65,7 +72,7 @@ def test_capacity_one_without_gate_equals_plain_block_exactly():
     torch.manual_seed(1)
     block = routed(capacity=1.0, gate=False)
     plain = Block(32, 2, qkv_bias=True).eval()
-    plain.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith(("router.", "predictor.", "_extra"))})
+    plain.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith("router.")})
     x = torch.randn(3, 50, 32)
     assert torch.equal(block(x), plain(x))
 
@@ -73,7 +80,7 @@ def test_capacity_one_without_gate_equals_plain_block_exactly():
 def test_gate_scales_the_update_by_sigmoid_of_the_score():
     block = routed(capacity=1.0)
     plain_out = Block.forward(block, x := torch.randn(1, 8, 32))
-    g = block.router(x).sigmoid().unsqueeze(-1)
+    g = block.router.scorer(x).sigmoid().unsqueeze(-1)
     torch.testing.assert_close(block(x), x + g * (plain_out - x))
 
 
@@ -81,7 +88,7 @@ def test_gradients_reach_router_and_block():
     block = routed(capacity=0.5).train()
     x = torch.randn(2, 20, 32, requires_grad=True)
     block(x).square().sum().backward()
-    assert block.router.net.weight.grad.abs().sum() > 0
+    assert block.router.scorer.net.weight.grad.abs().sum() > 0
     assert block.attn.qkv.weight.grad.abs().sum() > 0
     assert block.mlp.fc2.weight.grad.abs().sum() > 0
     assert x.grad.abs().sum() > 0
@@ -101,16 +108,15 @@ def test_capacity_out_of_range_raises_value_error_naming_the_range(bad):
         check_capacity(bad)
     block = routed()
     with pytest.raises(ValueError, match=r"range \(0, 1\]"):
-        block.capacity = bad
+        block.router.capacity = bad
     with pytest.raises(ValueError, match=r"range \(0, 1\]"):
         RoutedBlock(32, 2, capacity=bad)
 
 
 def test_capacity_is_changeable_after_construction():
     block = routed(capacity=0.5)
-    block.capacity = 0.125
-    block(torch.randn(1, 64, 32))
-    assert block.last_index.shape[1] == 8
+    block.router.capacity = 0.125
+    assert run(block, torch.randn(1, 64, 32))[1].index.shape[1] == 8
 
 
 def test_routing_pattern_every_other_block_first_dense():
@@ -127,7 +133,7 @@ def test_routing_pattern_every_other_block_first_dense():
     stage = MoDViTStage(64, 64, depth=4, routed=2, capacity=[0.5, 0.25])
     kinds = [type(b).__name__ for b in stage.blocks]
     assert kinds == ["Block", "RoutedBlock", "Block", "RoutedBlock"]
-    assert [b.capacity for b in stage.blocks if isinstance(b, RoutedBlock)] == [0.5, 0.25]
+    assert [b.router.capacity for b in stage.blocks if isinstance(b, RoutedBlock)] == [0.5, 0.25]
     with pytest.raises(ValueError, match="3 capacities given for 2 routed blocks"):
         MoDViTStage(64, 64, depth=4, routed=2, capacity=[0.5, 0.25, 0.1])
     with pytest.raises(ValueError, match="keeps its width"):
@@ -152,7 +158,7 @@ def test_unit_gate_is_one_forward_but_trains_the_router():
     x = torch.randn(2, 30, 32)
     torch.testing.assert_close(unit(x), ungated(x), rtol=0, atol=1e-6)
     unit(x).square().sum().backward()
-    assert unit.router.net.weight.grad.abs().sum() > 0
+    assert unit.router.scorer.net.weight.grad.abs().sum() > 0
 
 
 def test_unknown_gate_is_rejected_with_the_choices():
@@ -165,32 +171,30 @@ def test_unknown_gate_is_rejected_with_the_choices():
 
 def dynamic_block(bias: float = 0.0, bounds=(0.1, 1.0)):
     block = routed(capacity=0.5)
-    block.predictor.net[-1].bias.data.fill_(bias)
-    block.dynamic = bounds
+    block.router.predictor.net[-1].bias.data.fill_(bias)
+    block.router.dynamic = bounds
     return block
 
 
 def test_dynamic_k_is_the_tokens_above_threshold_within_bounds():
     block = dynamic_block()
     x = torch.randn(1, 50, 32)
-    block(x)
-    above = int((block.predictor(x) > 0).sum())
-    assert block.last_index.shape[1] == min(max(above, 5), 50)
-    assert block.last_valid is None  # one image: nothing padded
+    _, e = run(block, x)
+    above = int((block.router.predictor(x) > 0).sum())
+    assert e.index.shape[1] == min(max(above, 5), 50)
+    assert e.valid is None  # one image: nothing padded
     # scores all far below / above the threshold: k clamps to the min / max capacity
     for bias, k in [(-50.0, 5), (50.0, 25)]:
-        b = dynamic_block(bias, bounds=(0.1, 0.5))
-        b(x)
-        assert b.last_index.shape[1] == k
+        assert run(dynamic_block(bias, bounds=(0.1, 0.5)), x)[1].index.shape[1] == k
 
 
 def test_dynamic_one_image_equals_static_at_its_own_k():
     block = dynamic_block()
     x = torch.randn(1, 40, 32)
-    y = block(x)
-    k = block.last_index.shape[1]
-    block.dynamic = None
-    block.capacity = k / 40
+    y, e = run(block, x)
+    k = e.index.shape[1]
+    block.router.dynamic = None
+    block.router.capacity = k / 40
     torch.testing.assert_close(block(x), y, rtol=0, atol=0)
 
 
@@ -199,12 +203,13 @@ def test_dynamic_batch_pads_without_mixing_images():
     block = dynamic_block()
     x = torch.randn(3, 40, 32)
     x[1] *= 3  # a different score distribution, so images ask for different k
-    together = block(x)
-    masks = routing_masks(block)[:, 0]
+    together, e = run(block, x)
+    masks = e.mask()
     alone, ks = [], []
     for i in range(3):
-        alone.append(block(x[i : i + 1]))
-        ks.append(block.last_index.shape[1])
+        y, ei = run(block, x[i : i + 1])
+        alone.append(y)
+        ks.append(ei.index.shape[1])
     assert len(set(ks)) > 1, "the test needs images that ask for different k"
     assert masks.sum(1).tolist() == ks  # padding tokens are not counted as processed
     torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-5)
@@ -213,7 +218,7 @@ def test_dynamic_batch_pads_without_mixing_images():
 
 @pytest.mark.parametrize(
     "bounds, match",
-    [((0.5, 0.1), "min 0.5 is above max 0.1"), ((0.1,), r"needs \(min, max\)"), ((0.0, 1.0), r"range \(0, 1\]")],
+    [((0.5, 0.1), "min 0.5 is above max 0.1"), ((0.1,), r"needs \[min, max\]"), (0.5, r"needs \[min, max\]"), ((0.0, 1.0), r"range \(0, 1\]")],
 )
 def test_set_dynamic_rejects_bad_bounds(bounds, match):
     stage = MoDViTStage(32, 32, depth=2, routed=2)
@@ -226,21 +231,63 @@ def test_set_dynamic_and_back_to_static():
     set_dynamic(stage, (0.1, 0.9), threshold=0.5)
     assert all(b.dynamic == (0.1, 0.9) and b.threshold == 0.5 for b in routed_blocks(stage))
     set_dynamic(stage, None)
-    stage(torch.randn(2, 32, 5, 8))
-    assert routing_masks(stage).sum(-1).tolist() == [[10, 10], [10, 10]]  # static k = ceil(0.25 * 40)
+    with record_routing() as rec:
+        stage(torch.randn(2, 32, 5, 8))
+    assert [m.sum(-1).tolist() for m in rec.masks()] == [[10, 10], [10, 10]]  # static k = ceil(0.25 * 40)
 
 
 # --- masks, share and the auxiliary loss ------------------------------------------------------------------------
 
 
-def test_routing_masks_and_token_share_agree_with_k():
+def test_record_masks_and_token_share_agree_with_k():
     stage = MoDViTStage(32, 32, depth=4, routed=2, capacity=[0.5, 0.125]).eval()
-    assert routing_masks(stage) is None and token_share(stage) is None
-    stage(torch.randn(2, 32, 4, 8))
-    masks = routing_masks(stage)
-    assert masks.shape == (2, 2, 32) and masks.dtype == torch.bool
-    assert masks.sum(-1).tolist() == [[16, 4], [16, 4]]
-    torch.testing.assert_close(token_share(stage), torch.full((2,), 20 / 64))
+    with record_routing() as rec:
+        pass
+    assert rec.token_share() is None  # nothing routed
+    with record_routing() as rec:
+        stage(torch.randn(2, 32, 4, 8))
+    masks = rec.masks()
+    assert [m.shape for m in masks] == [(2, 32), (2, 32)] and masks[0].dtype == torch.bool
+    assert [m.sum(-1).tolist() for m in masks] == [[16, 16], [4, 4]]
+    assert rec.grids() == [(4, 8), (4, 8)]
+    torch.testing.assert_close(rec.token_share(), torch.full((2,), 20 / 64, dtype=torch.float64))
+
+
+def test_nothing_is_recorded_or_kept_on_modules_without_a_record():
+    stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.5).eval()
+    before = {k: v.clone() for k, v in stage.state_dict().items()}
+    stage(torch.randn(1, 32, 4, 4))
+    attrs = {k for m in stage.modules() for k in vars(m) if k.startswith("last_")}
+    assert not attrs
+    assert all(torch.equal(before[k], v) for k, v in stage.state_dict().items())
+
+
+def test_route_tokens_is_a_pure_gather_block_scatter():
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    index = torch.tensor([[0, 3], [4, 1]])
+    y = route_tokens(x, index, lambda t: t * 10, gate=torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
+    expected = x.clone()
+    expected[0, 0] = x[0, 0] * 10
+    expected[0, 3] = x[0, 3] + 0.5 * 9 * x[0, 3]
+    expected[1, 1] = x[1, 1] * 10  # image 1, gate 1 on token 1 and 0 on token 4
+    torch.testing.assert_close(y, expected)
+    assert torch.equal(x, torch.arange(30, dtype=torch.float32).view(2, 5, 3))  # input untouched
+    # inputs= is what the block reads; the update is added to x
+    z = route_tokens(x, index, lambda t: t + 1, inputs=x * 0)
+    assert torch.equal(z[0, 0], x[0, 0] + 1) and torch.equal(z[0, 1], x[0, 1])
+
+
+def test_random_policy_keeps_k_and_the_learned_gate_but_not_the_ranking():
+    torch.manual_seed(4)
+    block = routed(capacity=0.25)
+    x = torch.randn(8, 64, 32)
+    _, learned = run(block, x)
+    block.router.policy = "random"
+    _, rand = run(block, x)
+    assert rand.index.shape == learned.index.shape
+    assert not torch.equal(rand.index, learned.index)
+    with pytest.raises(ValueError, match="routing policy must be one of"):
+        block.router.policy = "best"
 
 
 def test_object_tokens_marks_every_cell_a_box_overlaps():
@@ -258,30 +305,49 @@ def test_object_tokens_marks_every_cell_a_box_overlaps():
 
 def test_aux_loss_teaches_the_predictor_object_cover_and_leaves_the_router_alone():
     stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).train()
-    block = routed_blocks(stage)[0]
-    stage(torch.randn(2, 32, 4, 5))
-    assert block.last_grid == (4, 5)
-    predicted = block.last_predicted.detach()
+    router = routed_blocks(stage)[0]
+    with record_routing(predictions=True) as rec:
+        stage(torch.randn(2, 32, 4, 5))
+    assert rec.grids() == [(4, 5)]
+    predicted = rec.blocks[0].predicted.detach()
     boxes, image_index = torch.tensor([[0.5, 0.5, 0.2, 0.25]]), torch.tensor([1])
-    loss = router_aux_loss(stage, boxes, image_index)
-    assert block.last_predicted is None  # the graph reference is dropped
+    loss = router_aux_loss(rec, boxes, image_index)
     target = object_tokens((4, 5), boxes, image_index, 2)
     assert target[0].sum() == 0 and target[1].sum() == 2  # the box covers cell column 2, rows 1-2
     pos_weight = torch.tensor(38 / 2)  # balanced: 38 background tokens for 2 object tokens in the batch
     expected = torch.nn.functional.binary_cross_entropy_with_logits(predicted, target, pos_weight=pos_weight)
     torch.testing.assert_close(loss.detach(), expected)
     loss.backward()
-    assert block.predictor.net[0].weight.grad.abs().sum() > 0
-    assert block.router.net.weight.grad is None and block.attn.qkv.weight.grad is None
-    stage.eval()(torch.randn(1, 32, 5, 5))
-    assert router_aux_loss(stage, boxes, image_index) is None  # eval predictions carry no grad
+    assert router.predictor.net[0].weight.grad.abs().sum() > 0
+    assert router.scorer.net.weight.grad is None and stage.blocks[1].attn.qkv.weight.grad is None
+    with record_routing(predictions=True) as rec:
+        stage.eval()(torch.randn(1, 32, 5, 5))
+    assert router_aux_loss(rec, boxes, image_index) is None  # eval predictions carry no grad
 
 
 def test_aux_loss_needs_the_token_grid():
-    block = routed(capacity=0.5).train()  # run outside a stage: nothing tells it the grid
-    block(torch.randn(1, 12, 32))
-    with pytest.raises(ValueError, match=r"12 tokens but its token grid is None"):
-        router_aux_loss(block, torch.zeros(0, 4), torch.zeros(0))
+    block = routed(capacity=0.5).train()  # run without a grid: nothing tells it the layout
+    with record_routing(predictions=True) as rec:
+        block(torch.randn(1, 12, 32))
+    with pytest.raises(ValueError, match=r"12 tokens but no token grid"):
+        router_aux_loss(rec, torch.zeros(0, 4), torch.zeros(0))
+
+
+@pytest.mark.parametrize(
+    "boxes, index",
+    [
+        (torch.tensor([[1.2, 1.3, 0.5, 0.5], [-0.5, 0.5, 0.2, 0.2]]), torch.tensor([0, 1])),  # outside the image
+        (torch.tensor([[0.5, 0.5, 0.0, 0.0]]), torch.tensor([0])),  # zero area
+        (torch.zeros(0, 4), torch.zeros(0)),  # no object in the batch
+    ],
+)
+def test_aux_loss_is_finite_for_degenerate_ground_truth(boxes, index):
+    stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).train()
+    with record_routing(predictions=True) as rec:
+        stage(torch.randn(2, 32, 4, 4))
+    loss = router_aux_loss(rec, boxes, index)
+    assert torch.isfinite(loss)
+    assert object_tokens((4, 4), boxes, index, 2).sum() == 0  # nothing outside the image or without area is marked
 
 
 def test_object_predictor_sees_the_image_it_is_in():
@@ -299,7 +365,7 @@ def test_trained_predictor_gives_empty_images_fewer_tokens_than_busy_ones():
     # Object and background colours come from the same distribution, so only the image's context tells them apart.
     torch.manual_seed(0)
     stage = MoDViTStage(16, 16, depth=1, routed="0:", capacity=0.5)
-    opt = torch.optim.Adam(stage.blocks[0].predictor.parameters(), 1e-2)
+    opt = torch.optim.Adam(stage.blocks[0].router.predictor.parameters(), 1e-2)
 
     def images(n_objects):
         x = torch.randn(len(n_objects), 16, 1, 1).expand(-1, -1, 8, 8) + 0.1 * torch.randn(len(n_objects), 16, 8, 8)
@@ -314,16 +380,22 @@ def test_trained_predictor_gives_empty_images_fewer_tokens_than_busy_ones():
 
     for _ in range(150):
         x, boxes, index = images(torch.randint(0, 7, (16,)).tolist())
-        stage.train()(x)
-        loss = router_aux_loss(stage, boxes, index)
+        with record_routing(predictions=True) as rec:
+            stage.train()(x)
+        loss = router_aux_loss(rec, boxes, index)
         opt.zero_grad()
         loss.backward()
         opt.step()
     set_dynamic(stage, (1 / 64, 1.0))
     stage.eval()
 
-    def shares(n_objects):  # one image at a time, so each share is the image's own
-        return [stage(images([n_objects])[0]) is not None and token_share(stage).item() for _ in range(10)]
+    def share(n_objects):  # one image at a time, so each share is the image's own
+        with record_routing() as rec:
+            stage(images([n_objects])[0])
+        return rec.token_share().item()
+
+    def shares(n_objects):
+        return [share(n_objects) for _ in range(10)]
 
     empty, few, busy = shares(0), shares(2), shares(6)
     assert max(empty) < min(busy), (empty, busy)
@@ -332,11 +404,13 @@ def test_trained_predictor_gives_empty_images_fewer_tokens_than_busy_ones():
 
 def test_static_inference_does_not_run_the_predictor():
     block = routed(capacity=0.5)
-    block(torch.randn(1, 20, 32))
-    assert block.last_predicted is None
-    block.dynamic = (0.1, 1.0)
-    block(torch.randn(1, 20, 32))
-    assert block.last_predicted.shape == (1, 20)
+    calls = []
+    block.router.predictor.register_forward_hook(lambda *a: calls.append(1))
+    run(block, torch.randn(1, 20, 32))
+    assert not calls
+    block.router.dynamic = (0.1, 1.0)
+    _, e = run(block, torch.randn(1, 20, 32), predictions=True)
+    assert calls and e.predicted.shape == (1, 20)
 
 
 @pytest.mark.parametrize("hidden", [-64, 1.5])

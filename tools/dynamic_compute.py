@@ -14,7 +14,6 @@ share, as markdown and CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import statistics
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from mod_vision import MoDYOLO
 from mod_vision.data import make_sample_data
+from mod_vision.report import markdown_table, write_csv
 
 
 def groups_of(data_yaml: Path) -> dict[str, tuple[int, str]]:
@@ -43,6 +43,31 @@ def bootstrap_gap(a: list[float], b: list[float], n: int = 2000, seed: int = 0) 
     rng = random.Random(seed)
     gaps = sorted(statistics.mean(rng.choices(b, k=len(b))) - statistics.mean(rng.choices(a, k=len(a))) for _ in range(n))
     return gaps[int(0.025 * n)], gaps[int(0.975 * n) - 1]
+
+
+def share_tables(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per-image token shares summed up: by object count and background, and the busy-minus-empty gap with its
+    bootstrap interval (overall and per background; a row only where both groups have images)."""
+    keys = [("all", lambda r: True)]
+    keys += [(b, lambda r, b=b: bucket(r["objects"]) == b) for b in ("0 objects", "1-2 objects", "3+ objects")]
+    keys += [(k, lambda r, k=k: r["background"] == k) for k in ("flat", "textured")]
+    # per background too: texture itself draws tokens, so the object-count effect is clearest with it held fixed
+    keys += [(f"{k}, {b}", lambda r, k=k, b=b: r["background"] == k and bucket(r["objects"]) == b)
+             for k in ("flat", "textured") for b in ("0 objects", "1-2 objects", "3+ objects")]  # fmt: skip
+    shares = [(name, [r["token_share"] for r in rows if keep(r)]) for name, keep in keys]
+    groups = [{"group": name, "images": len(s), "mean token share": statistics.mean(s),
+               "median": statistics.median(s), "min": min(s), "max": max(s)} for name, s in shares if s]  # fmt: skip
+    # "measurably fewer": the gap between busy and empty images, with a bootstrap interval over images
+    gaps = []
+    for k in ("all", "flat", "textured"):
+        empty = [r["token_share"] for r in rows if r["objects"] == 0 and k in ("all", r["background"])]
+        busy = [r["token_share"] for r in rows if r["objects"] >= 3 and k in ("all", r["background"])]
+        if empty and busy:
+            lo, hi = bootstrap_gap(empty, busy)
+            gap = statistics.mean(busy) - statistics.mean(empty)
+            gaps.append({"background": k, "3+ objects minus 0 objects (mean token share)": gap,
+                         "95% bootstrap interval": f"[{lo:+.3f}, {hi:+.3f}]"})
+    return groups, gaps
 
 
 def main(argv=None):
@@ -83,43 +108,22 @@ def main(argv=None):
 
     out = Path(a.project).resolve() / "report"
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "per_image.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "per_image.csv", rows)
     command = "python tools/dynamic_compute.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"`{command}`", "", f"weights {weights}, dynamic bounds {a.bounds}, imgsz {a.imgsz}, {len(rows)} val images", "",
-             "| group | images | mean token share | median | min | max |", "|---|---|---|---|---|---|"]
-    keys = [("all", lambda r: True)]
-    keys += [(b, lambda r, b=b: bucket(r["objects"]) == b) for b in ("0 objects", "1-2 objects", "3+ objects")]
-    keys += [(k, lambda r, k=k: r["background"] == k) for k in ("flat", "textured")]
-    # per background too: texture itself draws tokens, so the object-count effect is clearest with it held fixed
-    keys += [(f"{k}, {b}", lambda r, k=k, b=b: r["background"] == k and bucket(r["objects"]) == b)
-             for k in ("flat", "textured") for b in ("0 objects", "1-2 objects", "3+ objects")]  # fmt: skip
-    for name, keep in keys:
-        s = [r["token_share"] for r in rows if keep(r)]
-        if s:
-            lines.append(f"| {name} | {len(s)} | {statistics.mean(s):.3f} | {statistics.median(s):.3f} | "
-                         f"{min(s):.3f} | {max(s):.3f} |")
-    # "measurably fewer": the gap between busy and empty images, with a bootstrap interval over images
-    lines += ["", "| background | 3+ objects minus 0 objects (mean token share) | 95% bootstrap interval |", "|---|---|---|"]
-    for k in ("all", "flat", "textured"):
-        empty = [r["token_share"] for r in rows if r["objects"] == 0 and k in ("all", r["background"])]
-        busy = [r["token_share"] for r in rows if r["objects"] >= 3 and k in ("all", r["background"])]
-        if empty and busy:
-            lo, hi = bootstrap_gap(empty, busy)
-            lines.append(f"| {k} | {statistics.mean(busy) - statistics.mean(empty):+.3f} | [{lo:+.3f}, {hi:+.3f}] |")
+    groups, gaps = share_tables(rows)
+
     # What the per-image budget costs or buys: val AP in dynamic mode against static top-k at the same mean share
-    def val(**routing):
+    def val(mode: str, **routing) -> dict:
         m = model.val(data=str(data), imgsz=a.imgsz, batch=16, project=str(out), name="val", exist_ok=True, plots=False,
                       verbose=False, **routing)
-        return m.box.map, m.box.map50, m.token_share
+        return {"val mode": mode, "box mAP50-95": m.box.map, "mAP50": m.box.map50, "mean token share": m.token_share}
 
-    dynamic = val(dynamic_capacity=a.bounds)
-    static = val(capacity=round(dynamic[2], 4), dynamic_capacity=False)
-    lines += ["", "| val mode | box mAP50-95 | mAP50 | mean token share |", "|---|---|---|---|"]
-    lines += [f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.3f} |"
-              for name, m in ((f"dynamic {a.bounds}", dynamic), ("static, same share", static))]  # fmt: skip
+    dynamic = val(f"dynamic {a.bounds}", dynamic_capacity=a.bounds)
+    static = val("static, same share", capacity=round(dynamic["mean token share"], 4), dynamic_capacity=False)
+    lines = [f"`{command}`", "", f"weights {weights}, dynamic bounds {a.bounds}, imgsz {a.imgsz}, {len(rows)} val images",
+             "", markdown_table(groups, floatfmt=".3f"), "",
+             markdown_table(gaps, floatfmt="+.3f") if gaps else "no gap: the val images lack empty or 3+-object ones", "",
+             markdown_table([dynamic, static], floatfmt={"box mAP50-95": ".4f", "mAP50": ".4f", "mean token share": ".3f"})]  # fmt: skip
     report = "\n".join(lines) + "\n"
     (out / "dynamic_compute.md").write_text(report)
     print(report)

@@ -14,7 +14,6 @@ Writes runs/export_bench/<name>/{bench.md, bench.csv} and prints the table.
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -23,14 +22,10 @@ import torch
 
 from mod_vision import MoDYOLO
 from mod_vision.benchmark import round_robin
+from mod_vision.nn.tasks import dense_twin_yaml
+from mod_vision.report import markdown_table, write_csv
 
 CAPACITIES = (1.0, 0.5, 0.25)
-
-
-def dense_yaml(routed: str) -> str:
-    stem, _, rest = Path(routed).name.partition(".")
-    base, scale = (stem.rsplit("-", 1) if stem.rsplit("-", 1)[-1] in "nslmx" else (stem, ""))
-    return f"{base}-dense{'-' + scale if scale else ''}.{rest}"
 
 
 def runners(model_yaml: str, capacity: float | None, imgsz: int, threads: int, out: Path) -> dict:
@@ -81,22 +76,16 @@ def main(argv: list[str]) -> Path:
     out = Path(args.get("project", "runs/export_bench")) / args.get("name", f"{Path(model_yaml).stem}-{imgsz}")
     out.mkdir(parents=True, exist_ok=True)
 
+    dense_yaml = dense_twin_yaml(model_yaml)
     rows = {}
     for cap in (None, *CAPACITIES):
-        for rt, fn in runners(model_yaml if cap else dense_yaml(model_yaml), cap, imgsz, threads, out).items():
+        for rt, fn in runners(model_yaml if cap else dense_yaml, cap, imgsz, threads, out).items():
             rows[(rt, cap)] = fn
     measured = round_robin([(None, fn) for fn in rows.values()], runs, warmup)
     times = {k: [1000 * t for t in ts] for k, ts in zip(rows, measured)}
 
     med = {k: float(np.median(v)) for k, v in times.items()}
     iqr = {k: tuple(np.percentile(v, [25, 75])) for k, v in times.items()}
-    lines = [
-        f"model {model_yaml} vs {dense_yaml(model_yaml)}, imgsz {imgsz}, batch 1, {threads} threads, {runs} rounds "
-        f"after {warmup} warm-up, median ms (IQR)",
-        "",
-        "| runtime | capacity | latency ms | speedup vs dense | retained (vs PyTorch speedup) |",
-        "|---|---|---|---|---|",
-    ]
     records = []
     for rt in ("pytorch", "onnxruntime", "openvino"):
         for cap in (None, *CAPACITIES):
@@ -105,18 +94,15 @@ def main(argv: list[str]) -> Path:
             torch_speedup = med[("pytorch", None)] / med[("pytorch", cap)]
             retained = speedup / torch_speedup if cap is not None and rt != "pytorch" else None
             lo, hi = iqr[k]
-            lines.append(
-                f"| {rt} | {'dense' if cap is None else f'{cap:g}'} | {med[k]:.1f} ({lo:.1f}-{hi:.1f}) | "
-                f"{speedup:.2f} | {'' if retained is None else f'{retained:.2f}'} |"
-            )
             records.append(dict(runtime=rt, capacity=cap or "dense", median_ms=med[k], q25_ms=lo, q75_ms=hi,
                                 speedup=speedup, retained=retained))
-    table = "\n".join(lines)
+    shown = [{"runtime": r["runtime"], "capacity": f"{r['capacity']:g}" if r["capacity"] != "dense" else "dense",
+              "latency ms": f"{r['median_ms']:.1f} ({r['q25_ms']:.1f}-{r['q75_ms']:.1f})",
+              "speedup vs dense": r["speedup"], "retained (vs PyTorch speedup)": r["retained"]} for r in records]
+    table = (f"model {model_yaml} vs {dense_yaml}, imgsz {imgsz}, batch 1, {threads} threads, {runs} rounds after "
+             f"{warmup} warm-up, median ms (IQR)\n\n" + markdown_table(shown, floatfmt=".2f"))
     (out / "bench.md").write_text(table + "\n")
-    with open(out / "bench.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(records[0]))
-        w.writeheader()
-        w.writerows(records)
+    write_csv(out / "bench.csv", records)
     print(table)
     print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.csv'}")
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from ultralytics import YOLO
 
 from mod_vision import MoDYOLO
+from mod_vision.report import markdown_table
 
 VARIANTS = [  # (name, format, quantize)
     ("ONNX fp32", "onnx", None),
@@ -26,6 +27,24 @@ VARIANTS = [  # (name, format, quantize)
     ("LiteRT fp32", "litert", None),
     ("LiteRT int8", "litert", 8),
 ]
+
+
+def quant_table(rows: list[tuple[str, tuple | str]]) -> str:
+    """The Markdown table of (variant, (mAP50(B), mAP50-95(B), mAP50-95(M) or None) or an error text), with each
+    variant's change against the first row (the fp32 PyTorch model)."""
+    ref = rows[0][1]
+    seg = ref[2] is not None
+    table = []
+    for name, m in rows:
+        if isinstance(m, str):  # a failed variant: its error in the first metric column
+            table.append({"variant": name, "mAP50(B)": m})
+            continue
+        row = {"variant": name, "mAP50(B)": m[0], "mAP50-95(B)": m[1], "Δ mAP50-95(B) vs fp32": m[1] - ref[1]}
+        if seg:
+            row.update({"mAP50-95(M)": m[2], "Δ (M)": m[2] - ref[2]})
+        table.append(row)
+    columns = ["variant", "mAP50(B)", "mAP50-95(B)", "Δ mAP50-95(B) vs fp32"] + (["mAP50-95(M)", "Δ (M)"] if seg else [])
+    return markdown_table(table, columns, floatfmt={c: "+.4f" if c.startswith("Δ") else ".4f" for c in columns})
 
 
 def main(argv: list[str]) -> str:
@@ -52,19 +71,7 @@ def main(argv: list[str]) -> str:
         except Exception as e:  # a failing variant is reported in the table, not hidden
             rows.append((name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
 
-    ref = rows[0][1]
-    seg = ref[2] is not None
-    head = "| variant | mAP50(B) | mAP50-95(B) | Δ mAP50-95(B) vs fp32 |" + (" mAP50-95(M) | Δ (M) |" if seg else "")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, m in rows:
-        if isinstance(m, str):
-            lines.append(f"| {name} | {m} |")
-            continue
-        cells = f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[1] - ref[1]:+.4f} |"
-        if seg:
-            cells += f" {m[2]:.4f} | {m[2] - ref[2]:+.4f} |"
-        lines.append(cells)
-    table = "\n".join(lines)
+    table = quant_table(rows)
     (out / "quant.md").write_text(f"model {pt}, data {data}, imgsz {imgsz}\n\n{table}\n")
     print(table)
     return table

@@ -1,4 +1,4 @@
-"""Print the README's model table: parameters and GFLOPs at 640x640 for every shipped YAML and scale.
+"""Print the model table (docs/compute.md): parameters and GFLOPs at 640x640 for every shipped YAML and scale.
 
 GFLOPs are counted by torch.utils.flop_counter on a real 640x640 forward (2 FLOPs per multiply-add, Ultralytics'
 convention), so attention and routed blocks are counted at the token counts that actually run. Ultralytics' own
@@ -16,6 +16,7 @@ import torch
 import mod_vision  # noqa: F401  (registers the layers)
 from mod_vision.flops import gflops
 from mod_vision.nn.tasks import MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, load_model_yaml
+from mod_vision.report import markdown_table
 
 
 def row(name: str, scale: str, imgsz: int) -> dict:
@@ -32,19 +33,17 @@ def row(name: str, scale: str, imgsz: int) -> dict:
     }
 
 
-def main():
+def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--yamls", nargs="+", default=sorted(p.name for p in MODEL_DIR.glob("*.yaml")))
     ap.add_argument("--scales", nargs="+", default=["n", "s", "m"])
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = [row(y, s, args.imgsz) for y in args.yamls for s in (args.scales if load_model_yaml(y).get("scales") else [None])]
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    table = markdown_table(rows, floatfmt=".2f")
+    print(table)
+    return table
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from mod_vision import MoDYOLO
-from mod_vision.nn.routing import ObjectPredictor, Router, object_tokens, routed_blocks
+from mod_vision.nn.routing import ObjectPredictor, Scorer, object_tokens, record_routing, routed_blocks
+from mod_vision.report import markdown_table
 from ultralytics.cfg import get_cfg
 from ultralytics.data import build_yolo_dataset
 from ultralytics.data.utils import check_det_dataset
@@ -42,9 +43,9 @@ def block_inputs(model, data: dict, split: str, imgsz: int, batch: int = 16):
     for start in range(0, len(ds), batch):
         b = ds.collate_fn([ds[j] for j in range(start, min(start + batch, len(ds)))])
         n = b["img"].shape[0]
-        with torch.no_grad():
+        with torch.no_grad(), record_routing() as record:
             model(b["img"].float() / 255)
-        targets.append(object_tokens(blocks[0].last_grid, b["bboxes"], b["batch_idx"], n))
+        targets.append(object_tokens(record.blocks[0].grid, b["bboxes"], b["batch_idx"], n))
         counts.append(torch.bincount(b["batch_idx"].long(), minlength=n))
     for h in hooks:
         h.remove()
@@ -83,19 +84,21 @@ def main(argv=None):
     empty, busy = counts == 0, counts >= 3
     print(f"{len(counts)} val images ({int(empty.sum())} empty, {int(busy.sum())} with 3+ objects); true object cover: "
           f"empty 0, 3+ objects {target[busy].mean():.3f}")  # fmt: skip
-    print("| routed block | predictor | ROC AUC | share > 0.5, empty | share > 0.5, 3+ objects |\n|---|---|---|---|---|")
+    rows = []
     for i, (b, x) in enumerate(zip(routed_blocks(model), tokens)):
         with torch.no_grad():
             score = b.predictor(x)
-        above = (score > 0).float().mean(1)
-        print(f"| {i} | {type(b.predictor).__name__} | {auc(score, target):.3f} | {above[empty].mean():.3f} | "
-              f"{above[busy].mean():.3f} |")  # fmt: skip
+        above = (score > 0).float().mean(1)  # logit > 0: probability above 0.5
+        rows.append({"routed block": i, "predictor": type(b.predictor).__name__, "ROC AUC": auc(score, target),
+                     "share > 0.5, empty": above[empty].mean().item(),
+                     "share > 0.5, 3+ objects": above[busy].mean().item()})
+    print(markdown_table(rows, floatfmt=".3f"))
     if a.fit_steps:
         train_tokens, train_target, _ = block_inputs(model, data, "train", a.imgsz)
         x, xt = tokens[a.block], train_tokens[a.block]
         dim = x.shape[-1]
         print(f"\nfresh predictors on block {a.block}'s frozen tokens, {a.fit_steps} Adam steps (lr 1e-3, batch 16):")
-        for name, predictor in (("token only", Router(dim, 64)), ("token + image mean", ObjectPredictor(dim, 64))):
+        for name, predictor in (("token only", Scorer(dim, 64)), ("token + image mean", ObjectPredictor(dim, 64))):
             fit(predictor, xt, train_target, a.fit_steps)
             with torch.no_grad():
                 print(f"  {name}: val ROC AUC {auc(predictor(x), target):.3f}")

@@ -24,7 +24,6 @@ Usage: python tools/quality_bench.py [--name default] [--epochs 20] [--imgsz 128
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -40,7 +39,9 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 import torch  # noqa: E402
 from ultralytics.utils import YAML  # noqa: E402
 
-CAPACITIES = (1.0, 0.5, 0.25, 0.125)
+from mod_vision.defaults import DEFAULT_CAPACITIES  # noqa: E402
+from mod_vision.report import markdown_table, write_csv  # noqa: E402
+
 SPLITS = ("textured", "flat")
 ROUTED_ARMS = ("mod-c0.5", "mod-c0.25", "mod-elastic")
 ARMS = (*ROUTED_ARMS, "dense", "yolo11n")
@@ -259,10 +260,6 @@ def rows(results: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
 def ap(results, split, arm, cap, key="box_AP"):
     r = next((r for r in results if r["split"] == split and r["arm"] == arm), None)
     return r["eval"][cap][key] * 100 if r and cap in r["eval"] else math.nan
@@ -310,10 +307,7 @@ def report(results: list[dict], run: Path, args, command: str) -> Path:
 
     table = rows(results)
     keys = list(table[0]) if table else []
-    with open(run / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, keys)
-        w.writeheader()
-        w.writerows(table)
+    write_csv(run / "results.csv", table, keys)
     md = [f"# Quality benchmark `{run.name}`", "", f"Command: `{command}`", "",
           f"Settings: {json.dumps({k: getattr(args, k) for k in (*SHARED, 'threads', 'latency_runs', 'device')})}", "",
           "Evaluator for every arm, YOLO11n included: mod_vision's validator (faster-coco-eval, COCO json of the "
@@ -321,8 +315,7 @@ def report(results: list[dict], run: Path, args, command: str) -> Path:
           f"Latency: batch 1, {args.imgsz}x{args.imgsz}, {args.threads} CPU thread(s), fused eval model, median of "
           f"{args.latency_runs} runs after {args.warmup} warm-up, round-robin over all rows; ratio vs the dense twin "
           "of the same split. GFLOPs: mod_vision.flops.gflops (routing-aware).", "",
-          "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]  # fmt: skip
-    md += ["| " + " | ".join(_fmt(v) for v in r.values()) + " |" for r in table]
+          markdown_table(table, keys, floatfmt=".3f")]  # fmt: skip
     caps = [f"{c:g}" for c in args.capacities]
     cap_rows = []
     for r in results:
@@ -330,13 +323,9 @@ def report(results: list[dict], run: Path, args, command: str) -> Path:
             if r["arm"] in ROUTED_ARMS:
                 cap_rows.append({"split": r["split"], "arm": r["arm"], "metric": kind,
                                  **{c: r["eval"][c][kind] if c in r["eval"] else math.nan for c in caps}})  # fmt: skip
-    md += ["", "## AP against capacity (routed arms)", "", "| split | arm | metric | " + " | ".join(caps) + " |",
-           "|" + "---|" * (3 + len(caps))]  # fmt: skip
-    md += ["| " + " | ".join(_fmt(v) for v in r.values()) + " |" for r in cap_rows]
-    with open(run / "capacity.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["split", "arm", "metric", *caps])
-        w.writeheader()
-        w.writerows(cap_rows)
+    md += ["", "## AP against capacity (routed arms)", "",
+           markdown_table(cap_rows, ["split", "arm", "metric", *caps], floatfmt=".3f")]
+    write_csv(run / "capacity.csv", cap_rows, ["split", "arm", "metric", *caps])
     md += ["", "## Targets and issue 3 (AP in points)", "", *checks(results, args.splits)]
     (run / "results.md").write_text("\n".join(md) + "\n")
 
@@ -390,7 +379,7 @@ def parse_args(argv=None):
     ap_.add_argument("--seed", type=int, default=0)
     ap_.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap_.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    ap_.add_argument("--capacities", type=float, nargs="+", default=list(CAPACITIES))
+    ap_.add_argument("--capacities", type=float, nargs="+", default=list(DEFAULT_CAPACITIES))
     ap_.add_argument("--elastic-range", type=float, nargs=2, default=(0.125, 1.0))
     ap_.add_argument("--threads", type=int, default=1, help="torch CPU threads for latency")
     ap_.add_argument("--latency-runs", type=int, default=30)

@@ -3,24 +3,22 @@
     python tools/stream_stall.py MODEL.pt                                             # OpenCV's default: ~30 s
     OPENCV_FFMPEG_CAPTURE_OPTIONS="rw_timeout;3000000" python tools/stream_stall.py MODEL.pt   # ~3 s
 
-Serves 3 sample-data frames over MJPEG on loopback (the test suite's server), then stalls.
+Serves 3 sample-data frames over MJPEG on loopback (`mod_vision.mjpeg.MJPEGServer`), then stalls.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.test_stream import MJPEGServer  # noqa: E402
-
-from mod_vision import MoDYOLO  # noqa: E402
-from mod_vision.data import make_sample_data  # noqa: E402
+from mod_vision import MoDYOLO
+from mod_vision.data import make_sample_data
+from mod_vision.mjpeg import MJPEGServer
 
 
 def main(model: str) -> None:
@@ -36,4 +34,6 @@ def main(model: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="a routed model's .pt (or YAML)")
+    main(p.parse_args().model)

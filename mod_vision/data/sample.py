@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -114,8 +115,14 @@ def make_sample_data(
     list the val images of each kind, for evaluating the two cases apart.
     """
     from ultralytics.data.converter import convert_coco
+    from ultralytics.utils import LOGGER
 
     root = Path(root).resolve()
+    start = time.perf_counter()
+    LOGGER.info(
+        f"Generating the mod_vision sample data in {root}: {n_train} train and {n_val} val images of shapes on flat and "
+        f"textured backgrounds, with COCO json and Ultralytics labels (seed {seed})..."
+    )
     if root.exists():
         shutil.rmtree(root)
     rng = np.random.default_rng(seed)
@@ -159,4 +166,5 @@ def make_sample_data(
         f"  train: annotations/instances_train.json\n  val: annotations/instances_val.json\n"
         f"names:\n{names}\n"
     )
+    LOGGER.info(f"Sample data written in {time.perf_counter() - start:.1f}s: {yaml_path}")
     return yaml_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ultralytics.utils import LOGGER
@@ -35,11 +36,87 @@ def coco_evaluate(anno: str | Path | dict, predictions: list[dict], iou_type: st
 
 
 def coco_json_for(data: dict, split: str) -> Path | None:
-    """The COCO annotation json a data YAML names for a split (`coco_json: {val: ...}`), resolved against its path."""
+    """The COCO annotation json a data YAML names for a split (`coco_json: {val: ...}`), resolved against its path.
+
+    None when the YAML names none for this split; a named json that is not on disk raises: silently validating without
+    the COCO metrics the YAML asks for would look like a successful run.
+    """
     spec = (data.get("coco_json") or {}).get(split)
     if not spec:
         return None
     path = Path(spec)
     if not path.is_absolute():
         path = Path(data.get("path", "")) / path
-    return path if path.is_file() else None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"coco_json {split}: {path} is named in the data YAML {data.get('yaml_file', '')} but does not exist; "
+            f"fix the path, or remove the coco_json entry to validate without COCO metrics"
+        )
+    return path
+
+
+def load_coco_json(path: Path) -> dict:
+    """The json's `categories` and `images` (what the class and image-id maps need)."""
+    with open(path, encoding="utf-8") as f:
+        gt = json.load(f)
+    if not isinstance(gt, dict) or not isinstance(gt.get("categories"), list) or not isinstance(gt.get("images"), list):
+        raise ValueError(f"{path} is not a COCO annotation json: it needs 'categories' and 'images' lists")
+    return {"categories": gt["categories"], "images": gt["images"]}
+
+
+def coco_category_ids(categories: list[dict], names: dict[int, str], source) -> list[int]:
+    """Class index -> the json's own category id, matched by name (so 0-based ids, ids with gaps and COCO's 1..90
+    all score the right class). Raises, showing both lists, unless the json's category names are the data's names."""
+    json_ids = {}
+    for c in categories:
+        if "name" not in c or "id" not in c:
+            raise ValueError(f"{source}: every category needs an 'id' and a 'name', got {c}")
+        if c["name"] in json_ids:
+            raise ValueError(f"{source}: category name '{c['name']}' appears twice (ids {json_ids[c['name']]}, {c['id']})")
+        json_ids[c["name"]] = c["id"]
+    ours = [names[i] for i in sorted(names)]
+    if sorted(json_ids) != sorted(ours):
+        theirs = {i: n for n, i in sorted(json_ids.items(), key=lambda x: x[1])}
+        raise ValueError(
+            f"the categories of {source} do not match the data YAML's names, so COCO metrics would score the wrong "
+            f"classes.\n  json categories (id: name): {theirs}\n  data YAML names (class: name): "
+            f"{dict(enumerate(ours))}\n  only in the json: {sorted(set(json_ids) - set(ours))}; only in the YAML: "
+            f"{sorted(set(ours) - set(json_ids))}"
+        )
+    return [json_ids[n] for n in ours]
+
+
+def coco_image_ids(images: list[dict], im_files: list[str], source) -> dict[str, int]:
+    """Image file -> the json's image id, matched by file name as the json records it (`images[].file_name`: a name, or
+    a relative path that ends the image's path; a unique base name also matches). Images the json lacks are left out
+    with a warning; none matching raises."""
+    by_name = {}
+    for im in images:
+        name = str(im.get("file_name", "")).replace("\\", "/")
+        by_name.setdefault(Path(name).name, []).append((name, im["id"]))
+    out, ambiguous = {}, []
+    for f in im_files:
+        posix = Path(f).as_posix()
+        hits = [i for name, i in by_name.get(Path(f).name, []) if posix == name or posix.endswith("/" + name.lstrip("/"))]
+        hits = hits or [i for _, i in by_name.get(Path(f).name, [])]  # a unique base name suffices
+        if len(hits) == 1:
+            out[f] = hits[0]
+        elif hits:
+            ambiguous.append(f)
+    if ambiguous:
+        raise ValueError(f"{source}: several json images share the file name of {ambiguous[0]} (and {len(ambiguous) - 1} more)")
+    if not out:
+        example = Path(im_files[0]).name if im_files else "-"
+        recorded = [im.get("file_name") for im in images[:3]]
+        raise ValueError(
+            f"none of the {len(im_files)} val images is in {source}: images are matched by file name (e.g. "
+            f"'{example}'), and the json records file names such as {recorded}. Point coco_json at this split's "
+            f"annotations, or remove the coco_json entry to validate without COCO metrics"
+        )
+    if len(out) < len(im_files):
+        missing = [Path(f).name for f in im_files if f not in out]
+        LOGGER.warning(
+            f"{len(missing)} of {len(im_files)} val images are not in {source} (e.g. {missing[:3]}): COCO metrics leave "
+            f"them out"
+        )
+    return out

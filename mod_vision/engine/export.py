@@ -26,7 +26,7 @@ from ultralytics.engine.exporter import Exporter
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 
 from ..cfg import apply_capacity, apply_routing, split_extra_args, with_extra_defaults
-from ..nn.routing import routed_blocks, set_dynamic, tokens_for
+from ..nn.routing import record_routing, routed_blocks, set_dynamic, tokens_for
 from ..nn.vit import MoDViTStage
 
 # Formats whose conversion of the routing ops is checked (tests/test_export.py); ncnn converts but its runtime has no
@@ -100,14 +100,21 @@ def _graph_ops(path: Path, fmt: str) -> list[str]:
     raise ValueError(f"no graph reader for format='{fmt}'")
 
 
+def token_stride(input_shape, grid) -> int:
+    """Input pixels per token side of a token grid: a power of two (Ultralytics' strides)."""
+    return 2 ** round(math.log2(max(input_shape[0] / grid[0], input_shape[1] / grid[1])))
+
+
 def exported_routing(model) -> dict | None:
-    """{'capacity': [...], 'token_stride': int} from an exported model's metadata (an AutoBackend), or None."""
+    """{'capacity': [...], 'token_strides': [...]} (one per routed block) from an exported model's metadata (an
+    AutoBackend), or None."""
     meta = getattr(model, "metadata", None) or {}
     if "capacity" not in meta:
         return None
-    capacity, stride = meta["capacity"], meta.get("token_stride", 16)
+    capacity, strides = meta["capacity"], meta.get("token_strides")
     capacity = ast.literal_eval(capacity) if isinstance(capacity, str) else capacity  # ONNX/CoreML keep strings
-    return {"capacity": [float(c) for c in capacity], "token_stride": int(stride)}
+    strides = ast.literal_eval(strides) if isinstance(strides, str) else strides
+    return {"capacity": [float(c) for c in capacity], "token_strides": [int(s) for s in strides]}
 
 
 def check_exported_args(routing: dict, args) -> None:
@@ -139,10 +146,11 @@ def apply_or_check_routing(model, args) -> dict | None:
 def exported_token_share(routing: dict, shape: tuple[int, int]) -> float:
     """Share of routed-block tokens an exported model processes for an input of `shape` (h, w): exact, since static
     top-k processes k = ceil(capacity * N) tokens of every image."""
-    s = routing["token_stride"]
-    n = math.ceil(shape[0] / s) * math.ceil(shape[1] / s)
-    caps = routing["capacity"]
-    return sum(tokens_for(c, n) for c in caps) / (len(caps) * n) if caps else 1.0
+    caps, strides = routing["capacity"], routing["token_strides"]
+    if not caps:
+        return 1.0
+    ns = [math.ceil(shape[0] / s) * math.ceil(shape[1] / s) for s in strides]
+    return sum(tokens_for(c, n) for c, n in zip(caps, ns)) / sum(ns)
 
 
 class MoDExporter(Exporter):
@@ -178,15 +186,14 @@ class MoDExporter(Exporter):
             for m in self.model.modules()
             if isinstance(m, MoDViTStage)
         ]
-        with torch.no_grad():
+        with torch.no_grad(), record_routing() as record:
             self.model(self.im)
         for h in hooks:
             h.remove()
         blocks = routed_blocks(self.model)
         if blocks:
-            n = blocks[0].last_tokens
             self.metadata["capacity"] = [b.capacity for b in blocks]
-            self.metadata["token_stride"] = round(math.sqrt(self.im.shape[2] * self.im.shape[3] / n))
+            self.metadata["token_strides"] = [token_stride(self.im.shape[2:], e.grid) for e in record.blocks]
         if not self.args.dynamic:
             for stage, (h, w) in grids.items():
                 stage.pos_embed = torch.nn.Parameter(stage.position_embedding(h, w).detach(), requires_grad=False)

@@ -11,7 +11,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 
 from ..cfg import split_extra_args, with_extra_defaults
 from ..heatmap import depth_image, routing_maps, save_image_heatmaps
-from ..nn.routing import token_share
+from ..nn.routing import record_routing, routed_blocks
 from .export import apply_or_check_routing, exported_token_share
 from .results import STATIC, RoutedResults, capacities_that_ran, routing_mode
 
@@ -39,6 +39,13 @@ class RoutedPredictorMixin:
         self.exported = apply_or_check_routing(self.model, self.args)
         self._heatmap_stems, self._warned_no_routing = {}, False
 
+    def inference(self, im, *args, **kwargs):
+        if self.exported or not routed_blocks(self.model):
+            self.routing_record = None
+            return super().inference(im, *args, **kwargs)
+        with record_routing() as self.routing_record:
+            return super().inference(im, *args, **kwargs)
+
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)
         n = len(results)
@@ -47,10 +54,12 @@ class RoutedPredictorMixin:
             shares = [exported_token_share(self.exported, img.shape[-2:])] * n
             routings = [None] * n
         else:
-            share, mode = token_share(self.model), routing_mode(self.model)
+            record = getattr(self, "routing_record", None)
+            entries = record.blocks if record is not None else []
+            share, mode = record and record.token_share(), routing_mode(self.model)
             shares = [None] * n if share is None else share.tolist()
-            capacities = capacities_that_ran(self.model, n)
-            routings = routing_maps(self.model, img.shape[2:], [r.orig_shape for r in results]) or [None] * n
+            capacities = capacities_that_ran(self.model, entries, n)
+            routings = routing_maps(record, img.shape[2:], [r.orig_shape for r in results]) or [None] * n
         return [
             RoutedResults.of(r, token_share=s, capacity=c, capacity_mode=mode, routing=m)
             for r, s, c, m in zip(results, shares, capacities, routings)

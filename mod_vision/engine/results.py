@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from ultralytics.engine.results import Results
 
-from ..nn.routing import routed_blocks, routing_masks
+import torch
+
+from ..nn.routing import routed_blocks
 
 STATIC, DYNAMIC = "static", "dynamic"
 
@@ -50,12 +52,10 @@ def routing_mode(model) -> str | None:
     return DYNAMIC if any(b.dynamic is not None for b in blocks) else STATIC
 
 
-def capacities_that_ran(model, n: int) -> list[list[float]]:
-    """For each of the n images of the latest forward, the capacity each routed block ran at: the set capacity in
-    static mode, the image's measured share of that block's tokens in dynamic mode; empty lists for a dense model."""
-    mode = routing_mode(model)
-    if mode == DYNAMIC:
-        masks = routing_masks(model)
-        if masks is not None:
-            return masks.float().mean(2).tolist()
+def capacities_that_ran(model, entries: list, n: int) -> list[list[float]]:
+    """For each of the n images of one forward, the capacity each routed block ran at: the set capacity in static mode,
+    the image's measured share of that block's tokens in dynamic mode (from the forward's routing record `entries`);
+    empty lists for a dense model."""
+    if entries and routing_mode(model) == DYNAMIC:
+        return torch.stack([e.processed().double() / e.tokens for e in entries], 1).tolist()
     return [[b.capacity for b in routed_blocks(model)] for _ in range(n)]

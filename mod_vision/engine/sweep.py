@@ -9,12 +9,14 @@ from types import SimpleNamespace
 from ultralytics.cfg import get_save_dir
 from ultralytics.utils import LOGGER
 
-from ..flops import CAPACITIES, gflops
+from ..defaults import DEFAULT_CAPACITIES
+from ..flops import gflops
+from ..nn.routing import check_capacity, routed_blocks, set_dynamic
 
 COLUMNS = ("capacity", "gflops", "token_share", "coco_AP(B)", "coco_AP50(B)", "coco_AP(M)", "coco_AP50(M)", "mAP50-95(B)")
 
 
-def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict], Path]:
+def capacity_sweep(model, capacities=DEFAULT_CAPACITIES, **val_args) -> tuple[list[dict], Path]:
     """Validate `model` (a MoDYOLO) at each capacity; write capacity_sweep.{csv,md,png} into one run folder.
 
     An entry is one capacity for every routed block, or a per-block schedule (a list, one value per routed block:
@@ -22,10 +24,8 @@ def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict]
     on a model in dynamic mode. Returns (rows, save_dir). The model's own routing (capacities and mode) is restored
     afterwards: a sweep measures, it does not set.
     """
-    from ..nn.routing import routed_blocks, set_dynamic
-
     net = model.model
-    own = net.capacities()
+    own = [b.capacity for b in routed_blocks(net)]  # a stock Ultralytics model has no capacities()
     if not own:
         raise ValueError("capacity sweep needs a routed model; this one has no routed blocks")
     own_dynamic = routed_blocks(net)[0].dynamic
@@ -59,24 +59,29 @@ def capacity_sweep(model, capacities=CAPACITIES, **val_args) -> tuple[list[dict]
 
 
 def check_sweep_capacities(capacities, n_blocks: int) -> list:
-    """Every entry checked before the first validation: a capacity in (0, 1], or a list of one per routed block."""
-    from ..cfg import check_capacity_arg
-
+    """The sweep's entries, each a capacity in (0, 1] or a list of one per routed block; raises naming `capacities`
+    before anything is validated, so a bad entry cannot fail after hours of validation at the good ones."""
+    usage = "a non-empty list of capacities in (0, 1], e.g. capacities=[1.0,0.5,0.25], or of per-block lists"
     if isinstance(capacities, (int, float)) and not isinstance(capacities, bool):
         capacities = [capacities]
     if not isinstance(capacities, (list, tuple)) or not capacities:
-        raise ValueError(
-            f"capacities must be a non-empty list of capacities in (0, 1] (or of per-block lists), got {capacities!r}"
-        )
+        raise ValueError(f"capacities must be {usage}; got {capacities!r}")
     for c in capacities:
-        check_capacity_arg(c, key="capacities entry")
-        if isinstance(c, (list, tuple)) and len(c) != n_blocks:
-            raise ValueError(f"capacities entry {list(c)}: {len(c)} capacities given for {n_blocks} routed blocks")
+        try:
+            if isinstance(c, (list, tuple)):
+                if len(c) != n_blocks:
+                    raise ValueError(f"{len(c)} capacities given for {n_blocks} routed blocks")
+                for x in c:
+                    check_capacity(x)
+            else:
+                check_capacity(c)
+        except ValueError as e:
+            raise ValueError(f"capacities={list(capacities)!r}: entry {c!r} is invalid ({e}); capacities must be {usage}") from None
     return list(capacities)
 
 
 def markdown(rows: list[dict]) -> str:
-    from ..benchmark import markdown_table
+    from ..report import markdown_table
 
     return markdown_table(rows, [c for c in COLUMNS if any(r.get(c) is not None for r in rows)], missing="-")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from copy import copy
 from pathlib import Path
@@ -11,14 +12,17 @@ import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.cfg import get_save_dir
+from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils.plotting import plot_results
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..cfg import capacity_range, split_extra_args, with_extra_defaults
 from ..data import with_missing_help
 from ..nn.pretrained import load_timm_backbone
-from ..nn.routing import routed_blocks, set_capacity
+from ..nn.routing import record_routing, routed_blocks, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
+from .runlock import RunLock
 from .val import MoDDetectionValidator, MoDSegmentationValidator
 
 
@@ -89,10 +93,17 @@ class MoDDetectionTrainer(DetectionTrainer):
     # with heatmap_period=N, every N epochs (EMA weights). Registered as callbacks so the training loop stays upstream's.
     HEATMAP_IMAGES = 4
 
+    run_lock = None
+
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
-        # mod_vision's keys are checked before Ultralytics' __init__ loads the data, and known to this trainer only
+        # mod_vision's keys are checked before Ultralytics' __init__ locks the run folder and loads the data, and are
+        # known to this trainer only
         split_extra_args(overrides)
-        super().__init__(with_extra_defaults(cfg), overrides, _callbacks)
+        try:
+            super().__init__(with_extra_defaults(cfg), overrides, _callbacks)
+        except BaseException:  # a run that never starts must not keep its folder locked
+            self.release_run_lock()
+            raise
         for event, fn in (
             ("on_train_batch_start", training_capacity_callback),
             ("on_fit_epoch_end", routing_plot_epoch),
@@ -100,6 +111,48 @@ class MoDDetectionTrainer(DetectionTrainer):
         ):
             if fn not in self.callbacks[event]:
                 self.add_callback(event, fn)
+
+    def check_resume(self, overrides):
+        # The first thing BaseTrainer.__init__ does before it creates the run folder and writes args.yaml into it: the
+        # place to lock the folder, so a second run into the same project/name stops before it touches anything.
+        super().check_resume(overrides)
+        if LOCAL_RANK == -1:  # the launching process; DDP workers train under its lock
+            self.args.save_dir = str(get_save_dir(self.args))  # what BaseTrainer would pick; it keeps args.save_dir
+            self.run_lock = RunLock(self.args.save_dir).acquire()
+
+    def train(self):
+        try:
+            return super().train()
+        finally:
+            self.release_run_lock()
+
+    def release_run_lock(self) -> None:
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def plot_metrics(self):
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            header, *rows = self.csv.read_text(encoding="utf-8").splitlines()
+            header = ",".join(PLOTTED_AS.get(c.strip(), c) for c in header.split(","))
+            (Path(tmp) / "results.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+            plot_results(file=Path(tmp) / "results.csv")
+            if (Path(tmp) / "results.png").exists():
+                shutil.move(Path(tmp) / "results.png", self.save_dir / "results.png")
+                self.on_plot(self.save_dir / "results.png")
+
+    def _close_dataloader_mosaic(self):
+        if self.epoch == 0 and self.args.close_mosaic >= self.epochs:  # mosaic never used: no "closing" before epoch 1
+            LOGGER.info(f"close_mosaic={self.args.close_mosaic} covers all {self.epochs} epochs: training without mosaic")
+            quiet = DropLogLine("Closing dataloader mosaic")
+            LOGGER.addFilter(quiet)
+            try:
+                return super()._close_dataloader_mosaic()
+            finally:
+                LOGGER.removeFilter(quiet)
+        return super()._close_dataloader_mosaic()
 
     def plot_routing(self, model, fname: str) -> Path | None:
         """Save a figure of the first val images: depth map and each routed block's tokens. None for a dense model."""
@@ -110,10 +163,10 @@ class MoDDetectionTrainer(DetectionTrainer):
         batch = ds.collate_fn([ds[i] for i in range(n)])
         p = next(model.parameters())
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), record_routing() as record:
             model(batch["img"].to(p.device, p.dtype) / 255)
         shape = tuple(batch["img"].shape[2:])
-        routings = routing_maps(model, shape, [shape] * n)
+        routings = routing_maps(record, shape, [shape] * n)
         if routings is None:
             return None
         images = batch["img"].permute(0, 2, 3, 1).numpy()[..., ::-1]  # the loader's RGB -> BGR, as OpenCV draws
@@ -126,6 +179,24 @@ class MoDDetectionTrainer(DetectionTrainer):
 def training_capacity_callback(trainer) -> None:
     if hasattr(trainer, "set_training_capacity"):
         trainer.set_training_capacity()
+
+
+# Ultralytics' plot_results draws the results.csv columns whose names hold "loss" or "metric"; these say so in the copy
+# it plots, so results.png shows routing too (results.csv keeps its names).
+PLOTTED_AS = {
+    "routing/token_share": "routing/token_share (metric)",
+    "train/router_aux": "train/router_aux (loss)",
+    "val/router_aux": "val/router_aux (loss)",
+}
+
+
+class DropLogLine(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return record.getMessage() != self.text
 
 
 def routing_plot_epoch(trainer) -> None:
@@ -163,7 +234,8 @@ def routing_param_groups(optimizer, model, **lr_mults: float | None):
             raise ValueError(f"{name}_lr_mult must be a number >= 0, got {lr_mult!r}")
         if lr_mult == 1:
             continue
-        mine = {id(p) for b in blocks for p in getattr(b, name).parameters()}
+        module = {"router": "scorer", "predictor": "predictor"}[name]  # the router's own parts
+        mine = {id(p) for b in blocks for p in getattr(b, module).parameters()}
         if not mine:
             continue
         for g in list(optimizer.param_groups):

@@ -10,10 +10,11 @@ from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
 from ..cfg import EXTRA_ARGS, split_extra_args
-from ..nn.routing import token_share
-from .coco_eval import COCO_METRICS, coco_evaluate, coco_json_for
+from ..nn.routing import record_routing, set_policy, token_share
+from .routing_metrics import RoutingQuality
+from .coco_eval import COCO_METRICS, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
 from .export import apply_or_check_routing, exported_token_share
-from .results import STATIC, capacities_that_ran, routing_mode
+from .results import DYNAMIC, STATIC, capacities_that_ran, routing_mode
 
 
 class RoutedValidatorMixin:
@@ -31,7 +32,8 @@ class RoutedValidatorMixin:
     """
 
     iou_types = {"bbox": "B"}
-    anno_json, _is_custom_json = None, False
+    routing_record = anno_json = None
+    _is_custom_json = False
 
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None):
         # Ultralytics' validator checks its args against its own defaults: mod_vision's keys are taken out, checked
@@ -51,26 +53,50 @@ class RoutedValidatorMixin:
     def is_custom_json(self, value: bool) -> None:
         self._is_custom_json = value
 
+    def __call__(self, trainer=None, model=None):
+        try:
+            with record_routing() as self.routing_record:
+                return super().__call__(trainer, model)
+        finally:  # routing="random" is this validation's control, not a lasting change to the model
+            if getattr(self, "policy_model", None) is not None:
+                set_policy(self.policy_model, "topk")
+                self.policy_model = None
+
+    def preprocess(self, batch):
+        if self.routing_record is not None:
+            self.routing_record.take()  # what ran before this batch's forward (warm-up) is not this batch's
+        return super().preprocess(batch)
+
     def init_metrics(self, model: torch.nn.Module) -> None:
         self.anno_json = coco_json_for(self.data, self.args.split or "val")
         if self.anno_json:
             self.args.save_json = True
         super().init_metrics(model)
         self.exported = apply_or_check_routing(model, self.args)  # routing of an exported file, else None
-        self.routing_model = model
-        self.token_shares, self.block_shares = [], []
-        self.metrics.coco, self.metrics.token_share = {}, None
+        self.token_shares, self.block_shares, self.routing_model = [], [], model
         self.metrics.capacity_mode = STATIC if self.exported else routing_mode(model)
-        self.metrics.capacity = self.exported["capacity"] if self.exported else capacities_that_ran(model, 1)[0]
+        self.metrics.capacity = self.exported["capacity"] if self.exported else capacities_that_ran(model, [], 1)[0]
+        self.metrics.coco, self.metrics.token_share, self.metrics.routing = {}, None, {}
+        self.routing_quality = RoutingQuality()
+        self.backgrounds = {}  # image file name -> background kind, where the COCO json records one (sample data)
+        if not self.exported:
+            self.policy_model = model
+            set_policy(model, getattr(self.args, "routing", None) or "topk")
+        if self.anno_json:
+            self.map_to_coco_json()
 
     def update_metrics(self, preds, batch) -> None:
         if self.exported:
             n = len(batch["im_file"])
             share = torch.full((n,), exported_token_share(self.exported, batch["img"].shape[-2:]), dtype=torch.float64)
         else:
-            share = token_share(self.routing_model)
-            if share is not None:
-                self.block_shares += capacities_that_ran(self.routing_model, len(share))
+            entries = self.routing_record.take() if self.routing_record is not None else []
+            share = token_share(entries)
+            if entries and self.metrics.capacity_mode == DYNAMIC:
+                self.block_shares += capacities_that_ran(self.routing_model, entries, len(batch["im_file"]))
+            if entries:
+                kinds = [self.backgrounds.get(Path(f).name, "all") for f in batch["im_file"]]
+                self.routing_quality.update(entries, batch, kinds)
         if share is not None:
             self.token_shares.append(share)
         super().update_metrics(preds, batch)
@@ -78,19 +104,61 @@ class RoutedValidatorMixin:
     def get_stats(self) -> dict:
         stats = super().get_stats()
         self.metrics.token_share = float(torch.cat(self.token_shares).mean()) if self.token_shares else None
-        if self.block_shares and self.metrics.capacity_mode == "dynamic":
+        if self.block_shares:  # dynamic mode: the mean measured share per block
             self.metrics.capacity = torch.tensor(self.block_shares, dtype=torch.float64).mean(0).tolist()
         if self.metrics.token_share is not None:
             stats["routing/token_share"] = self.metrics.token_share
+        self.metrics.routing = self.routing_quality.summary()
+        for j, block in enumerate(self.metrics.routing.get("all", [])):
+            for k, v in block.items():  # results.csv columns; an undefined value is left out, never NaN
+                if v is not None:
+                    stats[f"routing/{k}_b{j}"] = v
         return stats
+
+    def print_results(self) -> None:
+        super().print_results()
+        if self.metrics.token_share is not None:  # routing at a glance, each epoch in training too
+            LOGGER.info(f"{'routed token share':>22s} {self.metrics.token_share:10.3f}")
+        for kind, blocks in self.metrics.routing.items():
+            text = "  ".join(
+                f"b{j} lift {fmt(b['object_lift'])} recall {fmt(b['object_recall'])} pad {fmt(b['padding_share'])}"
+                for j, b in enumerate(blocks)
+            )
+            LOGGER.info(f"{'routing (' + kind + ')':>22s} {text}")
+
+    def map_to_coco_json(self) -> None:
+        """Class index -> the json's category id (Ultralytics' `class_map`, which `pred_to_json` writes) and val image
+        -> the json's image id, both checked before any inference: a mismatch fails now, not as silently wrong AP."""
+        key = (self.anno_json, self.anno_json.stat().st_mtime_ns)
+        if getattr(self, "_coco_key", None) != key:  # the trainer's validator runs every epoch: read the json once
+            self._coco_gt, self._coco_key = load_coco_json(self.anno_json), key
+        if len(self.names) != len(self.data["names"]):  # predicted classes would index past the json's categories
+            raise ValueError(
+                f"the model predicts {len(self.names)} classes but the data YAML {self.data.get('yaml_file', '')} names "
+                f"{len(self.data['names'])}: COCO metrics against {self.anno_json} need the model trained on these classes"
+            )
+        self.class_map = coco_category_ids(self._coco_gt["categories"], self.data["names"], self.anno_json)
+        self.coco_image_ids = coco_image_ids(self._coco_gt["images"], self.dataloader.dataset.im_files, self.anno_json)
+        self.backgrounds = {Path(str(im.get("file_name", ""))).name: im["background"] for im in self._coco_gt["images"]
+                            if im.get("background")}  # fmt: skip
+
+    def pred_to_json(self, predn, pbatch) -> None:
+        start = len(self.jdict)
+        super().pred_to_json(predn, pbatch)
+        if self.anno_json:
+            image_id = self.coco_image_ids.get(pbatch["im_file"])
+            if image_id is None:  # not in the json (warned at init_metrics): nothing to score it against
+                del self.jdict[start:]
+            for p in self.jdict[start:]:
+                p["image_id"] = image_id
 
     def eval_json(self, stats: dict) -> dict:
         if not self.anno_json:
             return super().eval_json(stats)
-        ids = [int(Path(f).stem) for f in self.dataloader.dataset.im_files if Path(f).stem.isnumeric()]
+        ids = sorted(set(self.coco_image_ids.values()))
         for iou_type, suffix in self.iou_types.items():
-            try:
-                coco = coco_evaluate(self.anno_json, self.jdict, iou_type, img_ids=ids)
+            try:  # the full COCO table once, at the final validation; each epoch's line below is enough in training
+                coco = coco_evaluate(self.anno_json, self.jdict, iou_type, img_ids=ids, verbose=not self.training)
             except Exception as e:  # a metric failure must not lose the Ultralytics metrics already computed
                 LOGGER.warning(f"COCO {iou_type} evaluation against {self.anno_json} failed: {e}")
                 continue
@@ -99,6 +167,10 @@ class RoutedValidatorMixin:
             self.metrics.coco.update(coco)  # Model.val() returns self.metrics, not the stats dict
             LOGGER.info(f"COCO {iou_type} ({self.anno_json.name}): " + "  ".join(f"{k} {v:.4f}" for k, v in coco.items()))
         return stats
+
+
+def fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 class MoDDetectionValidator(RoutedValidatorMixin, DetectionValidator):

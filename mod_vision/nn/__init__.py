@@ -1,19 +1,25 @@
+from .blocks import ABlockPair, MoDA2C2f, TokenABlock
 from .routing import (
-    Router,
     RoutedBlock,
+    RoutingRecord,
+    Scorer,
+    TokenRouter,
     check_capacity,
+    record_routing,
+    route_tokens,
     routed_blocks,
     router_aux_loss,
-    routing_masks,
+    set_capacity,
     set_dynamic,
-    token_share,
+    set_policy,
     tokens_for,
 )
 from .tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml, mod_parser, parse_model
 from .vit import MoDViTStage, PatchEmbed
 
 __all__ = [
-    "MoDDetectionModel", "MoDSegmentationModel", "MoDViTStage", "PatchEmbed", "RoutedBlock", "Router",
-    "check_capacity", "load_model_yaml", "mod_parser", "parse_model", "routed_blocks", "router_aux_loss", "routing_masks", "set_dynamic",
-    "token_share", "tokens_for",
+    "ABlockPair", "MoDA2C2f", "MoDDetectionModel", "MoDSegmentationModel", "MoDViTStage", "PatchEmbed", "RoutedBlock",
+    "RoutingRecord", "Scorer", "TokenABlock", "TokenRouter", "check_capacity", "load_model_yaml", "parse_model",
+    "mod_parser", "record_routing", "route_tokens", "routed_blocks", "router_aux_loss", "set_capacity", "set_dynamic",
+    "set_policy", "tokens_for",
 ]

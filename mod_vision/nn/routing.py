@@ -1,17 +1,30 @@
-"""Mixture-of-Depths token routing: the one place where top-k, gather, block and scatter happen.
+"""Mixture-of-Depths token routing, in one place: the mechanism, the router that decides, and the record of a forward.
 
-A routed block scores every token, runs its transformer block on the k = ceil(capacity * N) best-scoring tokens of each
-image, and scatters the gated update back. Unselected tokens pass on the residual path unchanged, so the feature map
-stays complete for dense heads (SViT's finding) and a token skipped here can be picked again by a later block.
+- `route_tokens` is the mechanism, a pure function: gather the chosen tokens of each image, run any block on them, add
+  the (gated) update back; unchosen tokens pass on the residual path unchanged, so the feature map stays complete for
+  dense heads (SViT's finding) and a token skipped here can be picked again later.
+- `TokenRouter` is the policy: it owns a scorer (which tokens matter), a selection policy (how many and which: static
+  top-k, dynamic threshold, or the random-ranking control) and the gate. A routed block is a block plus a router:
+  `RoutedBlock` (timm's ViT block) and `RoutedABlock` (YOLO12's area-attention block, in nn/blocks.py) are short.
+- `RoutingRecord` is what a forward routed, opt-in (`with record_routing() as rec:`): processed indices, token grids,
+  optionally scores and predictor logits. Nothing is recorded, and no mask is built, when nobody asks; nothing about a
+  forward is kept on the modules, so nothing of it reaches a checkpoint.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+
+GATES = ("sigmoid", "unit", "none")
+POLICIES = ("topk", "random")
 
 
 def check_capacity(capacity: float) -> float:
@@ -24,9 +37,8 @@ def check_capacity(capacity: float) -> float:
 def tokens_for(capacity: float, n: int | torch.Tensor) -> int | torch.Tensor:
     """Return k = ceil(capacity * n), at least one token, at most n.
 
-    `n` is a tensor while torch.jit / torch.onnx trace a model for export: k is then computed in the graph, in integer
-    arithmetic on capacity in millionths, so an export with dynamic shapes keeps k = ceil(capacity * N) at every input
-    size (the same k as eager mode for any capacity given to 6 decimals) instead of the traced size's k.
+    `n` is a tensor while torch.jit / torch.onnx trace a model for export with dynamic shapes: k is then computed in the
+    graph, in integer arithmetic on capacity in millionths, so it equals eager mode's k at every input size.
     """
     if isinstance(n, torch.Tensor):
         millionths = round(capacity * 1_000_000)
@@ -35,17 +47,203 @@ def tokens_for(capacity: float, n: int | torch.Tensor) -> int | torch.Tensor:
     return max(1, min(n, math.ceil(round(capacity * n, 6))))
 
 
-class Router(nn.Module):
+# ----------------------------------------------------------------------------------------------------------------------
+# The mechanism
+
+
+def route_tokens(
+    x: torch.Tensor,
+    index: torch.Tensor,
+    block: Callable[[torch.Tensor], torch.Tensor],
+    gate: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    inputs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run `block` on the tokens `index` of each image and scatter its gated update back; the rest pass unchanged.
+
+    Args:
+        x: (B, N, C) tokens, the residual stream.
+        index: (B, K) token indices per image (any order; raster order reads memory forward).
+        block: maps (B, K, C) tokens to their new values (a pre-norm transformer block with its own residuals).
+        gate: (B, K) multiplier of each chosen token's update, or None for 1.
+        valid: (B, K) bool, which chosen tokens are real (dynamic mode pads images to the batch's largest k); padded
+            ones are hidden from attention as keys (the block must accept `attn_mask`) and keep their value.
+        inputs: (B, N, C) what the block reads instead of x (x plus a position term, say); the update is still added to x.
+
+    Whole rows of the flattened (B*N, C) tokens are gathered and scattered (ONNX Gather/ScatterND): every export runtime
+    has them, and they move B*K rows rather than a B*K*C index.
+    """
+    b, n, c = x.shape
+    rows = (index + torch.arange(b, device=x.device).unsqueeze(1) * n).flatten()
+    flat = x.reshape(-1, c)
+    selected = flat.index_select(0, rows).view(b, -1, c)
+    read = selected if inputs is None else inputs.reshape(-1, c).index_select(0, rows).view(b, -1, c)
+    out = block(read) if valid is None else block(read, attn_mask=valid[:, None, None, :])
+    if gate is None and inputs is None:
+        new = out  # not selected + (out - selected): exact, so capacity 1 without a gate is the plain block bit for bit
+    else:
+        update = out - read
+        new = selected + (update if gate is None else gate.unsqueeze(-1) * update)
+    if valid is not None:
+        new = torch.where(valid.unsqueeze(-1), new, selected)
+    result = flat.clone()
+    result[rows] = new.reshape(-1, c)  # in place on a copy: OpenVINO converts index_put_, not index_put
+    return result.view(b, n, c)
+
+
+def topk_raster(scores: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """(B, k) indices of the k best scores per image, in raster order.
+
+    Raster order through a second top-k of the negated positions (exact below 2**24 tokens) rather than a sort: every
+    export runtime has a float TopK, while LiteRT's interpreter has no Sort. sorted=True: CoreML's iOS16 opset has no
+    unsorted top-k. At capacity 1 this is the identity permutation, so a routed block equals its dense block.
+    """
+    top = scores.topk(k, dim=1).indices
+    return top.gather(1, (-top.float()).topk(k, dim=1).indices)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The record of a forward
+
+
+@dataclass
+class BlockRouting:
+    """What one routed block did in one forward."""
+
+    index: torch.Tensor  # (B, K) processed token indices, raster order
+    valid: torch.Tensor | None  # (B, K) bool, which of them were real (dynamic mode, padded batches), or None: all
+    tokens: int  # N
+    grid: tuple[int, int] | None  # (h, w) token grid, when the block's caller knows it
+    scores: torch.Tensor | None = None  # (B, N) router scores, when asked for
+    predicted: torch.Tensor | None = None  # (B, N) object-predictor logits (with grad in training), when asked for
+
+    def mask(self) -> torch.Tensor:
+        """(B, N) bool: the tokens this block processed."""
+        m = torch.zeros(self.index.shape[0], self.tokens, dtype=torch.bool, device=self.index.device)
+        src = torch.ones_like(self.index, dtype=torch.bool) if self.valid is None else self.valid
+        return m.scatter(1, self.index, src)
+
+    def processed(self) -> torch.Tensor:
+        """(B,) tokens processed per image."""
+        return self.index.new_full((self.index.shape[0],), self.index.shape[1]) if self.valid is None else self.valid.sum(1)
+
+
+class RoutingRecord:
+    """The routing of the forwards run inside `record_routing()`, one `BlockRouting` per routed block call, in order.
+
+    Readers call `take()` between forwards when one record spans several (a validation loop).
+    """
+
+    def __init__(self, scores: bool = False, predictions: bool = False):
+        self.keep_scores, self.keep_predictions = scores, predictions
+        self.blocks: list[BlockRouting] = []
+
+    def add(self, entry: BlockRouting) -> None:
+        self.blocks.append(entry)
+
+    def take(self) -> list[BlockRouting]:
+        """Return the entries recorded so far and start afresh."""
+        out, self.blocks = self.blocks, []
+        return out
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def grids(self) -> list[tuple[int, int] | None]:
+        return [e.grid for e in self.blocks]
+
+    def masks(self) -> list[torch.Tensor]:
+        """Per routed block, (B, N_block) bool: the tokens it processed."""
+        return [e.mask() for e in self.blocks]
+
+    def token_share(self) -> torch.Tensor | None:
+        return token_share(self.blocks)
+
+
+def token_share(entries: list[BlockRouting]) -> torch.Tensor | None:
+    """(B,) share of routed-block tokens processed per image in one forward: sum of k over blocks / sum of N; None when
+    nothing was routed."""
+    if not entries:
+        return None
+    done = sum(e.processed().double() for e in entries)
+    return (done / sum(e.tokens for e in entries)).cpu()
+
+
+_ACTIVE: ContextVar[RoutingRecord | None] = ContextVar("mod_vision_routing_record", default=None)
+
+
+@contextmanager
+def record_routing(model: nn.Module | None = None, scores: bool = False, predictions: bool = False) -> Iterator[RoutingRecord]:
+    """Record what the routed blocks of forwards run inside the block do.
+
+    An exported model (Ultralytics' AutoBackend over ONNX, OpenVINO, ...) cannot report its routing: its graph returns
+    only the detections. Asking for a record of one raises rather than returning an empty record.
+    """
+    if model is not None and not isinstance(native_model(model), nn.Module):
+        raise ValueError(
+            "exported models do not return their routing (the graph outputs only detections); use the PyTorch "
+            "checkpoint for routing records and heatmaps. The exported file's capacities are in its metadata."
+        )
+    record = RoutingRecord(scores=scores, predictions=predictions)
+    token = _ACTIVE.set(record)
+    try:
+        yield record
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_record() -> RoutingRecord | None:
+    return _ACTIVE.get()
+
+
+_INPUT: ContextVar[dict | None] = ContextVar("mod_vision_routing_input", default=None)
+
+
+@contextmanager
+def routing_input(image: torch.Tensor) -> Iterator[None]:
+    """Let the routers of forwards run inside the block see the network input (B, 3, H, W), to skip constant cells."""
+    token = _INPUT.set({"image": image, "cells": {}})
+    try:
+        yield
+    finally:
+        _INPUT.reset(token)
+
+
+def constant_cells(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w) bool: the token cells of a (h, w) grid over `image` whose pixels are all one colour (letterbox padding,
+    the padding a patch embedding adds, or a flat patch of exactly one value). Max- and min-pooling: every export
+    runtime has them."""
+    stride = 2 ** round(math.log2(max(image.shape[-2] / grid[0], image.shape[-1] / grid[1])))
+    hi = nn.functional.max_pool2d(image, stride, stride, ceil_mode=True)
+    lo = -nn.functional.max_pool2d(-image, stride, stride, ceil_mode=True)
+    flat = ((hi - lo).amax(1) < 1 / 255)[:, : grid[0], : grid[1]]
+    if flat.shape[-2:] != tuple(grid):  # a grid the image does not tile (a size the model pads further): pad as constant
+        flat = nn.functional.pad(flat, (0, grid[1] - flat.shape[-1], 0, grid[0] - flat.shape[-2]), value=True)
+    return flat.flatten(1)
+
+
+def current_constant_cells(grid: tuple[int, int] | None) -> torch.Tensor | None:
+    """`constant_cells` of the input set by `routing_input`, once per grid and forward; None without one."""
+    state = _INPUT.get()
+    if state is None or grid is None:
+        return None
+    if grid not in state["cells"]:
+        state["cells"][grid] = constant_cells(state["image"], grid)
+    return state["cells"][grid]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The router: scorer, selection policy, gate
+
+
+class Scorer(nn.Module):
     """Scores each token with one scalar: a linear map, or a 2-layer MLP (SViT found the MLP gate as good as complex ones)."""
 
     def __init__(self, dim: int, hidden: int = 0):
         super().__init__()
-        if not isinstance(hidden, int) or hidden < 0:
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
             raise ValueError(f"router_hidden must be 0 (linear router) or a positive hidden width, got {hidden!r}")
-        if hidden:
-            self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        else:
-            self.net = nn.Linear(dim, 1)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1)) if hidden else nn.Linear(dim, 1)
         for m in self.net.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -56,13 +254,11 @@ class Router(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-class ObjectPredictor(Router):
+class ObjectPredictor(Scorer):
     """Says whether a token lies on an object: a 2-layer MLP on each token joined with its image's mean token.
 
     The mean is DynamicViT's global feature: "background" is only defined relative to the rest of the image (a red
-    patch is an object on grass and the background on a red wall). It helped, without being what makes dynamic mode
-    work: in the README's dynamic-compute run, busy images took 0.216 more of their tokens than empty ones with it and
-    0.149 more with a per-token MLP (one training run each, overlapping bootstrap intervals).
+    patch is an object on grass and the background on a red wall).
     """
 
     def __init__(self, dim: int, hidden: int):
@@ -72,41 +268,134 @@ class ObjectPredictor(Router):
         return super().forward(torch.cat([x, x.mean(1, keepdim=True).expand_as(x)], -1))
 
 
-GATES = ("sigmoid", "unit", "none")
+class TokenRouter(nn.Module):
+    """Decides which tokens of each image a routed block processes, and how much each update counts.
+
+    Args:
+        dim: token width.
+        capacity: share of tokens processed in static mode, in (0, 1]; settable later (`set_capacity`).
+        hidden: 0 for a linear scorer, else the hidden width of a 2-layer MLP scorer.
+        gate: what multiplies a chosen token's update:
+            "sigmoid": sigmoid(score), as in the MoD paper; the product is what lets the task loss train the scorer.
+            "unit": exactly 1 in the forward pass with the gradient of log-sigmoid, so a pretrained dense ViT starts
+                out computing what it computed before.
+            "none": no gate (the scorer then gets no gradient from the task loss).
+        policy: "topk" (the scorer's best k) or "random" (k random tokens: the control that shows what the ranking is
+            worth; the gate still uses the learned scores).
+
+    Dynamic mode (`dynamic=(min, max)` capacities) lets each image choose its k: the tokens its object predictor (the
+    MoD paper's auxiliary predictor, trained by `router_aux_loss` on detached tokens) scores above `threshold`, clamped
+    to the bounds; the scorer's ranking decides which. Batches pad to the largest k; padded tokens are masked out of
+    attention and keep their value, so an image's output does not depend on its batch-mates.
+    """
+
+    def __init__(
+        self, dim: int, capacity: float = 0.25, hidden: int = 0, gate: str | bool = "sigmoid", policy: str = "topk"
+    ):
+        super().__init__()
+        self.scorer = Scorer(dim, hidden)
+        self.predictor = ObjectPredictor(dim, max(16, dim // 8))
+        self.capacity = capacity
+        self.gate = {True: "sigmoid", False: "none", None: "none"}.get(gate, gate)
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        self.policy = policy
+        self.dynamic: tuple[float, float] | None = None
+        self.threshold = 0.0  # logit 0 is probability 0.5, the auxiliary loss's decision boundary
+        self.skip_constant = True  # the "never padding" policy: constant cells rank last (see `select`)
+        self.export_dynamic_shapes = False  # set by the exporter: k computed in the graph from N
+
+    @property
+    def capacity(self) -> float:
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, value: float) -> None:
+        self._capacity = check_capacity(value)
+
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        if value not in POLICIES:
+            raise ValueError(f"routing policy must be one of {POLICIES}, got {value!r}")
+        self._policy = value
+
+    # The capacity travels in the state_dict, so it survives what rebuilds a model from its weights: Ultralytics'
+    # trainer (YAML + load), EMA copies and resume. float64 keeps it exact through .half() and the EMA's averaging.
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.capacity, dtype=torch.float64)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.capacity = round(float(state), 6)
+
+    def select(
+        self, scores: torch.Tensor, predicted: torch.Tensor | None, constant: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K) indices to process per image, in raster order, and their validity mask (None: all valid).
+
+        `constant` (B, N) marks cells of one colour (letterbox padding): ranked after every other token, so they run
+        only when k exceeds the real tokens, and never counted as wanted in dynamic mode."""
+        n = scores.shape[1]
+        ranking = torch.rand_like(scores) if self.policy == "random" else scores
+        if constant is not None and self.skip_constant:
+            # a margin far beyond any score, finite so every runtime's TopK takes it
+            ranking = ranking - constant.to(ranking.dtype) * 1e4
+            if predicted is not None:
+                predicted = predicted.masked_fill(constant, -1e4)
+        if self.dynamic is None:
+            # While tracing, n is a tensor: k stays in the graph only for exports with dynamic shapes; a constant k lets
+            # a runtime plan fixed shapes and fuse the block's matmuls.
+            k = tokens_for(self.capacity, n if self.export_dynamic_shapes or not torch.is_tensor(n) else int(n))
+            return topk_raster(ranking, k), None
+        lo, hi = (tokens_for(c, n) for c in self.dynamic)
+        want = (predicted > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
+        k = int(want.max())
+        top = ranking.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
+        valid = torch.arange(k, device=scores.device) < want[:, None]
+        index, order = top.sort(dim=1)
+        valid = valid.gather(1, order)
+        return index, None if bool(valid.all()) else valid
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        block: Callable[[torch.Tensor], torch.Tensor],
+        grid: tuple[int, int] | None = None,
+        inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Route (B, N, C) tokens through `block` (see `route_tokens`); `grid` is their (h, w) layout, for the record."""
+        scores = self.scorer(x)
+        record = active_record()
+        want_pred = self.dynamic is not None or (record is not None and record.keep_predictions)
+        predicted = self.predictor(x.detach()) if want_pred else None
+        index, valid = self.select(scores, predicted, current_constant_cells(grid))
+        if record is not None:
+            record.add(
+                BlockRouting(
+                    index.detach(),
+                    valid,
+                    x.shape[1],
+                    grid,
+                    scores.detach() if record.keep_scores else None,
+                    None if predicted is None or not record.keep_predictions
+                    else predicted if self.training else predicted.detach(),  # the aux loss trains only in training
+                )
+            )
+        gate = None
+        if self.gate != "none":
+            gate = scores.gather(1, index).sigmoid()
+            if self.gate == "unit":
+                gate = gate / gate.detach()
+        return route_tokens(x, index, block, gate, valid, inputs)
 
 
 class RoutedBlock(Block):
-    """A timm ViT `Block` that only processes the top-scoring tokens of each image.
+    """A timm ViT `Block` that processes only the tokens its `router` picks.
 
-    It subclasses timm's Block so its parameter names are timm's (plus `router.*`), and timm weights load directly.
-
-    Gates (what multiplies the block's residual update of a selected token):
-        "sigmoid": sigmoid(score), as in the MoD paper; the product is what lets the task loss train the router.
-        "unit": sigmoid(score) / sigmoid(score).detach(), exactly 1 in the forward pass, with the gradient of
-            log-sigmoid for the router. A pretrained dense ViT therefore starts out computing what it computed before.
-        "none": no gate (the router then gets no gradient from the task loss); capacity 1.0 equals the plain block.
-
-    Two ways to choose tokens:
-        static (default, the exported path): k = ceil(capacity * N) per image, fixed shapes.
-        dynamic (`dynamic=(min_capacity, max_capacity)`): an auxiliary predictor, as in the MoD paper (`ObjectPredictor`
-            on the stop-gradient tokens, trained by `router_aux_loss` to say whether a token lies on an object), decides
-            how many tokens each image takes: those it scores above `threshold`, clamped to [min, max] capacity; the
-            router's ranking decides which. A separate predictor keeps its calibration free of the task loss, which
-            pushes router scores up wherever a block's update helps. In a batch, images are padded to the largest k: padded tokens
-            are masked out of attention and their update is dropped, so each image's output does not depend on the
-            others; the compute saving is real at batch 1 (or when images need similar k).
-
-    Attributes:
-        capacity (float): share of tokens processed in static mode, in (0, 1]; settable after construction.
-        last_index (torch.Tensor | None): (B, K) indices of the tokens processed by the latest forward, sorted.
-        last_valid (torch.Tensor | None): (B, K) bool, which of last_index were really processed (dynamic mode with
-            padding), or None when all were.
-        last_scores (torch.Tensor | None): (B, N) router scores of the latest forward (detached).
-        last_predicted (torch.Tensor | None): (B, N) predictor logits of the latest forward that ran it (training or
-            dynamic mode; with grad while training, for the auxiliary loss).
-        last_tokens (int): N of the latest forward.
-        last_grid (tuple[int, int] | None): the (H, W) token grid of the latest forward, set by the stage that runs the
-            block; `router_aux_loss` lays ground-truth boxes out on it.
+    It subclasses timm's Block, so its parameter names are timm's (plus `router.*`) and timm weights load directly.
     """
 
     def __init__(
@@ -119,104 +408,33 @@ class RoutedBlock(Block):
         **kwargs,
     ):
         super().__init__(dim, num_heads, **kwargs)
-        self.router = Router(dim, router_hidden)
-        self.predictor = ObjectPredictor(dim, max(16, dim // 8))
-        self.capacity = capacity
-        self.gate = {True: "sigmoid", False: "none", None: "none"}.get(gate, gate)
-        if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-        self.dynamic: tuple[float, float] | None = None
-        self.export_dynamic_shapes = False
-        self.threshold = 0.0  # a score of 0 is sigmoid 0.5, the auxiliary loss's decision boundary
-        self.last_index = self.last_valid = self.last_scores = self.last_predicted = None
-        self.last_tokens = 0
-        self.last_grid: tuple[int, int] | None = None
+        self.router = TokenRouter(dim, capacity, router_hidden, gate)
 
-    @property
-    def capacity(self) -> float:
-        return self._capacity
-
-    @capacity.setter
-    def capacity(self, value: float) -> None:
-        self._capacity = check_capacity(value)
-
-    # The capacity travels in the state_dict, so it survives what rebuilds a model from its weights: Ultralytics'
-    # trainer (YAML + load), EMA copies and resume. float64 keeps it exact through .half() and the EMA's averaging.
-    def get_extra_state(self) -> torch.Tensor:
-        return torch.tensor(self.capacity, dtype=torch.float64)
-
-    def set_extra_state(self, state: torch.Tensor) -> None:
-        self.capacity = round(float(state), 6)
-
-    def select(self, scores: torch.Tensor, predicted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the (B, K) indices of the tokens to process per image, sorted by position, and their validity mask.
-
-        Sorting keeps tokens in raster order, so capacity 1.0 is the identity permutation (exactness) and the gather
-        reads memory mostly forward. The mask is None when every index is processed (always in static mode).
-        """
-        n = scores.shape[1]
-        if self.dynamic is None:
-            # While tracing for export, n is a tensor: k stays in the graph only for exports with dynamic shapes (the
-            # exporter sets `export_dynamic_shapes`); a constant k lets a runtime plan fixed shapes and fuse the
-            # block's matmuls (onnxruntime left MatMul+Add unfused, not Gemm, with k computed in the graph).
-            dynamic_shapes = getattr(self, "export_dynamic_shapes", False)  # absent in blocks pickled before it existed
-            k = tokens_for(self.capacity, n if dynamic_shapes or not torch.is_tensor(n) else int(n))
-            top = scores.topk(k, dim=1).indices
-            # Raster order through a second top-k (of the negated positions as floats, exact below 2**24 tokens) and a
-            # gather rather than a sort: every export runtime has a float TopK, while LiteRT's interpreter has no Sort
-            # (and lowers an int or values-only top-k to one). sorted=True above: CoreML's iOS16 opset has no unsorted
-            # top-k. All of it is free in eager mode.
-            return top.gather(1, (-top.float()).topk(k, dim=1).indices), None
-        lo, hi = (tokens_for(c, n) for c in self.dynamic)
-        want = (predicted > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
-        k = int(want.max())
-        top = scores.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
-        valid = torch.arange(k, device=scores.device) < want[:, None]
-        index, order = top.sort(dim=1)
-        valid = valid.gather(1, order)
-        return index, None if bool(valid.all()) else valid
-
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, N, C) -> (B, N, C); the whole batch is gathered and scattered at once, with no loop over images."""
-        scores = self.router(x)
-        predicted = None
-        if self.training or self.dynamic is not None:  # the static inference (and exported) path never runs it
-            predicted = self.predictor(x.detach())
-            self.last_predicted = predicted if self.training else predicted.detach()
-        index, valid = self.select(scores, predicted)
-        self.last_index, self.last_valid, self.last_tokens = index.detach(), valid, x.shape[1]
-        self.last_scores = scores.detach()
-        b, n, c = x.shape
-        # Whole rows of the flattened (B*N, C) tokens are gathered and scattered (ONNX Gather/ScatterND), rather than
-        # one element per channel through an index expanded over C (GatherElements/ScatterElements, which reads a
-        # B*k*C index tensor): the same values, and in onnxruntime's profile ScatterElements was 3-7% of the time.
-        rows = (index + torch.arange(b, device=x.device).unsqueeze(1) * n).flatten()
-        flat = x.reshape(-1, c)
-        selected = flat.index_select(0, rows).view(b, -1, c)
-        # padded tokens (dynamic mode, batch > 1) are hidden from attention as keys
-        mask = None if valid is None else valid[:, None, None, :]
-        processed = super().forward(selected, attn_mask=mask)
-        if self.gate != "none":
-            g = scores.gather(1, index).sigmoid().unsqueeze(-1)
-            if self.gate == "unit":
-                g = g / g.detach()
-            processed = selected + g * (processed - selected)
-        if valid is not None:
-            processed = torch.where(valid.unsqueeze(-1), processed, selected)
-        out = flat.clone()
-        out[rows] = processed.reshape(-1, c)  # in place on a copy: OpenVINO converts index_put_, not index_put
-        return out.view(b, n, c)
+        return self.router(x, super().forward, grid)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model-level controls
 
 
 def native_model(model: nn.Module) -> nn.Module:
-    """The PyTorch model inside Ultralytics' AutoBackend (which keeps it on a backend object, not as a submodule)."""
-    native = getattr(getattr(model, "backend", None), "model", None)
-    return native if isinstance(native, nn.Module) else model
+    """The PyTorch model inside Ultralytics' AutoBackend (which keeps it on a backend object, not as a submodule).
+
+    Returns the AutoBackend itself for an exported model (its backend holds no PyTorch model)."""
+    backend = getattr(model, "backend", None)
+    if backend is None:
+        return model
+    native = getattr(backend, "model", None)
+    return native if isinstance(native, nn.Module) else None
 
 
-def routed_blocks(model: nn.Module) -> list[RoutedBlock]:
-    """Return the routed blocks of a model in forward order (also through Ultralytics' AutoBackend)."""
-    return [m for m in native_model(model).modules() if isinstance(m, RoutedBlock)]
+def routed_blocks(model: nn.Module) -> list[TokenRouter]:
+    """The routers of a model's routed blocks, in forward order (also through Ultralytics' AutoBackend); each holds its
+    block's capacity, gate and selection policy."""
+    native = native_model(model)
+    return [] if native is None else [m for m in native.modules() if isinstance(m, TokenRouter)]
 
 
 def set_capacity(model: nn.Module, capacity: float | list[float] | dict[int, float]) -> list[float]:
@@ -227,13 +445,13 @@ def set_capacity(model: nn.Module, capacity: float | list[float] | dict[int, flo
     blocks = routed_blocks(model)
     if isinstance(capacity, (list, tuple)):
         if len(capacity) != len(blocks):
-            raise ValueError(f"{len(capacity)} capacities given for {len(blocks)} routed blocks")
+            raise ValueError(f"{len(capacity)} capacities given for {len(blocks)} routed blocks{stage_summary(model)}")
         capacity = dict(enumerate(capacity))
     if isinstance(capacity, dict):
-        bad = [i for i in capacity if not 0 <= int(i) < len(blocks)]
+        bad = [i for i in capacity if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(blocks)]
         if bad:
-            raise ValueError(f"routed block indices {bad} out of range for {len(blocks)} routed blocks")
-        values = {int(i): check_capacity(c) for i, c in capacity.items()}
+            raise ValueError(f"routed block indices {bad} out of range for {len(blocks)} routed blocks{stage_summary(model)}")
+        values = {i: check_capacity(c) for i, c in capacity.items()}
     else:
         values = dict.fromkeys(range(len(blocks)), check_capacity(capacity))
     for i, c in values.items():
@@ -241,12 +459,23 @@ def set_capacity(model: nn.Module, capacity: float | list[float] | dict[int, flo
     return [b.capacity for b in blocks]
 
 
+def stage_summary(model: nn.Module) -> str:
+    """' (layer 6: 2 routed blocks, layer 8: 2 routed blocks)': where a model's routed blocks are, for error messages."""
+    native = native_model(model)
+    layers = getattr(native, "model", None)
+    if not isinstance(layers, nn.Sequential):
+        return ""
+    counts = [(getattr(m, "i", i), sum(isinstance(r, TokenRouter) for r in m.modules())) for i, m in enumerate(layers)]
+    parts = [f"layer {i} ({type(m).__name__}): {c}" for (i, c), m in zip(counts, layers) if c]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def set_dynamic(model: nn.Module, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
     """Switch routed blocks to dynamic per-image k (the tokens their predictors score above `threshold`, clamped to
     `bounds` capacities), or back to static top-k with `bounds=None`."""
     if bounds is not None:
-        if len(bounds) != 2:
-            raise ValueError(f"dynamic capacity needs (min, max), got {bounds!r}")
+        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+            raise ValueError(f"dynamic capacity needs [min, max], got {bounds!r}")
         lo, hi = map(check_capacity, bounds)
         if lo > hi:
             raise ValueError(f"dynamic capacity min {lo} is above max {hi}")
@@ -255,26 +484,14 @@ def set_dynamic(model: nn.Module, bounds: tuple[float, float] | None, threshold:
         b.dynamic, b.threshold = bounds, float(threshold)
 
 
-def routing_masks(model: nn.Module) -> torch.Tensor | None:
-    """(B, R, N) bool: which tokens each of the R routed blocks processed in the latest forward (None before any)."""
-    blocks = [b for b in routed_blocks(model) if b.last_index is not None]
-    if not blocks:
-        return None
-    masks = []
-    for b in blocks:
-        m = torch.zeros(b.last_index.shape[0], b.last_tokens, dtype=torch.bool, device=b.last_index.device)
-        src = torch.ones_like(b.last_index, dtype=torch.bool) if b.last_valid is None else b.last_valid
-        masks.append(m.scatter(1, b.last_index, src))
-    return torch.stack(masks, 1)
+def set_policy(model: nn.Module, policy: str) -> None:
+    """Rank tokens by the learned scores ("topk") or at random ("random", the control), in every routed block."""
+    for b in routed_blocks(model):
+        b.policy = policy
 
 
-def token_share(model: nn.Module) -> torch.Tensor | None:
-    """Per image of the latest forward, the share of tokens processed by the routed blocks: sum(k) / sum(N).
-
-    Returns a (B,) tensor, or None if the model has no routed block or has not run yet.
-    """
-    masks = routing_masks(model)
-    return None if masks is None else masks.float().mean((1, 2)).cpu()
+# ----------------------------------------------------------------------------------------------------------------------
+# Object supervision
 
 
 def object_tokens(
@@ -284,13 +501,14 @@ def object_tokens(
 
     `boxes` are (M, 4) normalized xywh, as in an Ultralytics batch's "bboxes", with `image_index` (M,) their image
     ("batch_idx"). The grid is taken to tile the image exactly, as it does at training sizes (multiples of the stride).
+    Boxes are clipped to the image; empty ones mark nothing.
     """
     h, w = grid
     target = torch.zeros(batch_size, h, w, device=boxes.device)
     if len(boxes):
         xy, half = boxes[:, :2], boxes[:, 2:] / 2
-        lo = ((xy - half) * boxes.new_tensor([w, h])).floor()
-        hi = ((xy + half) * boxes.new_tensor([w, h])).ceil()
+        lo = ((xy - half).clamp(0, 1) * boxes.new_tensor([w, h])).floor()
+        hi = ((xy + half).clamp(0, 1) * boxes.new_tensor([w, h])).ceil()
         cols, rows = torch.arange(w, device=boxes.device), torch.arange(h, device=boxes.device)
         in_x = (cols >= lo[:, :1]) & (cols < hi[:, :1])  # (M, W)
         in_y = (rows >= lo[:, 1:]) & (rows < hi[:, 1:])  # (M, H)
@@ -299,35 +517,27 @@ def object_tokens(
     return (target > 0).float().flatten(1)
 
 
-def router_aux_loss(model: nn.Module, boxes: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor | None:
+def router_aux_loss(record: RoutingRecord, boxes: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor | None:
     """The auxiliary predictor loss: BCE teaching each routed block's predictor which tokens lie on an object.
 
-    `boxes` (M, 4) normalized xywh and `image_index` (M,) are the batch's ground truth (Ultralytics' "bboxes" and
-    "batch_idx"). The MoD paper trains its predictor on top-k membership instead; that target was measured here and
-    gives no per-image compute: the router's top-k over a batch was no smaller on empty images than on busy ones (in
-    400 val images, empty ones took 0.19 of their tokens and 3+-object ones 0.17). Object cover is the quantity dynamic
-    mode should follow (Focus-DETR's foreground supervision). Object tokens are weighted by the batch's background to
-    object ratio (balanced BCE): with the plain BCE, a predictor unsure of most tokens (on the features of a model
-    trained for minutes) stayed below 0.5 everywhere, so every image took the minimum capacity; balanced, a token is
-    above 0.5 when it looks more like an object than the base rate does, and the count above 0.5 follows the object
-    cover. Only the predictor learns from it (its input is detached). Returns the mean over routed blocks, or None when
-    no block kept predictions with grad (eval mode, or no routed block).
+    `record` is the training forward's (with predictions); `boxes` (M, 4) normalized xywh and `image_index` (M,) are the
+    batch's ground truth (Ultralytics' "bboxes" and "batch_idx"). Object cover is what dynamic mode should follow
+    (Focus-DETR's foreground supervision; the MoD paper's top-k target gives busy and empty images the same k here, see
+    docs/dynamic_compute.md). Object tokens are weighted by the batch's background-to-object ratio (balanced BCE):
+    unbalanced, a predictor unsure of most tokens stays below 0.5 everywhere. Only the predictor learns from it (its
+    input is detached). Returns the mean over routed blocks, or None when nothing was recorded with grad.
     """
-    losses, targets = [], {}  # the blocks of a stage share one token grid, so one target per grid
-    for b in routed_blocks(model):
-        p = b.last_predicted
+    losses, targets = [], {}  # blocks on one token grid share one target
+    for e in record.blocks:
+        p = e.predicted
         if p is None or not p.requires_grad:
             continue
-        b.last_predicted = None  # drop the graph reference; the model may be deep-copied (EMA, checkpoints)
-        grid = b.last_grid
-        if grid is None or grid[0] * grid[1] != p.shape[1]:
-            raise ValueError(
-                f"routed block has {p.shape[1]} tokens but its token grid is {grid}: run it in a stage that sets last_grid"
-            )
-        if grid not in targets:
-            target = object_tokens(grid, boxes.to(p.device), image_index.to(p.device), p.shape[0]).to(p.dtype)
+        if e.grid is None or e.grid[0] * e.grid[1] != p.shape[1]:
+            raise ValueError(f"routed block has {p.shape[1]} tokens but no token grid ({e.grid}): its caller must pass grid=")
+        if e.grid not in targets:
+            target = object_tokens(e.grid, boxes.to(p.device), image_index.to(p.device), p.shape[0]).to(p.dtype)
             cover = target.mean().clamp(1e-3, 1 - 1e-3)
-            targets[grid] = target, (1 - cover) / cover  # balanced: see the docstring
-        target, pos_weight = targets[grid]
+            targets[e.grid] = target, (1 - cover) / cover
+        target, pos_weight = targets[e.grid]
         losses.append(nn.functional.binary_cross_entropy_with_logits(p, target, pos_weight=pos_weight))
     return torch.stack(losses).mean() if losses else None

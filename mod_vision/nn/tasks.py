@@ -25,13 +25,14 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics.utils import LOGGER, YAML
 
-from .routing import RoutedBlock, routed_blocks, router_aux_loss, routing_masks, set_capacity, set_dynamic, token_share
+from .blocks import MoDA2C2f
+from .routing import TokenRouter, record_routing, routed_blocks, router_aux_loss, routing_input, set_capacity, set_dynamic
 from .vit import MoDViTStage, PatchEmbed
 
 # Layers named in YAMLs. A layer listed in REPEATED gets the (depth-scaled) repeat count as its third argument,
 # like Ultralytics' C2f/C3k2, instead of being repeated as an nn.Sequential.
-MOD_LAYERS = {"PatchEmbed": PatchEmbed, "MoDViTStage": MoDViTStage}
-REPEATED = {MoDViTStage}
+MOD_LAYERS = {"PatchEmbed": PatchEmbed, "MoDViTStage": MoDViTStage, "MoDA2C2f": MoDA2C2f}
+REPEATED = {MoDViTStage, MoDA2C2f}
 
 _upstream_parse_model = ul_tasks.parse_model
 
@@ -149,7 +150,7 @@ class RoutedModelMixin:
         if self.yaml.get("capacities"):
             self.set_capacity(self.yaml["capacities"])
 
-    def routed_blocks(self) -> list[RoutedBlock]:
+    def routed_blocks(self) -> list[TokenRouter]:
         return routed_blocks(self)
 
     def set_capacity(self, capacity: float | dict[int, float] | list[float]) -> None:
@@ -168,19 +169,28 @@ class RoutedModelMixin:
         """Per-image k from the predictors' threshold within (min, max) capacity; None returns to static top-k."""
         set_dynamic(self, bounds, threshold)
 
-    def token_share(self) -> torch.Tensor | None:
-        """(B,) share of routed-block tokens processed per image in the latest forward."""
-        return token_share(self)
+    def predict(self, x, *args, **kwargs):
+        """Ultralytics' forward, on an input padded at the bottom and right to a multiple of the largest stride.
 
-    def routing_masks(self) -> torch.Tensor | None:
-        """(B, R, N) bool: the tokens each routed block processed in the latest forward."""
-        return routing_masks(self)
+        A conv pyramid with upsampling needs it (an FPN cannot concatenate a 1x1 stride-32 map upsampled to 2x2 with a
+        1x1 stride-16 map); boxes keep their coordinates, as nothing moves at the top left. The predictor's letterbox
+        already does this; a direct call with any size now works too."""
+        stride = getattr(self, "stride", None)
+        if isinstance(stride, torch.Tensor) and isinstance(x, torch.Tensor) and x.ndim == 4:
+            s = int(stride.max())
+            ph, pw = -x.shape[-2] % s, -x.shape[-1] % s
+            if ph or pw:
+                x = torch.nn.functional.pad(x, (0, pw, 0, ph), value=114 / 255)  # Ultralytics' letterbox grey
+        if not isinstance(x, torch.Tensor):
+            return super().predict(x, *args, **kwargs)
+        with routing_input(x):  # routers rank constant cells (padding) last
+            return super().predict(x, *args, **kwargs)
 
     def loss(self, batch, preds=None):
         """The task loss, plus `router_aux` x the auxiliary router loss (its own column, `router_aux`)."""
-        loss, items = super().loss(batch, preds)
-        # always called: it also drops the predictions' graph reference
-        aux = router_aux_loss(self, batch["bboxes"], batch["batch_idx"])
+        with record_routing(predictions=preds is None) as record:
+            loss, items = super().loss(batch, preds)
+        aux = router_aux_loss(record, batch["bboxes"], batch["batch_idx"])
         args = getattr(self, "args", None)
         weight = (args.get("router_aux") if isinstance(args, dict) else getattr(args, "router_aux", None)) or 0.0
         if aux is not None and weight > 0:

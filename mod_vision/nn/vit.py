@@ -116,7 +116,6 @@ class MoDViTStage(nn.Module):
             else Block(c2, heads, drop_path=dpr[i], **common)
             for i in range(depth)
         )
-        self.last_grid: tuple[int, int] | None = None
         self.pos_embed = nn.Parameter(torch.zeros(1, c2, pos_grid, pos_grid))
         trunc_normal_(self.pos_embed, std=0.02)
         for name, m in self.blocks.named_modules():
@@ -131,11 +130,8 @@ class MoDViTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        self.last_grid = (h, w)  # the token grid of the latest forward, to lay routing masks out as maps
         x = x + self.position_embedding(h, w).to(x.dtype)
         t = x.flatten(2).transpose(1, 2)  # (B, N, C) tokens in raster order
         for blk in self.blocks:
-            if isinstance(blk, RoutedBlock):
-                blk.last_grid = (h, w)
-            t = blk(t)
+            t = blk(t, (h, w)) if isinstance(blk, RoutedBlock) else blk(t)
         return t.transpose(1, 2).reshape(b, c, h, w)

@@ -1,0 +1,82 @@
+"""YOLO12's area-attention C2f (`A2C2f`) on token sets, dense and routed, for the conv + attention hybrids.
+
+YOLO12's `ABlock` attends within horizontal strips of the full map and adds a 7x7 depthwise position term computed on
+the full value map. A routed block sees only a set of tokens, so here attention is global among the tokens it runs, and
+one depthwise position term per pair of blocks is computed densely on the pair's input (cheap) and read with the chosen
+tokens, a conditional position encoding: a depthwise conv over a sparse map would see zeros where tokens were skipped.
+A2C2f's unit is a pair of ABlocks; here each pair is routed as one (one router, one gather and one scatter per pair),
+which halves the routing overhead that dominates at these small widths.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from ultralytics.nn.modules import Conv
+from ultralytics.nn.modules.block import A2C2f, ABlock
+
+from .routing import TokenRouter
+
+
+class TokenABlock(ABlock):
+    """YOLO12's ABlock as a transformer block over a (B, K, C) token set: global attention, then the MLP.
+
+    The 1x1 convolutions (and their BatchNorms, fused at inference) run on the tokens as a (B, C, K, 1) map."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2):
+        super().__init__(dim, num_heads, mlp_ratio)
+        del self.attn.pe  # the pair's position term replaces it (see the module docstring)
+
+    def forward(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attn
+        x = t.transpose(1, 2).unsqueeze(-1)
+        b, _, k, _ = x.shape
+        q, kk, v = a.qkv(x).view(b, a.num_heads, 3 * a.head_dim, k).transpose(-1, -2).chunk(3, dim=-1)
+        y = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask)  # (B, heads, K, head_dim)
+        x = x + a.proj(y.transpose(-1, -2).reshape(b, -1, k, 1))
+        x = x + self.mlp(x)
+        return x.squeeze(-1).transpose(1, 2)
+
+
+class ABlockPair(nn.Module):
+    """A2C2f's unit, two ABlocks on a (B, C, H, W) map, with a depthwise position term; routed when given a capacity."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2, capacity: float | None = None,
+                 router_hidden: int = 0, gate: str = "sigmoid"):
+        super().__init__()
+        self.pe = Conv(dim, dim, 7, 1, 3, g=dim, act=False)
+        self.blocks = nn.ModuleList(TokenABlock(dim, num_heads, mlp_ratio) for _ in range(2))
+        self.router = None if capacity is None else TokenRouter(dim, capacity, router_hidden, gate)
+
+    def run(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for blk in self.blocks:
+            t = blk(t, attn_mask)
+        return t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        read = (x + self.pe(x)).flatten(2).transpose(1, 2)
+        if self.router is None:
+            out = x.flatten(2).transpose(1, 2) + self.run(read) - read
+        else:
+            out = self.router(x.flatten(2).transpose(1, 2), self.run, (h, w), inputs=read)
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class MoDA2C2f(A2C2f):
+    """Ultralytics' A2C2f whose attention pairs run on token sets: routed (`capacity` in (0, 1]) or dense (None).
+
+    YAML: `[-1, 4, MoDA2C2f, [512, True, 4, {capacity: 0.25}]]`, A2C2f's arguments then mod_vision's keywords. `area` is
+    accepted for YAML compatibility with A2C2f; attention among a token set is global.
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, a2: bool = True, area: int = 1, residual: bool = False,
+                 mlp_ratio: float = 2.0, e: float = 0.5, g: int = 1, shortcut: bool = True,
+                 capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid"):
+        if not a2:
+            raise ValueError("MoDA2C2f needs a2=True (attention blocks); use A2C2f for its C3k variant")
+        super().__init__(c1, c2, n, a2, area, residual, mlp_ratio, e, g, shortcut)
+        c_ = int(c2 * e)
+        self.m = nn.ModuleList(ABlockPair(c_, c_ // 32, mlp_ratio, capacity, router_hidden, gate) for _ in range(n))
+        self.m.apply(ABlock._init_weights)  # Ultralytics' init, convolutions only: routers keep theirs

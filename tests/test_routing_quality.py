@@ -1,0 +1,128 @@
+"""Routing quality as numbers (object lift, recall, padding share), the never-padding policy and the random control."""
+
+import pytest
+import torch
+
+from mod_vision.engine.routing_metrics import RoutingQuality, object_cover, padding_cells
+from mod_vision.nn import MoDDetectionModel, load_model_yaml, record_routing, routed_blocks
+from mod_vision.nn.routing import BlockRouting, constant_cells, routing_input
+
+PAD = 114 / 255
+
+
+def test_object_cover_is_the_share_of_each_cell_inside_a_box():
+    # a box over x 0.125-0.5, y 0-0.5 of a 4x4 grid: cells x 0.5-2, y 0-2
+    cover = object_cover((4, 4), torch.tensor([[0.3125, 0.25, 0.375, 0.5]]), torch.tensor([0]), 1).view(4, 4)
+    expected = torch.zeros(4, 4)
+    expected[0:2, 0] = 0.5
+    expected[0:2, 1] = 1.0
+    torch.testing.assert_close(cover, expected)
+
+
+@pytest.mark.parametrize(
+    "boxes", [torch.tensor([[1.5, 1.5, 0.2, 0.2]]), torch.tensor([[0.5, 0.5, 0.0, 0.0]]), torch.zeros(0, 4)]
+)
+def test_degenerate_boxes_cover_nothing_and_give_no_nan(boxes):
+    cover = object_cover((3, 3), boxes, torch.zeros(len(boxes)), 2)
+    assert torch.isfinite(cover).all() and cover.sum() == 0
+
+
+def test_padding_cells_are_the_mostly_letterboxed_ones():
+    img = torch.rand(1, 3, 64, 64)
+    img[..., 40:, :] = PAD  # bottom 24 rows padding: on a 4x4 grid (16 px cells) row 3 is all padding, row 2 half
+    pad = padding_cells(img, (4, 4)).view(4, 4)
+    assert pad[3].all() and not pad[:3].any()
+
+
+def entry(mask):
+    b, n = mask.shape
+    k = int(mask.sum(1).max())
+    index = torch.stack([row.nonzero().flatten() for row in mask])
+    assert index.shape == (b, k)
+    side = int(n**0.5)
+    return BlockRouting(index, None, n, (side, side))
+
+
+def test_lift_recall_and_padding_share_from_known_masks():
+    img = torch.rand(1, 3, 64, 64)
+    img[..., 48:, :] = PAD  # grid row 3 is padding
+    boxes = torch.tensor([[0.125, 0.125, 0.25, 0.25]])  # exactly cell (0, 0)
+    batch = {"img": img, "bboxes": boxes, "batch_idx": torch.tensor([0.0])}
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, [0, 1, 12, 13]] = True  # the object cell, one background cell, two padding cells
+    q = RoutingQuality()
+    q.update([entry(mask)], batch)
+    (block,) = q.summary()["all"]
+    # cover of processed 1/4 over cover of all 1/16: lift 4; the one object token processed; 2 of 4 on padding
+    assert block == {"object_lift": pytest.approx(4.0), "object_recall": 1.0, "padding_share": 0.5}
+
+
+def test_lift_is_undefined_not_nan_without_objects():
+    q = RoutingQuality()
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :4] = True
+    q.update([entry(mask)], {"img": torch.rand(2, 3, 64, 64), "bboxes": torch.zeros(0, 4), "batch_idx": torch.zeros(0)})
+    (block,) = q.summary()["all"]
+    assert block["object_lift"] is None and block["object_recall"] is None and block["padding_share"] == 0.0
+
+
+def test_constant_cells_follow_the_grid_of_each_stride():
+    img = torch.rand(2, 3, 64, 96)
+    img[0, :, :, 64:] = PAD  # image 0: right third is letterbox
+    c16 = constant_cells(img, (4, 6)).view(2, 4, 6)
+    assert c16[0, :, 4:].all() and not c16[0, :, :4].any() and not c16[1].any()
+    c32 = constant_cells(img, (2, 3)).view(2, 2, 3)
+    assert c32[0, :, 2].all() and not c32[0, :, :2].any()
+    # a grid the image does not tile (a patch embedding pads 40 px to 48): the partial cells are judged by their pixels
+    partial = torch.rand(1, 3, 40, 40)
+    partial[..., 32:, :] = PAD
+    assert constant_cells(partial, (3, 3)).view(3, 3)[2].all() and not constant_cells(partial, (3, 3)).view(3, 3)[:2].any()
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    return MoDDetectionModel(load_model_yaml("hybrid12-det-n.yaml"), nc=4, verbose=False).eval()
+
+
+def test_routers_never_pick_padding_while_real_tokens_remain(hybrid):
+    img = torch.rand(2, 3, 256, 256)
+    img[0, :, 128:] = PAD  # image 0: bottom half letterbox
+    with record_routing() as rec:
+        hybrid(img)
+    assert rec.blocks
+    for e in rec.blocks:
+        pad = constant_cells(img, e.grid)
+        picked = torch.zeros_like(pad).scatter(1, e.index, True)
+        assert not (picked[0] & pad[0]).any()  # k is a quarter of the tokens; half are real
+    # and image 1 is routed as if image 0 were not there (batch independence)
+    with record_routing() as alone:
+        hybrid(img[1:])
+    assert all(torch.equal(a.index, b.index[1:]) for a, b in zip(alone.blocks, rec.blocks))
+
+
+def test_padding_policy_also_holds_when_k_exceeds_the_real_tokens(hybrid):
+    img = torch.rand(1, 3, 256, 256)
+    img[..., 32:, :] = PAD  # only the top eighth is real: k = ceil(0.25 N) is larger
+    with record_routing() as rec, torch.no_grad():
+        hybrid(img)
+    for e in rec.blocks:
+        pad = constant_cells(img, e.grid)[0]
+        picked = torch.zeros_like(pad).scatter(0, e.index[0], True)
+        assert picked[~pad].all()  # every real token is processed before any padding
+
+
+def test_random_policy_at_val_is_the_control_and_does_not_stay(det_run, sample_yaml, tmp_path):
+    from mod_vision import MoDYOLO
+
+    model = MoDYOLO(det_run / "weights" / "best.pt")
+    learned = model.val(data=str(sample_yaml), imgsz=96, batch=8, plots=False, project=str(tmp_path), name="a")
+    rand = model.val(data=str(sample_yaml), imgsz=96, batch=8, plots=False, routing="random", project=str(tmp_path),
+                     name="b")  # fmt: skip
+    assert rand.token_share == pytest.approx(learned.token_share)  # same k: only the choice of tokens differs
+    assert {b.policy for b in routed_blocks(model.model)} == {"topk"}
+    for m in (learned, rand):
+        blocks = m.routing["all"]
+        assert len(blocks) == len(routed_blocks(model.model))
+        assert all(b["padding_share"] is not None and 0 <= b["padding_share"] <= 1 for b in blocks)
+        assert all(b["object_lift"] is None or b["object_lift"] >= 0 for b in blocks)
+    assert set(learned.routing) >= {"all", "flat", "textured"} or set(learned.routing) == {"all"}

@@ -1,0 +1,170 @@
+"""Detectors side by side: train each arm with identical settings, then COCO box AP on one val set and CPU latency.
+
+Every arm (a mod_vision YAML or an Ultralytics one: yolo11n.yaml, yolo12n.yaml, yolo26n.yaml) trains from scratch on the
+same data with the same epochs, imgsz, batch, seed and augmentation, once per seed, and is evaluated by the same
+evaluator (mod_vision's validator: faster-coco-eval against the data's COCO json). Latency: batch 1, `--threads`
+threads, random-weight models built from the same YAMLs, timed round-robin in one run at each `--latency-imgsz`.
+
+Resumable: each (arm, seed) writes <run>/results/<arm>__s<seed>.json when done; a rerun skips finished ones and resumes
+an interrupted training from its last.pt. The report (results.md, results.csv) is rewritten at the end of every run.
+
+Usage:
+    python tools/detector_compare.py --name main-job --data sample --epochs 40 --imgsz 160 \
+        --arms hybrid12-det-n.yaml yolo11n.yaml --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+
+import torch  # noqa: E402
+
+from mod_vision.report import markdown_table  # noqa: E402
+
+SHARED = ("data", "epochs", "imgsz", "batch", "extra")  # settings a finished result must match to be reused
+
+
+def is_ultralytics(arm: str) -> bool:
+    return arm.startswith("yolo")
+
+
+def train_arm(arm: str, seed: int, run: Path, args) -> Path:
+    from ultralytics import YOLO
+
+    from mod_vision import MoDYOLO
+
+    folder = (run / "train" / f"{Path(arm).stem}__s{seed}").resolve()  # Ultralytics nests a relative project in runs/
+    last = folder / "weights" / "last.pt"
+    best = folder / "weights" / "best.pt"
+    if best.exists() and not last.exists():
+        return best
+    if last.exists():
+        try:
+            (YOLO if is_ultralytics(arm) else MoDYOLO)(str(last)).train(resume=True)
+        except AssertionError as e:  # Ultralytics refuses to resume a finished run: it is finished
+            if "nothing to resume" not in str(e):
+                raise
+        return best
+    model = YOLO(arm) if is_ultralytics(arm) else MoDYOLO(arm)
+    extra = {} if is_ultralytics(arm) else args.extra
+    model.train(data=args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=seed, workers=args.workers,
+                project=str(folder.parent), name=folder.name, exist_ok=True, plots=False, device="cpu", **extra)
+    return best
+
+
+def evaluate(weights: Path, args) -> dict:
+    from mod_vision import MoDYOLO
+
+    m = MoDYOLO(str(weights)).val(data=args.data, imgsz=args.imgsz, batch=args.batch, plots=False, device="cpu",
+                                  verbose=False)
+    coco = m.coco
+    return {"box_AP": coco.get("metrics/coco_AP(B)", float(m.box.map)), "box_AP50": coco.get("metrics/coco_AP50(B)",
+            float(m.box.map50)), "token_share": m.token_share}  # fmt: skip
+
+
+def latency(arms: list[str], imgsz: int, threads: int, runs: int) -> dict[str, float]:
+    """Median ms per image, batch 1, every arm timed round-robin in this one call."""
+    from ultralytics import YOLO
+
+    from mod_vision import MoDYOLO
+    from mod_vision.benchmark import round_robin
+
+    torch.set_num_threads(threads)
+    nets = [((YOLO if is_ultralytics(a) else MoDYOLO)(a).model.fuse(verbose=False).eval()) for a in arms]
+    x = torch.zeros(1, 3, imgsz, imgsz)
+    with torch.inference_mode():
+        times = round_robin([(None, lambda n=n: n(x)) for n in nets], runs=runs, warmup=3)
+    return {a: 1000 * statistics.median(t) for a, t in zip(arms, times)}
+
+
+def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Path:
+    arms = list(dict.fromkeys(r["arm"] for r in results))
+    rows = []
+    for a in arms:
+        mine = [r for r in results if r["arm"] == a]
+        aps = [100 * r["box_AP"] for r in mine]
+        row = {"arm": Path(a).stem, "seeds": " ".join(str(r["seed"]) for r in mine),
+               "box AP (per seed)": " / ".join(f"{v:.2f}" for v in aps), "box AP (mean)": f"{statistics.mean(aps):.2f}",
+               "box AP50 (mean)": f"{100 * statistics.mean(r['box_AP50'] for r in mine):.2f}",
+               "token share": "" if mine[0]["token_share"] is None else f"{mine[0]['token_share']:.3f}"}  # fmt: skip
+        for size, ms in lat.items():
+            row[f"ms @ {size}"] = f"{ms[a]:.1f}" if a in ms else ""
+        rows.append(row)
+    text = [f"# {args.name}", "", "```", command, "```", "",
+            f"data `{args.data}`, {args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, extra (mod arms) "
+            f"{args.extra or '-'}; box AP: COCO mAP50-95 x 100 on the data's val split (faster-coco-eval); latency: "
+            f"batch 1, {args.threads} CPU threads, median of {args.runs} round-robin runs, random weights.", "",
+            markdown_table(rows)]  # fmt: skip
+    path = run / "results.md"
+    path.write_text("\n".join(text) + "\n")
+    return path
+
+
+def parse_args(argv=None):
+    from ultralytics.utils import YAML
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--name", default="compare")
+    p.add_argument("--data", default="sample", help="data YAML, or 'sample' for the main job's sample data")
+    p.add_argument("--arms", nargs="+", default=["hybrid12-det-n.yaml", "yolo11n.yaml"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--imgsz", type=int, default=160)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--latency-imgsz", nargs="*", type=int, default=[640])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--extra", nargs="*", default=[], help="key=value training arguments for the mod_vision arms only")
+    p.add_argument("--no-train", action="store_true", help="only measure latency")
+    a = p.parse_args(argv)
+    bad = [e for e in a.extra if "=" not in e]
+    if bad:
+        p.error(f"--extra takes key=value items, got {bad}")
+    a.extra = {k: YAML.load_str(v) if hasattr(YAML, "load_str") else __import__("yaml").safe_load(v)
+               for k, v in (e.split("=", 1) for e in a.extra)}
+    if a.data == "sample":
+        from mod_vision.data import sample_data_yaml
+
+        a.data = str(sample_data_yaml())
+    return a
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    command = "python tools/detector_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run = Path("runs/detector_compare") / args.name
+    (run / "results").mkdir(parents=True, exist_ok=True)
+    settings = {k: getattr(args, k) for k in SHARED}
+    results = []
+    for seed in args.seeds:
+        for arm in args.arms:
+            out = run / "results" / f"{Path(arm).stem}__s{seed}.json"
+            if out.exists():
+                done = json.loads(out.read_text())
+                if done["settings"] != settings:
+                    raise SystemExit(f"{out} was made with other settings {done['settings']}; use another --name")
+                results.append(done)
+                continue
+            if args.no_train:
+                continue
+            best = train_arm(arm, seed, run, args)
+            done = {"arm": arm, "seed": seed, "settings": settings, **evaluate(best, args)}
+            out.write_text(json.dumps(done, indent=1))
+            results.append(done)
+    lat = {size: latency(args.arms, size, args.threads, args.runs) for size in args.latency_imgsz}
+    path = report(results, lat, run, args, command)
+    print(path.read_text())
+    return path
+
+
+if __name__ == "__main__":
+    main()
