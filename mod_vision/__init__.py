@@ -1,12 +1,9 @@
-"""mod_vision: Mixture-of-Depths token-routed ViT detectors and segmenters for Ultralytics."""
+"""mod_vision: Mixture-of-Depths token-routed ViT detectors and segmenters for Ultralytics.
+
+Importing it changes nothing in Ultralytics: mod_vision's parser and arguments are used by its own classes only.
+"""
 
 __version__ = "0.1.0"
-
-from .cfg import register_args as _register_args
-from .nn import register as _register_layers
-
-_register_layers()
-_register_args()
 
 from .model import MoDYOLO  # noqa: E402
 

@@ -1,10 +1,23 @@
-"""Arguments mod_vision adds to Ultralytics' configuration, so `key=value` checks accept them everywhere."""
+"""mod_vision's own arguments: their defaults and checks.
 
-from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
+They are checked and defaulted by mod_vision's entry points (`MoDYOLO`, its trainer, validator, predictor and exporter,
+and the `mod-vision` CLI through them), never added to Ultralytics' global `DEFAULT_CFG`: a stock YOLO model in the same
+process must refuse `capacity=` exactly as it does without mod_vision. Each key is checked before any data loads, with
+an error that names it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from ultralytics.cfg import cfg2dict
+from ultralytics.utils import DEFAULT_CFG_DICT
 
 EXTRA_ARGS = {
-    # (float | list | None) capacity of every routed block (or one per routed block) at train/val/predict/export time;
-    # None keeps the model's own
+    # (float | list | dict | None) capacity of every routed block (or one per routed block) at train/val/predict/export
+    # time; None keeps the model's own. At val/predict it is set on the model, as set_capacity() does, and ends dynamic
+    # mode: the budget that runs is the one set last
     "capacity": None,
     # ([min, max] | None) elastic training: each batch trains at a capacity drawn uniformly from this range, so one
     # model serves any budget in it (SparseViT's sampled sparsity)
@@ -16,7 +29,7 @@ EXTRA_ARGS = {
     # detector; 0 leaves the predictor untrained (dynamic mode then has nothing calibrated to go on)
     "router_aux": 0.1,
     # ([min, max] | False | None) dynamic per-image compute at val/predict time: each image takes as many tokens as its
-    # predictor scores above 0.5, clamped to these capacities; False returns to static top-k
+    # predictor scores above 0.5, clamped to these capacities; False returns to static top-k; None keeps the model's mode
     "dynamic_capacity": None,
     # (str | None) initialise the ViT backbone from a timm ViT when training starts from a model YAML: a timm model
     # name with a pretrained tag (needs internet) or a local .safetensors/.pth file; ignored when starting from a .pt
@@ -38,12 +51,104 @@ EXTRA_ARGS = {
     "heatmap_period": 0,
 }
 
+ROUTING_KEYS = ("capacity", "dynamic_capacity")
 
-def register_args() -> None:
-    for key, value in EXTRA_ARGS.items():
-        DEFAULT_CFG_DICT.setdefault(key, value)
-        if not hasattr(DEFAULT_CFG, key):
-            setattr(DEFAULT_CFG, key, value)
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_number(key: str, value, what: str, integer: bool = False, optional: bool = False):
+    if value is None and optional:
+        return value
+    if not (isinstance(value, int) and not isinstance(value, bool) if integer else _is_number(value)) or value < 0:
+        kind = "an int" if integer else "a number"
+        raise ValueError(f"{key} must be {kind} >= 0 ({what}), got {value!r}")
+    return value
+
+
+def check_capacity_arg(value, key: str = "capacity"):
+    """None, a capacity in (0, 1], a list of them (one per routed block) or {routed block index: capacity}."""
+    from .nn.routing import check_capacity
+
+    if value is None:
+        return None
+    try:
+        if isinstance(value, dict):
+            return {int(i): check_capacity(c) for i, c in value.items()}
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError("capacity must be a float in the range (0, 1], got an empty list")
+            return [check_capacity(c) for c in value]
+        return check_capacity(value)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"{key}={value!r} is not valid: {e}. Give one capacity in (0, 1], a list with one per routed block, "
+            f"or {{routed block index: capacity}}"
+        ) from None
+
+
+def check_bounds(value, key: str) -> tuple[float, float] | None:
+    """None/False/empty, or [min, max] capacities in (0, 1] with min <= max."""
+    from .nn.routing import check_capacity
+
+    if value is None or value is False or (isinstance(value, (list, tuple)) and not value):
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        off = " (False or None: static top-k)" if key == "dynamic_capacity" else " (None: fixed capacity)"
+        raise ValueError(f"{key} must be [min, max] with both in (0, 1]{off}, got {value!r}")
+    try:
+        lo, hi = map(check_capacity, value)
+    except ValueError as e:
+        raise ValueError(f"{key}={list(value)}: {e}") from None
+    if lo > hi:
+        raise ValueError(f"{key} min {lo} is above max {hi}")
+    return lo, hi
+
+
+def capacity_range(value) -> tuple[float, float] | None:
+    """Validate `capacity_range=[min, max]` (None or empty: fixed-capacity training)."""
+    return check_bounds(value, "capacity_range")
+
+
+def check_extra_args(args: dict) -> dict:
+    """Check the mod_vision keys present in `args` (a dict); raise a ValueError naming the first bad key."""
+    for key, value in args.items():
+        if key == "capacity":
+            check_capacity_arg(value)
+        elif key in {"capacity_range", "dynamic_capacity"}:
+            check_bounds(value, key)
+        elif key == "capacity_warmup":
+            _check_number(key, value, "epochs of the ramp from dense; 0: none")
+        elif key == "router_aux":
+            _check_number(key, value, "weight of the predictors' auxiliary loss; 0: off")
+        elif key in {"router_lr_mult", "predictor_lr_mult"}:
+            _check_number(key, value, "learning rate relative to lr0", optional=True)
+        elif key == "heatmap_period":
+            _check_number(key, value, "epochs between routing heatmaps; 0: only at the end", integer=True)
+        elif key == "save_heatmap" and not isinstance(value, bool):
+            raise ValueError(f"save_heatmap must be True or False, got {value!r}")
+        elif key == "routing" and value not in (None, "topk", "random"):
+            raise ValueError(f"routing must be 'topk', 'random' or None, got {value!r}")
+        elif key == "timm_weights" and value is not None and not isinstance(value, (str, Path)):
+            raise ValueError(f"timm_weights must be a timm model name or a weights file path, got {value!r}")
+    return args
+
+
+def split_extra_args(args) -> tuple[dict, dict]:
+    """(Ultralytics' arguments, mod_vision's checked arguments) from a dict, namespace, YAML path or None."""
+    args = cfg2dict(args) if args is not None else {}
+    ours = check_extra_args({k: v for k, v in args.items() if k in EXTRA_ARGS})
+    return {k: v for k, v in args.items() if k not in EXTRA_ARGS}, ours
+
+
+def with_extra_defaults(cfg=None) -> dict:
+    """An Ultralytics base config (default: Ultralytics' defaults) that also knows mod_vision's keys, for an engine's
+    `cfg=`: Ultralytics' get_cfg then accepts, and defaults, mod_vision's keys for that engine only."""
+    base = DEFAULT_CFG_DICT if cfg is None else cfg2dict(cfg)
+    if isinstance(base, SimpleNamespace):
+        base = vars(base)
+    return {**EXTRA_ARGS, **base}
 
 
 def has_no_routing(model, key: str, value) -> bool:
@@ -70,12 +175,17 @@ def apply_capacity(model, capacity) -> None:
 
 
 def apply_routing(model, args) -> None:
-    """Apply the routing arguments of an Ultralytics args namespace (capacity, dynamic_capacity) to a model."""
+    """Apply the routing arguments of an args namespace to a model: a static `capacity=` ends dynamic mode, a
+    `dynamic_capacity=` starts it (False ends it), and neither leaves the model as it is."""
     from .nn.routing import set_dynamic
 
-    apply_capacity(model, getattr(args, "capacity", None))
-    dynamic = getattr(args, "dynamic_capacity", None)
-    if dynamic and has_no_routing(model, "dynamic_capacity", dynamic):
+    capacity = getattr(args, "capacity", None)
+    dynamic = check_bounds(getattr(args, "dynamic_capacity", None), "dynamic_capacity")
+    if dynamic and has_no_routing(model, "dynamic_capacity", list(dynamic)):
         return
-    if dynamic is not None:
-        set_dynamic(model, tuple(dynamic) if dynamic else None)
+    if capacity is not None:
+        apply_capacity(model, capacity)
+        if dynamic is None:
+            set_dynamic(model, None)
+    if dynamic is not None or getattr(args, "dynamic_capacity", None) is False:
+        set_dynamic(model, dynamic)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
+from torch import nn
 from ultralytics.engine.model import Model
-from ultralytics.nn.tasks import guess_model_task
-from ultralytics.utils import DEFAULT_CFG_DICT, RANK
 
+from .cfg import EXTRA_ARGS, apply_routing, check_extra_args
 from .defaults import DEFAULT_CAPACITIES
 from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
+from .engine.results import routing_mode
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
 from .nn.routing import routed_blocks
-from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml
+from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, find_model_yaml, load_model_yaml
 
 
 def routed_capacities(model) -> list[float]:
@@ -29,22 +33,71 @@ class MoDYOLO(Model):
         >>> model.train(data="data/sample.yaml", epochs=1, imgsz=160)
         >>> results = model.predict("bus.jpg", capacity=0.25)  # a compute budget chosen at predict time
         >>> results[0].token_share
+
+    The routing that runs is the one set last, by `set_capacity()`, or by `capacity=` / `dynamic_capacity=` given to
+    predict or val (which set it on the model, as set_capacity does). A static capacity ends dynamic mode.
     """
+
+    _spec = None  # the mod_vision model spec being built by _new
 
     def __init__(self, model: str | Path = "modvit-det.yaml", task: str | None = None, verbose: bool = False):
         super().__init__(model=model, task=task, verbose=verbose)
 
-    def _new(self, cfg: str, task=None, model=None, verbose=False) -> None:
-        """Build from a YAML; as Model._new, but resolving mod_vision names and scales (see load_model_yaml)."""
-        cfg_dict = load_model_yaml(cfg)
-        self.cfg = cfg
-        self.task = task or guess_model_task(cfg_dict)
-        self.model = (model or self._smart_load("model"))(cfg_dict, verbose=verbose and RANK == -1)
-        self.overrides["model"] = self.cfg
-        self.overrides["task"] = self.task
-        self.model.args = {**DEFAULT_CFG_DICT, **self.overrides}  # lets export run from a YAML-built model
-        self.model.task = self.task
-        self.model_name = cfg
+    def _new(self, cfg: str, task=None, verbose=False) -> None:
+        # Ultralytics' YAML loader knows neither cfg/models/ nor names with a scale letter ('modvit-det-s.yaml'): it
+        # reads the resolved file (for the task), the model class gets mod_vision's spec (see _smart_load), and the
+        # name asked for stays the model's name, as Ultralytics records it for a YOLO YAML.
+        self._spec = load_model_yaml(cfg)
+        try:
+            super()._new(str(find_model_yaml(cfg)[0]), task=task, verbose=verbose)
+        finally:
+            self._spec = None
+        self.cfg = self.model_name = self.overrides["model"] = self.model.args["model"] = str(cfg)
+
+    def _smart_load(self, key: str):
+        cls = super()._smart_load(key)
+        if key == "model" and self._spec is not None:
+            return partial(_build_from_spec, cls, self._spec)
+        return cls
+
+    def predict(self, source=None, stream: bool = False, predictor=None, **kwargs):
+        kwargs.update(self._routing_for_call(kwargs))
+        with self._extra_args_known():
+            return super().predict(source, stream, predictor, **kwargs)
+
+    def val(self, validator=None, **kwargs):
+        kwargs.update(self._routing_for_call(kwargs))
+        return super().val(validator, **kwargs)
+
+    def _routing_for_call(self, kwargs: dict) -> dict:
+        """Check mod_vision's keys of a predict/val call and set the routing they ask for on this model; return the
+        routing now in force, in full, for the predictor or validator to run (it runs a copy of the model)."""
+        check_extra_args({k: v for k, v in kwargs.items() if k in EXTRA_ARGS})
+        capacity, dynamic = kwargs.get("capacity"), kwargs.get("dynamic_capacity")
+        if capacity is not None and dynamic:
+            raise ValueError(
+                f"capacity={capacity} (static top-k) and dynamic_capacity={dynamic} (per-image k) were both given; "
+                f"give one: the routing that runs is the one set last"
+            )
+        if not isinstance(self.model, nn.Module) or not routed_blocks(self.model):
+            return {}  # an exported file checks them against its metadata; a dense model has no routing to set
+        apply_routing(self.model, SimpleNamespace(capacity=capacity, dynamic_capacity=dynamic))
+        blocks = routed_blocks(self.model)
+        return {
+            "capacity": [b.capacity for b in blocks],
+            "dynamic_capacity": list(blocks[0].dynamic) if routing_mode(self.model) == "dynamic" else False,
+        }
+
+    @contextmanager
+    def _extra_args_known(self):
+        """When Model.predict reuses its predictor, it checks the call's arguments against Ultralytics' defaults plus
+        `self.overrides`: mod_vision's keys are made known there for this call only, not in Ultralytics' defaults."""
+        overrides = self.overrides
+        self.overrides = {**EXTRA_ARGS, **overrides}
+        try:
+            yield
+        finally:
+            self.overrides = overrides
 
     def train(self, trainer=None, **kwargs):
         # Ultralytics rebuilds a YAML-built model from its YAML path inside the trainer; pass on the capacities set
@@ -101,7 +154,8 @@ class MoDYOLO(Model):
         return MoDExporter(overrides=args, _callbacks=self.callbacks)(model=self.model)
 
     def set_capacity(self, capacity) -> MoDYOLO:
-        """Set routed-block capacity globally (float) or per routed block (list or {index: capacity})."""
+        """Set routed-block capacity globally (float) or per routed block (list or {index: capacity}); this ends
+        dynamic mode (the routing that runs is the one set last)."""
         self.model.set_capacity(capacity)
         return self
 
@@ -121,3 +175,8 @@ class MoDYOLO(Model):
                 "predictor": MoDSegmentationPredictor,
             },
         }
+
+
+def _build_from_spec(cls, spec: dict, cfg_dict: dict, **kwargs):
+    """Build a mod_vision model class from mod_vision's spec of the YAML, not Ultralytics' reading of it."""
+    return cls(spec, **kwargs)

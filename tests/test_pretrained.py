@@ -18,6 +18,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.utils import YAML
 
 from mod_vision import MoDYOLO
+from mod_vision.cfg import with_extra_defaults
 from mod_vision.engine.train import MoDDetectionTrainer, capacity_range, routing_param_groups
 from mod_vision.nn import MoDDetectionModel, routed_blocks
 from mod_vision.nn.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_timm_backbone, read_timm_weights
@@ -210,7 +211,7 @@ def test_routing_param_groups_scale_router_and_predictor_lr_only():
 
 def test_recipe_keys_are_valid_cfg_keys():
     recipe = YAML.load(Path(__file__).parents[1] / "cfg" / "recipe-routed.yaml")
-    args = get_cfg(overrides=recipe)  # raises on a key Ultralytics and mod_vision do not know
+    args = get_cfg(with_extra_defaults(), recipe)  # raises on a key Ultralytics and mod_vision do not know
     assert args.capacity_warmup > 0 and args.router_lr_mult > 0 and args.router_aux > 0
     assert capacity_range(args.capacity_range) == tuple(recipe["capacity_range"])
 

@@ -85,7 +85,7 @@ def test_checkpoint_loads_in_a_new_process_with_both_classes(det_run):
 
 
 def test_checkpoint_loads_with_plain_yolo_without_an_explicit_import(det_run):
-    """Unpickling the checkpoint imports mod_vision itself, which registers the layers, so plain YOLO just works."""
+    """Unpickling the checkpoint imports mod_vision itself (its classes are named in the pickle), so plain YOLO just works."""
     code = (
         "import sys\n"
         "from ultralytics import YOLO, ASSETS\n"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 from ultralytics.engine.exporter import Exporter
-from ultralytics.utils import LOGGER
+from ultralytics.utils import DEFAULT_CFG, LOGGER
 
-from ..cfg import apply_capacity, apply_routing
+from ..cfg import apply_capacity, apply_routing, split_extra_args, with_extra_defaults
 from ..nn.routing import record_routing, routed_blocks, set_dynamic, tokens_for
 from ..nn.vit import MoDViTStage
 
@@ -155,6 +155,10 @@ def exported_token_share(routing: dict, shape: tuple[int, int]) -> float:
 
 class MoDExporter(Exporter):
     """Ultralytics' Exporter for routed models; see the module docstring for what it adds."""
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        split_extra_args(overrides)  # mod_vision's keys are checked here, before anything is built
+        super().__init__(with_extra_defaults(cfg), overrides, _callbacks)
 
     def __call__(self, model: torch.nn.Module) -> str:
         fmt = self.args.format = check_format(self.args.format)

@@ -7,17 +7,18 @@ from pathlib import Path
 import cv2
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.models.yolo.segment import SegmentationPredictor
-from ultralytics.utils import LOGGER
+from ultralytics.utils import DEFAULT_CFG, LOGGER
 
+from ..cfg import split_extra_args, with_extra_defaults
 from ..heatmap import depth_image, routing_maps, save_image_heatmaps
 from ..nn.routing import record_routing, routed_blocks
 from .export import apply_or_check_routing, exported_token_share
+from .results import STATIC, RoutedResults, capacities_that_ran, routing_mode
 
 
 class RoutedPredictorMixin:
-    """Sets the capacity asked for at predict time, and adds to each Results `token_share` (share of routed-block
-    tokens processed; None for dense models), `capacity` (one per routed block; empty for dense models) and `routing`
-    (a `mod_vision.heatmap.Routing`; None for dense or exported models: an exported graph does not return its indices).
+    """Sets the routing asked for at predict time (`capacity=`, `dynamic_capacity=`), and returns `RoutedResults`:
+    each with the `token_share`, `capacity` and `capacity_mode` that ran on that image, and its `routing`.
 
     An exported model's capacities are fixed at export and read from its metadata; its token share is then exact
     (static top-k), computed from the input size. With `save_heatmap=True`, writes heatmaps to save_dir/heatmaps: per
@@ -25,8 +26,9 @@ class RoutedPredictorMixin:
     frame's compute share.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        split_extra_args(overrides)  # mod_vision's keys are checked here, before any source is opened
+        super().__init__(with_extra_defaults(cfg), overrides, _callbacks)
         # after postprocess, outside the timed section: drawing must not count as the model's postprocess time
         if save_heatmaps_callback not in self.callbacks["on_predict_postprocess_end"]:  # the model's dict is shared
             self.add_callback("on_predict_postprocess_end", save_heatmaps_callback)
@@ -46,19 +48,22 @@ class RoutedPredictorMixin:
 
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)
-        routings = None
+        n = len(results)
         if self.exported:
-            capacity = self.exported["capacity"]
-            shares = [exported_token_share(self.exported, img.shape[-2:])] * len(results)
+            capacities, mode = [self.exported["capacity"]] * n, STATIC
+            shares = [exported_token_share(self.exported, img.shape[-2:])] * n
+            routings = [None] * n
         else:
             record = getattr(self, "routing_record", None)
-            capacity, share = [b.capacity for b in routed_blocks(self.model)], record and record.token_share()
-            shares = [None] * len(results) if share is None else share.tolist()
-            routings = routing_maps(record, img.shape[2:], [r.orig_shape for r in results])
-        for i, (r, s) in enumerate(zip(results, shares)):
-            r.token_share, r.capacity = s, capacity
-            r.routing = None if routings is None else routings[i]
-        return results
+            entries = record.blocks if record is not None else []
+            share, mode = record and record.token_share(), routing_mode(self.model)
+            shares = [None] * n if share is None else share.tolist()
+            capacities = capacities_that_ran(self.model, entries, n)
+            routings = routing_maps(record, img.shape[2:], [r.orig_shape for r in results]) or [None] * n
+        return [
+            RoutedResults.of(r, token_share=s, capacity=c, capacity_mode=mode, routing=m)
+            for r, s, c, m in zip(results, shares, capacities, routings)
+        ]
 
     def save_heatmaps(self, results) -> None:
         """Heatmap images per image; for videos and streams one video per source in Ultralytics' vid_writer dict (which

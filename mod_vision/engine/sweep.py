@@ -11,7 +11,7 @@ from ultralytics.utils import LOGGER
 
 from ..defaults import DEFAULT_CAPACITIES
 from ..flops import gflops
-from ..nn.routing import check_capacity, routed_blocks
+from ..nn.routing import check_capacity, routed_blocks, set_dynamic
 
 COLUMNS = ("capacity", "gflops", "token_share", "coco_AP(B)", "coco_AP50(B)", "coco_AP(M)", "coco_AP50(M)", "mAP50-95(B)")
 
@@ -20,14 +20,20 @@ def capacity_sweep(model, capacities=DEFAULT_CAPACITIES, **val_args) -> tuple[li
     """Validate `model` (a MoDYOLO) at each capacity; write capacity_sweep.{csv,md,png} into one run folder.
 
     An entry is one capacity for every routed block, or a per-block schedule (a list, one value per routed block:
-    SparseViT's per-layer sparsity), so schedules of equal compute can be compared. Returns (rows, save_dir). The
-    model's own capacities are restored afterwards.
+    SparseViT's per-layer sparsity), so schedules of equal compute can be compared. Every entry runs static top-k, even
+    on a model in dynamic mode. Returns (rows, save_dir). The model's own routing (capacities and mode) is restored
+    afterwards: a sweep measures, it does not set.
     """
     net = model.model
     own = [b.capacity for b in routed_blocks(net)]  # a stock Ultralytics model has no capacities()
     if not own:
         raise ValueError("capacity sweep needs a routed model; this one has no routed blocks")
+    own_dynamic = routed_blocks(net)[0].dynamic
     capacities = check_sweep_capacities(capacities, len(own))
+    for key in ("capacity", "dynamic_capacity"):
+        if val_args.get(key) not in (None, False):
+            raise ValueError(f"{key}= is not an argument of a capacity sweep, which runs static top-k at each of "
+                             f"`capacities`; put the budgets to compare there")
     imgsz = int(val_args.get("imgsz") or 640)
     save_dir = get_save_dir(
         SimpleNamespace(project=val_args.pop("project", None), name=val_args.pop("name", None) or "sweep",
@@ -46,6 +52,7 @@ def capacity_sweep(model, capacities=DEFAULT_CAPACITIES, **val_args) -> tuple[li
                          **{k: coco.get(k) for k in COLUMNS[3:7]}, "mAP50-95(B)": float(m.box.map)})
     finally:
         net.set_capacity(own)
+        set_dynamic(net, own_dynamic)
     write_sweep(rows, save_dir)
     LOGGER.info(f"capacity sweep saved to {save_dir}\n{markdown(rows)}")
     return rows, save_dir

@@ -13,13 +13,14 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.cfg import get_save_dir
-from ultralytics.utils import LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
 from ultralytics.utils.plotting import plot_results
 from ultralytics.utils.torch_utils import unwrap_model
 
+from ..cfg import capacity_range, split_extra_args, with_extra_defaults
 from ..data import with_missing_help
 from ..nn.pretrained import load_timm_backbone
-from ..nn.routing import check_capacity, record_routing, routed_blocks, set_capacity
+from ..nn.routing import record_routing, routed_blocks, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
 from .runlock import RunLock
 from .val import MoDDetectionValidator, MoDSegmentationValidator
@@ -29,7 +30,6 @@ class MoDDetectionTrainer(DetectionTrainer):
     model_class, validator_class = MoDDetectionModel, MoDDetectionValidator
 
     def get_model(self, cfg=None, weights=None, verbose=True):
-        capacity_range(self.args.capacity_range)  # a bad range fails here, before data loading
         model = self.model_class(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
         model = self.set_model_names_for_load(model)
         if weights:
@@ -56,14 +56,10 @@ class MoDDetectionTrainer(DetectionTrainer):
             optimizer, model, router=self.args.router_lr_mult, predictor=self.args.predictor_lr_mult
         )
 
-    def preprocess_batch(self, batch: dict) -> dict:
-        batch = super().preprocess_batch(batch)
-        self.set_training_capacity()
-        return batch
-
     def set_training_capacity(self) -> None:
-        """Capacity for this batch: elastic (drawn from capacity_range) or the model's own, ramped from dense during
-        capacity_warmup epochs. The EMA, and so validation and the saved checkpoint, keep the model's own capacity."""
+        """Capacity for this batch (run by the `on_train_batch_start` callback): elastic (drawn from capacity_range) or
+        the model's own, ramped from dense during capacity_warmup epochs. The EMA, and so validation and the saved
+        checkpoint, keep the model's own capacity."""
         model = unwrap_model(self.model)
         if not hasattr(self, "_target_capacities"):
             self._target_capacities = model.capacities()
@@ -99,19 +95,21 @@ class MoDDetectionTrainer(DetectionTrainer):
 
     run_lock = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        # mod_vision's keys are checked before Ultralytics' __init__ locks the run folder and loads the data, and are
+        # known to this trainer only
+        split_extra_args(overrides)
         try:
-            super().__init__(*args, **kwargs)
-            period = self.args.heatmap_period
-            if isinstance(period, bool) or not isinstance(period, int) or period < 0:
-                raise ValueError(
-                    f"heatmap_period must be an int >= 0 (epochs between routing heatmaps; 0: none), got {period!r}"
-                )
+            super().__init__(with_extra_defaults(cfg), overrides, _callbacks)
         except BaseException:  # a run that never starts must not keep its folder locked
             self.release_run_lock()
             raise
-        for event, fn in (("on_fit_epoch_end", routing_plot_epoch), ("on_train_end", routing_plot_final)):
-            if fn not in self.callbacks[event]:  # the dict is the model's, shared by every trainer it makes
+        for event, fn in (
+            ("on_train_batch_start", training_capacity_callback),
+            ("on_fit_epoch_end", routing_plot_epoch),
+            ("on_train_end", routing_plot_final),
+        ):
+            if fn not in self.callbacks[event]:
                 self.add_callback(event, fn)
 
     def check_resume(self, overrides):
@@ -178,6 +176,11 @@ class MoDDetectionTrainer(DetectionTrainer):
         return path
 
 
+def training_capacity_callback(trainer) -> None:
+    if hasattr(trainer, "set_training_capacity"):
+        trainer.set_training_capacity()
+
+
 # Ultralytics' plot_results draws the results.csv columns whose names hold "loss" or "metric"; these say so in the copy
 # it plots, so results.png shows routing too (results.csv keeps its names).
 PLOTTED_AS = {
@@ -218,7 +221,11 @@ class MoDSegmentationTrainer(MoDDetectionTrainer, SegmentationTrainer):
 def routing_param_groups(optimizer, model, **lr_mults: float | None):
     """Move the parameters of each routed block's `router` and/or `predictor` (the keyword names) into param groups of
     their own: copies of their source groups (same decay, same Ultralytics warm-up role) with lr x the multiplier,
-    marked with the module name (`g["router"] = True`). A multiplier of 1 (or None) leaves that module where it is."""
+    marked with the module name (`g["router"] = True`). A multiplier of 1 (or None) leaves that module where it is.
+
+    Ultralytics' `build_optimizer` makes its groups and constructs the optimizer in one step, with no hook to add
+    groups; this runs right after it, before the optimizer has any state, and moves parameters with the optimizer's
+    own `add_param_group` rather than building a second optimizer."""
     blocks = routed_blocks(unwrap_model(model))
     for name, lr_mult in lr_mults.items():
         if lr_mult is None:
@@ -231,29 +238,13 @@ def routing_param_groups(optimizer, model, **lr_mults: float | None):
         mine = {id(p) for b in blocks for p in getattr(b, module).parameters()}
         if not mine:
             continue
-        groups = []
-        for g in optimizer.param_groups:
-            params = g["params"]
-            groups.append({**g, "params": [p for p in params if id(p) not in mine]})
-            moved = [p for p in params if id(p) in mine]
+        for g in list(optimizer.param_groups):
+            moved = [p for p in g["params"] if id(p) in mine]
             if moved:
-                groups.append({**g, "params": moved, "lr": g["lr"] * float(lr_mult), name: True})
-        optimizer.param_groups.clear()
-        optimizer.state.clear()
-        for g in groups:
-            if g["params"]:
-                optimizer.add_param_group(g)
+                g["params"] = [p for p in g["params"] if id(p) not in mine]
+                optimizer.add_param_group({**g, "params": moved, "lr": g["lr"] * float(lr_mult), name: True})
         LOGGER.info(f"{name}_lr_mult={lr_mult}: {len(mine)} {name} parameters in their own param groups")
     return optimizer
 
 
-def capacity_range(value) -> tuple[float, float] | None:
-    """Validate `capacity_range=[min, max]` (None or empty: fixed-capacity training)."""
-    if not value:
-        return None
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"capacity_range must be [min, max] with both in (0, 1], got {value!r}")
-    lo, hi = map(check_capacity, value)
-    if lo > hi:
-        raise ValueError(f"capacity_range min {lo} is above max {hi}")
-    return lo, hi
+__all__ = ["MoDDetectionTrainer", "MoDSegmentationTrainer", "capacity_range", "routing_param_groups"]

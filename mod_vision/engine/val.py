@@ -9,19 +9,22 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
+from ..cfg import EXTRA_ARGS, split_extra_args
 from ..nn.routing import record_routing, set_policy, token_share
 from .routing_metrics import RoutingQuality
 from .coco_eval import COCO_METRICS, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
 from .export import apply_or_check_routing, exported_token_share
+from .results import DYNAMIC, STATIC, capacities_that_ran, routing_mode
 
 
 class RoutedValidatorMixin:
     """COCO AP/AP50/AP75/APs/APm/APl against the json annotations, plus `routing/token_share` in the stats.
 
-    `model.val()` returns Ultralytics' metrics object with two more attributes: `coco` ({'metrics/coco_AP(B)': ...},
-    masks as (M)) and `token_share` (mean share of routed-block tokens processed; None for dense models). An exported
-    model's share is exact, from the capacities in its metadata (static top-k), and asking it for another capacity
-    raises, as predict does.
+    `model.val()` returns Ultralytics' metrics object with more attributes: `coco` ({'metrics/coco_AP(B)': ...}, masks
+    as (M)), `token_share` (mean share of routed-block tokens processed; None for dense models), `capacity_mode`
+    ("static" or "dynamic"; None for dense models) and `capacity` (per routed block, the capacity that ran: the set one
+    in static mode, the mean measured share over the images in dynamic mode). An exported model's share is exact, from
+    the capacities in its metadata (static top-k), and asking it for another capacity raises, as predict does.
 
     Ultralytics rebuilds ground truth from YOLO labels for custom detect data and looks for an LVIS file for custom
     segment data; evaluating against the dataset's own COCO json instead is what a COCO user expects, and it covers
@@ -29,7 +32,26 @@ class RoutedValidatorMixin:
     """
 
     iou_types = {"bbox": "B"}
-    routing_record = None
+    routing_record = anno_json = None
+    _is_custom_json = False
+
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None):
+        # Ultralytics' validator checks its args against its own defaults: mod_vision's keys are taken out, checked
+        # (before any data loads) and put back with their defaults
+        args, ours = split_extra_args(args)
+        super().__init__(dataloader, save_dir, args, _callbacks)
+        for k, v in {**EXTRA_ARGS, **ours}.items():
+            setattr(self.args, k, v)
+
+    # Ultralytics rebuilds ground truth from the YOLO labels when save_json is on for data that is neither COCO nor
+    # LVIS (its "custom json"); with the dataset's own COCO json there is nothing to rebuild.
+    @property
+    def is_custom_json(self) -> bool:
+        return self._is_custom_json and not self.anno_json
+
+    @is_custom_json.setter
+    def is_custom_json(self, value: bool) -> None:
+        self._is_custom_json = value
 
     def __call__(self, trainer=None, model=None):
         try:
@@ -50,9 +72,10 @@ class RoutedValidatorMixin:
         if self.anno_json:
             self.args.save_json = True
         super().init_metrics(model)
-        self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
         self.exported = apply_or_check_routing(model, self.args)  # routing of an exported file, else None
-        self.token_shares = []
+        self.token_shares, self.block_shares, self.routing_model = [], [], model
+        self.metrics.capacity_mode = STATIC if self.exported else routing_mode(model)
+        self.metrics.capacity = self.exported["capacity"] if self.exported else capacities_that_ran(model, [], 1)[0]
         self.metrics.coco, self.metrics.token_share, self.metrics.routing = {}, None, {}
         self.routing_quality = RoutingQuality()
         self.backgrounds = {}  # image file name -> background kind, where the COCO json records one (sample data)
@@ -69,6 +92,8 @@ class RoutedValidatorMixin:
         else:
             entries = self.routing_record.take() if self.routing_record is not None else []
             share = token_share(entries)
+            if entries and self.metrics.capacity_mode == DYNAMIC:
+                self.block_shares += capacities_that_ran(self.routing_model, entries, len(batch["im_file"]))
             if entries:
                 kinds = [self.backgrounds.get(Path(f).name, "all") for f in batch["im_file"]]
                 self.routing_quality.update(entries, batch, kinds)
@@ -79,6 +104,8 @@ class RoutedValidatorMixin:
     def get_stats(self) -> dict:
         stats = super().get_stats()
         self.metrics.token_share = float(torch.cat(self.token_shares).mean()) if self.token_shares else None
+        if self.block_shares:  # dynamic mode: the mean measured share per block
+            self.metrics.capacity = torch.tensor(self.block_shares, dtype=torch.float64).mean(0).tolist()
         if self.metrics.token_share is not None:
             stats["routing/token_share"] = self.metrics.token_share
         self.metrics.routing = self.routing_quality.summary()

@@ -14,12 +14,12 @@ from .routing import (
     set_policy,
     tokens_for,
 )
-from .tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml, parse_model, register
+from .tasks import MoDDetectionModel, MoDSegmentationModel, load_model_yaml, mod_parser, parse_model
 from .vit import MoDViTStage, PatchEmbed
 
 __all__ = [
     "ABlockPair", "MoDA2C2f", "MoDDetectionModel", "MoDSegmentationModel", "MoDViTStage", "PatchEmbed", "RoutedBlock",
     "RoutingRecord", "Scorer", "TokenABlock", "TokenRouter", "check_capacity", "load_model_yaml", "parse_model",
-    "record_routing", "register", "route_tokens", "routed_blocks", "router_aux_loss", "set_capacity", "set_dynamic",
+    "mod_parser", "record_routing", "route_tokens", "routed_blocks", "router_aux_loss", "set_capacity", "set_dynamic",
     "set_policy", "tokens_for",
 ]

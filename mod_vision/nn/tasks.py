@@ -1,16 +1,21 @@
-"""Registers the mod_vision layers with Ultralytics' YAML parser and defines the routed model classes.
+"""mod_vision's YAML parser and the routed model classes that use it.
 
 Ultralytics' `parse_model` computes output channels per known class and assumes `c2 = c1` for any other class, without
 passing it `c1`. Rather than fork that function, `parse_model` below lets Ultralytics parse a copy of the YAML in which
 each mod_vision layer is stood in for by a 1x1 `Conv` with the same channel argument: Ultralytics then applies its own
 width multiple, max_channels and depth multiple to it, and every later layer (Concat, Detect, Segment) sees the right
 channels. The stand-ins are then swapped for the real layers, built with the (c1, c2, depth) that Ultralytics computed.
+
+Only mod_vision's model classes use this parser (`mod_parser`, around their own construction): stock Ultralytics models
+in the same process keep Ultralytics' parser, and mod_vision's layer names never enter `ultralytics.nn.tasks`.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -80,14 +85,9 @@ def parse_model(d: dict, ch: int, verbose: bool = True):
 MODEL_DIR = Path(__file__).resolve().parents[2] / "cfg" / "models"
 
 
-def load_model_yaml(cfg: str | Path | dict) -> dict:
-    """Load a model YAML, Ultralytics-style names included: 'modvit-det-s.yaml' is modvit-det.yaml at scale 's'.
-
-    A bare name is looked up in the repo's cfg/models/. Without a scale letter in the name, the YAML's own `scale:`
-    key is used (Ultralytics' loader would drop it and warn).
-    """
-    if isinstance(cfg, dict):
-        return cfg
+def find_model_yaml(cfg: str | Path) -> tuple[Path, str | None]:
+    """(the YAML file, the scale letter in the name or None) for a model name or path: 'modvit-det-s.yaml' is
+    cfg/models/modvit-det.yaml at scale 's'. A bare name is looked up in the repo's cfg/models/."""
     path = Path(cfg)
     match = re.fullmatch(r"(.+)-([nslmx])", path.stem)
     candidates = [path, MODEL_DIR / path.name]
@@ -97,11 +97,22 @@ def load_model_yaml(cfg: str | Path | dict) -> dict:
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise FileNotFoundError(f"model YAML '{cfg}' not found; looked in {[str(p) for p in candidates]}")
+    return found, match[2] if match and found.stem == match[1] else None
+
+
+def load_model_yaml(cfg: str | Path | dict) -> dict:
+    """Load a model YAML, Ultralytics-style names included (see find_model_yaml).
+
+    Without a scale letter in the name, the YAML's own `scale:` key is used (Ultralytics' loader would drop it and warn).
+    """
+    if isinstance(cfg, dict):
+        return cfg
+    found, scale = find_model_yaml(cfg)
     d = YAML.load(found)
-    scale = match[2] if match and found.stem == match[1] else d.get("scale")
+    scale = scale or d.get("scale")
     if d.get("scales") and scale and scale not in d["scales"]:
         raise ValueError(f"scale '{scale}' not in {list(d['scales'])} of {found}")
-    d["scale"], d["yaml_file"] = scale, str(path)
+    d["scale"], d["yaml_file"] = scale, str(cfg)
     return d
 
 
@@ -113,11 +124,29 @@ def dense_twin_yaml(cfg: str | Path) -> str:
     return Path(spec["dense_twin"]).stem + (f"-{spec['scale']}" if spec.get("scale") else "") + ".yaml"
 
 
+_parser_lock = threading.RLock()
+
+
+@contextmanager
+def mod_parser():
+    """Ultralytics' model classes call the module-level `ultralytics.nn.tasks.parse_model` from their __init__, with no
+    hook to pass another parser: mod_vision's is installed there for the construction of one mod_vision model, and
+    Ultralytics' own is back when it ends, also on error. A stock model built meanwhile in another thread would get
+    mod_vision's parser, which hands any YAML without mod_vision layers to Ultralytics' parser unchanged."""
+    with _parser_lock:
+        previous, ul_tasks.parse_model = ul_tasks.parse_model, parse_model
+        try:
+            yield
+        finally:
+            ul_tasks.parse_model = previous
+
+
 class RoutedModelMixin:
     """Routing controls shared by the routed detection and segmentation models."""
 
     def __init__(self, cfg, ch=3, nc=None, verbose=True):
-        super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
+        with mod_parser():
+            super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
         self.max_stride = int(self.stride.max())
         if self.yaml.get("capacities"):
             self.set_capacity(self.yaml["capacities"])
@@ -126,9 +155,13 @@ class RoutedModelMixin:
         return routed_blocks(self)
 
     def set_capacity(self, capacity: float | dict[int, float] | list[float]) -> None:
-        """Set capacity of all routed blocks (a float), or per block (a list, or {routed block index: capacity})."""
+        """Set capacity of all routed blocks (a float), or per block (a list, or {routed block index: capacity}).
+
+        Static top-k then runs at these capacities: this ends dynamic mode, since the budget that runs is the one set last.
+        """
         # recorded in the model's YAML dict, so a model rebuilt from it keeps them
         self.yaml["capacities"] = set_capacity(self, capacity)
+        set_dynamic(self, None)
 
     def capacities(self) -> list[float]:
         return [b.capacity for b in self.routed_blocks()]
@@ -180,9 +213,3 @@ class MoDSegmentationModel(RoutedModelMixin, SegmentationModel):
     def __init__(self, cfg="modvit-seg.yaml", ch=3, nc=None, verbose=True):
         super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)
 
-
-def register() -> None:
-    """Install the parser and expose mod_vision layer names to YAMLs read by any Ultralytics model class."""
-    ul_tasks.parse_model = parse_model
-    for name, cls in MOD_LAYERS.items():
-        setattr(ul_tasks, name, cls)

@@ -1,0 +1,169 @@
+"""Importing and using mod_vision leaves stock Ultralytics as it is; mod_vision's own keys are checked by its own entry
+points, before any data loads, with errors that name the key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import ultralytics.nn.tasks as ul_tasks
+from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
+
+from mod_vision import MoDYOLO
+from mod_vision.cfg import EXTRA_ARGS
+from mod_vision.cli import run
+from mod_vision.engine.train import MoDDetectionTrainer, training_capacity_callback
+from mod_vision.nn import MoDDetectionModel
+from mod_vision.nn.tasks import MOD_LAYERS, load_model_yaml
+
+from .conftest import TRAIN_ARGS
+
+IMAGE = np.zeros((64, 64, 3), dtype=np.uint8)
+
+# In a fresh interpreter without mod_vision: Ultralytics' default keys, its parser, and what a stock YOLO11n says to
+# capacity= (on a first predict, and on a predict that reuses the predictor).
+STOCK = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    {imports}
+    import ultralytics.nn.tasks as t
+    from ultralytics import YOLO
+    from ultralytics.utils import DEFAULT_CFG_DICT
+    img, out = np.zeros((64, 64, 3), dtype=np.uint8), {{}}
+    for case in ("first", "reused"):
+        model = YOLO("yolo11n.yaml")
+        if case == "reused":
+            model.predict(img, imgsz=64, verbose=False)
+        try:
+            model.predict(img, imgsz=64, verbose=False, capacity=0.5)
+            out[case] = None
+        except Exception as e:
+            out[case] = [type(e).__name__, str(e)]
+    out["keys"] = sorted(DEFAULT_CFG_DICT)
+    out["parser"] = [t.parse_model.__module__, t.parse_model.__qualname__]
+    out["mod_vision"] = "mod_vision" in sys.modules
+    print(json.dumps(out))
+    """
+)
+
+
+def stock_run(imports: str = "") -> dict:
+    code = STOCK.format(imports=imports)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def without_mod_vision() -> dict:
+    out = stock_run()
+    assert out["mod_vision"] is False
+    return out
+
+
+def test_parser_and_default_config_are_ultralytics_own_after_a_mod_predict(without_mod_vision):
+    MoDYOLO("modvit-det.yaml").predict(IMAGE, imgsz=64, capacity=0.5, verbose=False)
+    assert ul_tasks.parse_model.__module__ == "ultralytics.nn.tasks"
+    assert [ul_tasks.parse_model.__module__, ul_tasks.parse_model.__qualname__] == without_mod_vision["parser"]
+    assert not set(MOD_LAYERS) & set(vars(ul_tasks))  # mod_vision's layer names are not visible to stock YAMLs
+    assert sorted(DEFAULT_CFG_DICT) == without_mod_vision["keys"]
+    assert not any(hasattr(DEFAULT_CFG, k) for k in EXTRA_ARGS)
+
+
+def test_stock_yolo_refuses_capacity_exactly_as_without_mod_vision(without_mod_vision):
+    with_it = stock_run("import mod_vision; mod_vision.MoDYOLO('modvit-det.yaml').predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)")
+    assert with_it["mod_vision"] is True
+    for case in ("first", "reused"):
+        assert without_mod_vision[case][0] == "SyntaxError" and "'capacity' is not a valid YOLO argument" in without_mod_vision[case][1]
+        assert with_it[case] == without_mod_vision[case]
+    assert with_it["keys"] == without_mod_vision["keys"] and with_it["parser"] == without_mod_vision["parser"]
+
+
+def test_stock_yaml_in_this_process_builds_with_ultralytics_parser_and_refuses_capacity():
+    model = YOLO("yolo11n.yaml")
+    assert type(model.model).__name__ == "DetectionModel"
+    with pytest.raises(SyntaxError, match="'capacity' is not a valid YOLO argument"):
+        model.predict(IMAGE, imgsz=64, capacity=0.5, verbose=False)
+    with pytest.raises(SyntaxError, match="'capacity_range' is not a valid YOLO argument"):
+        DetectionTrainer(overrides={"model": "yolo11n.yaml", "capacity_range": [0.2, 0.8]})
+
+
+def test_parser_is_restored_when_a_mod_model_fails_to_build():
+    spec = load_model_yaml("modvit-det.yaml")
+    spec["backbone"][1][2] = "NoSuchLayer"
+    with pytest.raises(ValueError, match="Unknown module 'NoSuchLayer' in layer 1"):
+        MoDDetectionModel(spec, verbose=False)
+    assert ul_tasks.parse_model.__module__ == "ultralytics.nn.tasks"
+
+
+def test_mod_model_keeps_its_name_scale_and_export_args():
+    model = MoDYOLO("modvit-det-s.yaml")
+    assert model.model.yaml["scale"] == "s" and len(model.model.capacities()) == 6
+    assert model.overrides["model"] == model.cfg == model.model.args["model"] == "modvit-det-s.yaml"
+
+
+BAD = [
+    ("capacity_warmup", "abc", "capacity_warmup must be a number >= 0 .*got 'abc'"),
+    ("capacity_warmup", -1, "capacity_warmup must be a number >= 0 .*got -1"),
+    ("router_aux", "abc", "router_aux must be a number >= 0 .*got 'abc'"),
+    ("router_aux", -1, "router_aux must be a number >= 0 .*got -1"),
+    ("dynamic_capacity", 0.5, r"dynamic_capacity must be \[min, max\] with both in \(0, 1\] \(False or None: static"),
+    ("dynamic_capacity", [0.5, 0.1], "dynamic_capacity min 0.5 is above max 0.1"),
+    ("capacity", "abc", r"capacity='abc' is not valid: capacity must be a float in the range \(0, 1\]"),
+    ("capacity", [0.5, 2], r"capacity=\[0.5, 2\] is not valid"),
+    ("capacity_range", 0.5, r"capacity_range must be \[min, max\]"),
+    ("router_lr_mult", -1, "router_lr_mult must be a number >= 0 .*got -1"),
+    ("predictor_lr_mult", "x", "predictor_lr_mult must be a number >= 0 .*got 'x'"),
+    ("heatmap_period", -1, "heatmap_period must be an int >= 0"),
+    ("heatmap_period", 1.5, "heatmap_period must be an int >= 0"),
+    ("save_heatmap", "yes", "save_heatmap must be True or False"),
+]
+
+
+@pytest.mark.parametrize("key, value, match", BAD)
+def test_bad_mod_vision_key_fails_training_before_data_loads(key, value, match, tmp_path):
+    # the data YAML does not exist: an error about the key proves it was checked before any data was looked for
+    with pytest.raises(ValueError, match=match):
+        MoDYOLO("modvit-det.yaml").train(data=str(tmp_path / "missing.yaml"), project=str(tmp_path), **{**TRAIN_ARGS, key: value})
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("key, value, match", [b for b in BAD if b[0] in {"capacity", "dynamic_capacity", "save_heatmap"}])
+def test_bad_mod_vision_key_fails_predict_and_val_first(key, value, match, tmp_path):
+    model = MoDYOLO("modvit-det.yaml")
+    with pytest.raises(ValueError, match=match):
+        model.predict(IMAGE, imgsz=64, **{key: value})
+    with pytest.raises(ValueError, match=match):
+        model.val(data=str(tmp_path / "missing.yaml"), **{key: value})
+    with pytest.raises(ValueError, match=match):
+        model.export(format="onnx", **{key: value})
+
+
+def test_cli_checks_mod_vision_keys_before_data(sample_yaml, tmp_path):
+    with pytest.raises(ValueError, match="capacity_warmup must be a number >= 0 .*got 'abc'"):
+        run(["train", f"data={sample_yaml}", "capacity_warmup=abc", f"project={tmp_path}", "device=cpu"])
+    with pytest.raises(ValueError, match=r"dynamic_capacity must be \[min, max\]"):
+        run(["val", f"data={sample_yaml}", "dynamic_capacity=0.5", f"project={tmp_path}", "device=cpu"])
+    assert not list(tmp_path.iterdir())  # no run folder: refused before anything started
+
+
+def test_capacity_schedule_is_a_trainer_callback_not_in_preprocess_batch(sample_yaml, tmp_path):
+    assert MoDDetectionTrainer.preprocess_batch is DetectionTrainer.preprocess_batch
+    overrides = {"model": "modvit-det.yaml", "data": str(sample_yaml), "project": str(tmp_path), "device": "cpu"}
+    trainer = MoDDetectionTrainer(overrides=overrides)
+    assert trainer.callbacks["on_train_batch_start"].count(training_capacity_callback) == 1
+    assert trainer.args.capacity_warmup == 0 and trainer.args.router_aux == EXTRA_ARGS["router_aux"]  # defaulted here
+
+
+def test_val_scores_against_the_datasets_coco_json_without_rebuilding_ground_truth(det_run, sample_yaml, tmp_path):
+    model, seen = MoDYOLO(det_run / "weights" / "best.pt"), {}
+    model.add_callback("on_val_end", lambda v: seen.update(anno=v.anno_json, custom=v.is_custom_json, gdict=v.gdict))
+    metrics = model.val(data=str(sample_yaml), imgsz=96, batch=4, project=str(tmp_path), plots=False, verbose=False)
+    assert seen["anno"].name == "instances_val.json" and seen["custom"] is False and seen["gdict"] is None
+    assert "metrics/coco_AP(B)" in metrics.coco
