@@ -5,7 +5,7 @@ import torch
 from ultralytics.nn.modules import Detect, Segment
 
 from mod_vision import MoDYOLO
-from mod_vision.nn import MoDViTStage, PatchEmbed, RoutedBlock
+from mod_vision.nn import MoDA2C2f, MoDViTStage, PatchEmbed, RoutedBlock, record_routing, routed_blocks
 from mod_vision.nn.tasks import MODEL_DIR, load_model_yaml
 
 YAMLS = sorted(p.name for p in MODEL_DIR.glob("*.yaml"))
@@ -13,7 +13,10 @@ YAMLS = sorted(p.name for p in MODEL_DIR.glob("*.yaml"))
 
 def test_all_shipped_yamls_are_found():
     assert set(YAMLS) == {
-        f"{arch}-{task}{dense}.yaml" for arch in ("modvit", "hybrid") for task in ("det", "seg") for dense in ("", "-dense")
+        f"{arch}-{task}{dense}.yaml"
+        for arch in ("modvit", "hybrid", "hybrid11", "hybrid12")
+        for task in ("det", "seg")
+        for dense in ("", "-dense")
     } | {"modvit-det-deep.yaml", "modvit-seg-deep.yaml"} | {
         f"modvit-{task}-{vit}.yaml" for task in ("det", "seg") for vit in ("vits", "vits-dense", "dinov2s")  # timm weights
     }
@@ -41,6 +44,15 @@ def test_yaml_builds_with_correct_channels_and_heads(name):
     head = model.model[-1]
     assert isinstance(head, Segment if "-seg" in name else Detect)
     assert head.stride.tolist() == [8.0, 16.0, 32.0]
+    if name.startswith(("hybrid11", "hybrid12")):  # attention in MoDA2C2f layers: heads of 32 channels, pairs routed
+        layers = [m for m in model.model if isinstance(m, MoDA2C2f)]
+        assert len(layers) == 2 and all(p.blocks[0].attn.head_dim == 32 for m in layers for p in m.m)
+        assert (len(routed_blocks(model)) == 0) == name.endswith("-dense.yaml")
+        model.eval()
+        y = model(torch.zeros(1, 3, 64, 96))[0]
+        y = y[0] if isinstance(y, (tuple, list)) else y
+        assert y.shape[:2] == (1, 4 + 80 + (32 if "-seg" in name else 0))
+        return
     stage = next(m for m in model.modules() if isinstance(m, MoDViTStage))
     dim = stage.pos_embed.shape[1]
     # the layer feeding the stage produces exactly the stage's width (not the c2 = c1 fallback)
@@ -83,11 +95,12 @@ def test_unknown_module_error_names_it(tmp_path):
 def test_any_input_size_gives_full_outputs(hw):
     """Sizes not divisible by the stride, and an image smaller than one patch, run without a shape error."""
     model = MoDYOLO("modvit-det.yaml").model.eval()
-    y = model(torch.rand(2, 3, *hw))[0]
+    with record_routing() as rec:
+        y = model(torch.rand(2, 3, *hw))[0]
     h, w = -(-hw[0] // 16), -(-hw[1] // 16)  # token grid after padding to whole patches
     anchors = 4 * h * w + h * w + -(-h // 2) * -(-w // 2)  # P3 (upsampled), P4, P5 (ceil-mode pooled)
     assert y.shape == (2, 4 + 80, anchors)
-    share = model.token_share()
+    share = rec.token_share()
     assert share.shape == (2,) and 0 < float(share[0]) <= 1
 
 
@@ -113,6 +126,7 @@ def test_token_share_follows_capacity():
     shares = []
     for c in (1.0, 0.5, 0.25, 0.125):
         model.set_capacity(c)
-        model(x)
-        shares.append(float(model.token_share()[0]))
+        with record_routing() as rec:
+            model(x)
+        shares.append(float(rec.token_share()[0]))
     assert shares == pytest.approx([1.0, 0.5, 0.25, 0.13])  # k = ceil(0.125 * 100) = 13

@@ -147,7 +147,9 @@ class RoutedModelMixin:
     def __init__(self, cfg, ch=3, nc=None, verbose=True):
         with mod_parser():
             super().__init__(load_model_yaml(cfg), ch=ch, nc=nc, verbose=verbose)
-        self.max_stride = int(self.stride.max())
+        # conv pyramids (FPN concatenations) need inputs padded to their largest stride; a patch embedding pads itself,
+        # and its ViT stages take any grid, so ViT models keep their exact token grid
+        self.max_stride = None if any(isinstance(m, PatchEmbed) for m in self.modules()) else int(self.stride.max())
         if self.yaml.get("capacities"):
             self.set_capacity(self.yaml["capacities"])
 
