@@ -195,7 +195,8 @@ def test_trainer_skips_timm_weights_when_starting_from_a_checkpoint(vit16):
 def test_routing_param_groups_scale_router_and_predictor_lr_only():
     model = tiny_model()
     opt = torch.optim.SGD([{"params": [p for p in model.parameters()], "lr": 0.01, "param_group": "weight"}])
-    ids = {n: {id(p) for b in routed_blocks(model) for p in getattr(b, n).parameters()} for n in ("router", "predictor")}
+    parts = {"router": "scorer", "predictor": "predictor"}  # the lr multipliers' names -> the router's parts
+    ids = {n: {id(p) for b in routed_blocks(model) for p in getattr(b, m).parameters()} for n, m in parts.items()}
     routing_param_groups(opt, model, router=3.0, predictor=10)
     for name, lr in (("router", 0.03), ("predictor", 0.1)):
         mine = [g for g in opt.param_groups if g.get(name)]

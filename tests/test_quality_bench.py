@@ -143,12 +143,12 @@ def test_family_and_mlp_router_pick_the_models(bench, family, tmp_path):
     assert dense == bench.YAML.load(ROOT / "cfg" / "models" / f"{base}.yaml")["dense_twin"].replace(".yaml", "-n.yaml")
     assert not routed_blocks(MoDSegmentationModel(dense, nc=4, verbose=False))
     linear = routed_blocks(MoDSegmentationModel(routed, nc=4, verbose=False))
-    assert linear and all(isinstance(b.router.net, torch.nn.Linear) for b in linear)
+    assert linear and all(isinstance(b.scorer.net, torch.nn.Linear) for b in linear)
 
     args = bench.parse_args(["--family", family, "--router-hidden", "32", "--out", str(tmp_path), "--name", "f"])
     mlp_yaml = bench.arm_spec("mod-c0.25", args)["model"]
     assert Path(mlp_yaml).parent == tmp_path / "f" / "models"  # a copy in the run folder, cfg/models untouched
     mlp = routed_blocks(MoDSegmentationModel(mlp_yaml, nc=4, verbose=False))
     assert len(mlp) == len(linear)  # only the router changed: same blocks routed
-    assert all([m.out_features for m in b.router.net if isinstance(m, torch.nn.Linear)] == [32, 1] for b in mlp)
+    assert all([m.out_features for m in b.scorer.net if isinstance(m, torch.nn.Linear)] == [32, 1] for b in mlp)
     assert bench.arm_spec("dense", args)["model"] == dense
