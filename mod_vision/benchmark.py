@@ -28,6 +28,7 @@ from torch import nn
 from .defaults import DEFAULT_CAPACITIES
 from .flops import gflops
 from .nn.routing import routed_blocks, set_capacity
+from .nn.blocks import MoDA2C2f
 from .nn.vit import MoDViTStage
 from .report import markdown_table, write_csv
 
@@ -49,9 +50,10 @@ class Row:
 
 
 def backbone_of(model: nn.Module) -> nn.Sequential:
-    """Ultralytics layers up to and including the last transformer stage (a straight chain in our YAMLs)."""
+    """Ultralytics layers up to and including the backbone's last attention layer (a straight chain in our YAMLs)."""
     layers = list(model.model)
-    last = max(i for i, m in enumerate(layers) if isinstance(m, MoDViTStage))
+    n_backbone = len(model.yaml["backbone"])
+    last = max(i for i, m in enumerate(layers[:n_backbone]) if isinstance(m, (MoDViTStage, MoDA2C2f)))
     if any(m.f != -1 for m in layers[1 : last + 1]):
         raise ValueError("backbone-only rows need a straight chain of layers up to the transformer stage")
     return nn.Sequential(*layers[: last + 1])

@@ -11,7 +11,7 @@ import torch
 from ultralytics.utils import ASSETS
 
 from mod_vision import MoDYOLO
-from mod_vision.nn import RoutedBlock
+from mod_vision.nn import TokenRouter
 
 from .conftest import IMGSZ, TRAIN_ARGS
 
@@ -143,7 +143,7 @@ def test_capacity_survives_training_and_resume(sample_yaml, runs):
     last = Path(runs) / "resume" / "weights" / "last.pt"
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["epoch"] == 0
-    assert [b.capacity for b in ckpt["ema"].modules() if isinstance(b, RoutedBlock)] == [0.25] * 3
+    assert [b.capacity for b in ckpt["ema"].modules() if isinstance(b, TokenRouter)] == [0.25] * 3
     resumed = MoDYOLO(last)
     resumed.train(resume=True)
     rows = read_csv(Path(runs) / "resume" / "results.csv")
