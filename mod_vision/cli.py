@@ -12,7 +12,7 @@ from .defaults import DEFAULT_CAPACITIES
 HELP = """Usage: mod-vision MODE [key=value ...]
 
 MODE:
-  train        train a model (default model=modvit-det.yaml; default data: the sample data, generated on first use)
+  train        train a model (default model=hybrid11-det.yaml; default data: the sample data, generated on first use)
   val          validate; COCO metrics are computed when the data YAML names a `coco_json`
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
   heatmap      predict and write routing heatmaps (tokens per routed block, depth map, compute share) to
@@ -21,7 +21,7 @@ MODE:
   sweep        validate at several capacities (capacities=[1.0,0.5,0.25,0.125]): mAP-vs-capacity table and plot
   benchmark    side-by-side latency/FLOPs/memory benchmark (same arguments as tools/benchmark.py, e.g. imgsz=640)
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
-  sample-data  write the sample dataset (root=datasets/mod-sample n_train=200 n_val=50 seed=0)
+  sample-data  write the sample dataset (root=datasets/mod-sample n_train=400 n_val=100 seed=0)
   help         this text
 
 Arguments are Ultralytics' (https://docs.ultralytics.com/usage/cfg/), e.g. epochs=10 imgsz=320 batch=16 device=cpu,
@@ -36,7 +36,8 @@ plus mod_vision's:
   timm_weights=FILE|NAME    train: initialise the ViT backbone from timm weights (see cfg/models/*-vits.yaml)
   router_lr_mult=5          train: router learning rate relative to lr0
   predictor_lr_mult=10      train: learning rate of dynamic mode's predictors relative to lr0
-Models: cfg/models/{modvit,hybrid}-{det,seg}[-dense].yaml, modvit-{det,seg}-{deep,vits,dinov2s}.yaml; add -n/-s/-m for a scale, e.g. model=modvit-det-s.yaml,
+Models: cfg/models/{hybrid11,hybrid12,modvit,hybrid}-{det,seg}[-dense].yaml, modvit-{det,seg}-{deep,vits,dinov2s}.yaml; add -n/-s/-m for a scale,
+e.g. model=hybrid11-det-s.yaml,
 or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
 
 Examples:
@@ -46,7 +47,7 @@ Examples:
   mod-vision heatmap model=runs/detect/train/weights/best.pt source=bus.jpg
 """
 
-DEFAULT_MODEL = "modvit-det.yaml"
+DEFAULT_MODEL = "hybrid11-det.yaml"  # the recommended model (docs/quality_bench.md)
 MODES = ("train", "val", "sweep", "predict", "heatmap", "export", "info")
 
 

@@ -101,8 +101,8 @@ def _annotation(ann_id: int, image_id: int, cls: int, poly: np.ndarray, w: int, 
 
 def make_sample_data(
     root: str | Path = SAMPLE_ROOT,
-    n_train: int = 200,
-    n_val: int = 50,
+    n_train: int = 400,
+    n_val: int = 100,
     seed: int = 0,
     size: tuple[int, int] = (192, 320),
     max_objects: int = 6,
