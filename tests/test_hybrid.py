@@ -26,7 +26,7 @@ def test_routed_pair_at_capacity_one_without_gate_equals_its_dense_twin():
     torch.testing.assert_close(routed(x), dense(x), rtol=1e-6, atol=1e-6)
 
 
-def test_routed_pair_changes_only_the_tokens_it_picks():
+def test_routed_pair_runs_attention_only_on_the_tokens_it_picks():
     routed, _ = pair_twins(0.25)
     x = torch.randn(2, 64, 6, 6)
     with record_routing() as rec:
@@ -34,8 +34,9 @@ def test_routed_pair_changes_only_the_tokens_it_picks():
     (entry,) = rec.blocks
     assert entry.grid == (6, 6) and entry.index.shape == (2, tokens_for(0.25, 36))
     mask = entry.mask().view(2, 1, 6, 6).expand_as(x)
-    assert torch.equal(y[~mask], x[~mask])
-    assert not torch.allclose(y[mask], x[mask])
+    position = x + routed.pe(x)  # the dense part: every token gets the depthwise position conv
+    assert torch.equal(y[~mask], position[~mask])
+    assert not torch.allclose(y[mask], position[mask])
 
 
 def test_routed_pair_is_batch_independent():

@@ -2,8 +2,9 @@
 
 YOLO12's `ABlock` attends within horizontal strips of the full map and adds a 7x7 depthwise position term computed on
 the full value map. A routed block sees only a set of tokens, so here attention is global among the tokens it runs, and
-one depthwise position term per pair of blocks is computed densely on the pair's input (cheap) and read with the chosen
-tokens, a conditional position encoding: a depthwise conv over a sparse map would see zeros where tokens were skipped.
+one depthwise 7x7 conv per pair of blocks runs densely on the pair's input, as a residual conditional position
+encoding (CPVT): every token, routed or not, gets position and local spatial mixing (a depthwise conv over a sparse map
+would see zeros where tokens were skipped; a neck whose attention skips 3 tokens in 4 must still mix them spatially).
 A2C2f's unit is a pair of ABlocks; here each pair is routed as one (one router, one gather and one scatter per pair),
 which halves the routing overhead that dominates at these small widths.
 """
@@ -56,11 +57,8 @@ class ABlockPair(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        read = (x + self.pe(x)).flatten(2).transpose(1, 2)
-        if self.router is None:
-            out = x.flatten(2).transpose(1, 2) + self.run(read) - read
-        else:
-            out = self.router(x.flatten(2).transpose(1, 2), self.run, (h, w), inputs=read)
+        t = (x + self.pe(x)).flatten(2).transpose(1, 2)  # dense and cheap: every token gets position and local mixing
+        out = self.run(t) if self.router is None else self.router(t, self.run, (h, w))
         return out.transpose(1, 2).reshape(b, c, h, w)
 
 
