@@ -126,3 +126,29 @@ def test_random_policy_at_val_is_the_control_and_does_not_stay(det_run, sample_y
         assert all(b["padding_share"] is not None and 0 <= b["padding_share"] <= 1 for b in blocks)
         assert all(b["object_lift"] is None or b["object_lift"] >= 0 for b in blocks)
     assert set(learned.routing) >= {"all", "flat", "textured"} or set(learned.routing) == {"all"}
+
+
+def test_routing_quality_tool_compares_learned_and_random_at_each_capacity(det_run, sample_yaml, tmp_path):
+    from tests.test_dynamic_tools import _tool
+
+    out = tmp_path / "q.md"
+    text = _tool("routing_quality").main(
+        [str(det_run / "weights" / "best.pt"), str(sample_yaml), "--imgsz", "96", "--capacities", "1.0", "0.25",
+         "--out", str(out)]  # fmt: skip
+    )
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 |", "| 0.25 |"))]
+    assert [r.split("|")[2].strip() for r in rows] == ["learned", "random", "learned", "random"]
+    shares = [float(r.split("|")[4]) for r in rows]
+    assert shares[0] == shares[1] == 1.0 and shares[2] == shares[3] < 0.5  # the control keeps k
+    assert out.read_text().strip() == text.strip()
+
+
+def test_routing_quality_tool_refuses_a_dense_model(tmp_path):
+    from ultralytics import YOLO
+
+    from tests.test_dynamic_tools import _tool
+
+    pt = tmp_path / "dense.pt"
+    YOLO("yolo11n.yaml").save(pt)
+    with pytest.raises(SystemExit):
+        _tool("routing_quality").main([str(pt), "data.yaml"])

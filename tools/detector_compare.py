@@ -36,6 +36,11 @@ def is_ultralytics(arm: str) -> bool:
     return arm.startswith("yolo")
 
 
+def finished(checkpoint: Path) -> bool:
+    """Ultralytics marks a checkpoint whose training ended (optimizer stripped) with epoch -1."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=False).get("epoch", -1) == -1
+
+
 def train_arm(arm: str, seed: int, run: Path, args) -> Path:
     from ultralytics import YOLO
 
@@ -44,14 +49,10 @@ def train_arm(arm: str, seed: int, run: Path, args) -> Path:
     folder = (run / "train" / f"{Path(arm).stem}__s{seed}").resolve()  # Ultralytics nests a relative project in runs/
     last = folder / "weights" / "last.pt"
     best = folder / "weights" / "best.pt"
-    if best.exists() and not last.exists():
+    if best.exists() and (not last.exists() or finished(last)):
         return best
     if last.exists():
-        try:
-            (YOLO if is_ultralytics(arm) else MoDYOLO)(str(last)).train(resume=True)
-        except AssertionError as e:  # Ultralytics refuses to resume a finished run: it is finished
-            if "nothing to resume" not in str(e):
-                raise
+        (YOLO if is_ultralytics(arm) else MoDYOLO)(str(last)).train(resume=True)
         return best
     model = YOLO(arm) if is_ultralytics(arm) else MoDYOLO(arm)
     extra = {} if is_ultralytics(arm) else args.extra
