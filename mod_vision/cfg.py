@@ -43,8 +43,9 @@ EXTRA_ARGS = {
     # (bool) predict: write routing heatmaps (per-block selected tokens, depth map, compute share) to save_dir/heatmaps,
     # as images for images and as <stem>_depth.mp4 for videos and streams
     "save_heatmap": False,
-    # ("topk" | "random" | None) val: how routed blocks rank tokens; "random" is the control that keeps each block's k
-    # and learned gate but picks tokens at random, so learned-against-random AP is one command
+    # ("topk" | "object" | "random" | None) val: how routed blocks rank tokens: by the learned scorer (default), by the
+    # object predictor (trained on ground-truth object cover), or at random, the control that keeps each block's k and
+    # learned gate, so learned-against-random AP is one command
     "routing": None,
     # (int) train: also save save_dir/routing_val_batch0_epoch<E>.jpg every this many epochs (0: only at the end);
     # needs plots=True
@@ -128,8 +129,8 @@ def check_extra_args(args: dict) -> dict:
             _check_number(key, value, "epochs between routing heatmaps; 0: only at the end", integer=True)
         elif key == "save_heatmap" and not isinstance(value, bool):
             raise ValueError(f"save_heatmap must be True or False, got {value!r}")
-        elif key == "routing" and value not in (None, "topk", "random"):
-            raise ValueError(f"routing must be 'topk', 'random' or None, got {value!r}")
+        elif key == "routing" and value not in (None, "topk", "object", "random"):
+            raise ValueError(f"routing must be 'topk', 'object', 'random' or None, got {value!r}")
         elif key == "timm_weights" and value is not None and not isinstance(value, (str, Path)):
             raise ValueError(f"timm_weights must be a timm model name or a weights file path, got {value!r}")
     return args

@@ -36,6 +36,8 @@ def main(argv=None) -> str:
     p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--capacities", type=float, nargs="+", default=list(DEFAULT_CAPACITIES))
+    p.add_argument("--rankings", nargs="+", default=["topk", "random"], choices=["topk", "object", "random"],
+                   help="topk: the learned scorer; object: the object predictor; random: the control")
     p.add_argument("--out", default=None, help="write the table to this Markdown file too")
     a = p.parse_args(argv)
 
@@ -47,10 +49,10 @@ def main(argv=None) -> str:
         p.error(f"{a.weights} has no routed blocks: nothing to measure")
     rows = []
     for capacity in a.capacities:
-        for ranking in ("topk", "random"):
+        for ranking in a.rankings:
             m = model.val(data=a.data, imgsz=a.imgsz, batch=a.batch, capacity=capacity, routing=ranking, plots=False,
                           verbose=False, device="cpu")  # fmt: skip
-            row = {"capacity": f"{capacity:g}", "ranking": "learned" if ranking == "topk" else "random",
+            row = {"capacity": f"{capacity:g}", "ranking": {"topk": "learned"}.get(ranking, ranking),
                    "box AP": f"{100 * m.coco.get('metrics/coco_AP(B)', m.box.map):.2f}",
                    "token share": f"{m.token_share:.3f}"}  # fmt: skip
             for kind in ("flat", "textured", "all"):

@@ -24,7 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 GATES = ("sigmoid", "unit", "none")
-POLICIES = ("topk", "random")
+POLICIES = ("topk", "object", "random")
 
 
 def check_capacity(capacity: float) -> float:
@@ -209,26 +209,40 @@ def routing_input(image: torch.Tensor) -> Iterator[None]:
         _INPUT.reset(token)
 
 
+LETTERBOX_FILL = 114 / 255  # Ultralytics' letterbox (and mosaic) fill, as the network sees it
+
+
 def constant_cells(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, h*w) bool: the token cells of a (h, w) grid over `image` whose pixels are all one colour (letterbox padding,
-    the padding a patch embedding adds, or a flat patch of exactly one value). Max- and min-pooling: every export
+    """(B, h*w) bool: the token cells of a (h, w) grid over `image` that are padding: all one colour (a flat patch of
+    exactly one value, the padding a patch embedding adds), or mostly Ultralytics' letterbox fill (a centred letterbox
+    splits its band, so a coarse cell can be half fill, half image edge). Max- and average-pooling: every export
     runtime has them."""
+    return padding_levels(image, grid) > 0
+
+
+def padding_levels(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w) float: 0 for a real cell, 1 for a cell of one colour, 2 for a cell that is mostly letterbox fill, so
+    that when k exceeds the real cells, flat patches run before letterbox padding (see `constant_cells`)."""
     stride = 2 ** round(math.log2(max(image.shape[-2] / grid[0], image.shape[-1] / grid[1])))
     hi = nn.functional.max_pool2d(image, stride, stride, ceil_mode=True)
     lo = -nn.functional.max_pool2d(-image, stride, stride, ceil_mode=True)
-    flat = ((hi - lo).amax(1) < 1 / 255)[:, : grid[0], : grid[1]]
-    if flat.shape[-2:] != tuple(grid):  # a grid the image does not tile (a size the model pads further): pad as constant
-        flat = nn.functional.pad(flat, (0, grid[1] - flat.shape[-1], 0, grid[0] - flat.shape[-2]), value=True)
-    return flat.flatten(1)
+    fill = ((image - LETTERBOX_FILL).abs() < 0.5 / 255).all(1, keepdim=True).to(image.dtype)
+    mostly_fill = nn.functional.avg_pool2d(fill, stride, stride, ceil_mode=True)[:, 0] > 0.5
+    flat = (hi - lo).amax(1) < 1 / 255
+    levels = (flat | mostly_fill).to(image.dtype) + mostly_fill.to(image.dtype)
+    levels = levels[:, : grid[0], : grid[1]]
+    if levels.shape[-2:] != tuple(grid):  # a grid the image does not tile (a size the model pads further): padding
+        levels = nn.functional.pad(levels, (0, grid[1] - levels.shape[-1], 0, grid[0] - levels.shape[-2]), value=2.0)
+    return levels.flatten(1)
 
 
-def current_constant_cells(grid: tuple[int, int] | None) -> torch.Tensor | None:
-    """`constant_cells` of the input set by `routing_input`, once per grid and forward; None without one."""
+def current_padding(grid: tuple[int, int] | None) -> torch.Tensor | None:
+    """`padding_levels` of the input set by `routing_input`, once per grid and forward; None without one."""
     state = _INPUT.get()
     if state is None or grid is None:
         return None
     if grid not in state["cells"]:
-        state["cells"][grid] = constant_cells(state["image"], grid)
+        state["cells"][grid] = padding_levels(state["image"], grid)
     return state["cells"][grid]
 
 
@@ -280,8 +294,9 @@ class TokenRouter(nn.Module):
             "unit": exactly 1 in the forward pass with the gradient of log-sigmoid, so a pretrained dense ViT starts
                 out computing what it computed before.
             "none": no gate (the scorer then gets no gradient from the task loss).
-        policy: "topk" (the scorer's best k) or "random" (k random tokens: the control that shows what the ranking is
-            worth; the gate still uses the learned scores).
+        policy: "topk" (the scorer's best k), "object" (the k tokens the object predictor, trained on ground-truth
+            object cover, rates highest: Focus-DETR's foreground selection) or "random" (k random tokens: the control
+            that shows what a ranking is worth). The gate always uses the scorer's scores.
 
     Dynamic mode (`dynamic=(min, max)` capacities) lets each image choose its k: the tokens its object predictor (the
     MoD paper's auxiliary predictor, trained by `router_aux_loss` on detached tokens) scores above `threshold`, clamped
@@ -332,19 +347,19 @@ class TokenRouter(nn.Module):
         self.capacity = round(float(state), 6)
 
     def select(
-        self, scores: torch.Tensor, predicted: torch.Tensor | None, constant: torch.Tensor | None = None
+        self, scores: torch.Tensor, predicted: torch.Tensor | None, padding: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, K) indices to process per image, in raster order, and their validity mask (None: all valid).
 
-        `constant` (B, N) marks cells of one colour (letterbox padding): ranked after every other token, so they run
-        only when k exceeds the real tokens, and never counted as wanted in dynamic mode."""
+        `padding` (B, N) levels (`padding_levels`: 1 one-colour cell, 2 letterbox fill) rank after every real token,
+        fill last, so they run only when k exceeds the real tokens; dynamic mode never counts them as wanted."""
         n = scores.shape[1]
-        ranking = torch.rand_like(scores) if self.policy == "random" else scores
-        if constant is not None and self.skip_constant:
+        ranking = {"random": torch.rand_like(scores), "object": predicted}.get(self.policy, scores)
+        if padding is not None and self.skip_constant:
             # a margin far beyond any score, finite so every runtime's TopK takes it
-            ranking = ranking - constant.to(ranking.dtype) * 1e4
+            ranking = ranking - padding.to(ranking.dtype) * 1e4
             if predicted is not None:
-                predicted = predicted.masked_fill(constant, -1e4)
+                predicted = predicted.masked_fill(padding > 0, -1e4)
         if self.dynamic is None:
             # While tracing, n is a tensor: k stays in the graph only for exports with dynamic shapes; a constant k lets
             # a runtime plan fixed shapes and fuse the block's matmuls.
@@ -369,9 +384,9 @@ class TokenRouter(nn.Module):
         """Route (B, N, C) tokens through `block` (see `route_tokens`); `grid` is their (h, w) layout, for the record."""
         scores = self.scorer(x)
         record = active_record()
-        want_pred = self.dynamic is not None or (record is not None and record.keep_predictions)
+        want_pred = self.dynamic is not None or self.policy == "object" or (record is not None and record.keep_predictions)
         predicted = self.predictor(x.detach()) if want_pred else None
-        index, valid = self.select(scores, predicted, current_constant_cells(grid))
+        index, valid = self.select(scores, predicted, current_padding(grid))
         if record is not None:
             record.add(
                 BlockRouting(
@@ -485,7 +500,8 @@ def set_dynamic(model: nn.Module, bounds: tuple[float, float] | None, threshold:
 
 
 def set_policy(model: nn.Module, policy: str) -> None:
-    """Rank tokens by the learned scores ("topk") or at random ("random", the control), in every routed block."""
+    """Rank tokens by the scorer ("topk"), by the object predictor ("object") or at random ("random", the control), in
+    every routed block."""
     for b in routed_blocks(model):
         b.policy = policy
 
