@@ -31,13 +31,19 @@ class TokenABlock(ABlock):
 
     def forward(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         a = self.attn
-        x = t.transpose(1, 2).unsqueeze(-1)
-        b, _, k, _ = x.shape
-        q, kk, v = a.qkv(x).view(b, a.num_heads, 3 * a.head_dim, k).transpose(-1, -2).chunk(3, dim=-1)
+        b, k, _ = t.shape
+        q, kk, v = pointwise(a.qkv, t).view(b, k, a.num_heads, 3 * a.head_dim).transpose(1, 2).chunk(3, dim=-1)
         y = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask)  # (B, heads, K, head_dim)
-        x = x + a.proj(y.transpose(-1, -2).reshape(b, -1, k, 1))
-        x = x + self.mlp(x)
-        return x.squeeze(-1).transpose(1, 2)
+        t = t + pointwise(a.proj, y.transpose(1, 2).reshape(b, k, -1))
+        return t + pointwise(self.mlp[1], pointwise(self.mlp[0], t))
+
+
+def pointwise(conv: Conv, t: torch.Tensor) -> torch.Tensor:
+    """An Ultralytics 1x1 `Conv` applied to (B, K, C) tokens. Once fused (inference: the BatchNorm folded into the
+    convolution) it is a matmul on the tokens; before, it runs as a (B, C, K, 1) map so its BatchNorm trains as usual."""
+    if hasattr(conv, "bn"):
+        return conv(t.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+    return conv.act(F.linear(t, conv.conv.weight.flatten(1), conv.conv.bias))
 
 
 class ABlockPair(nn.Module):

@@ -223,13 +223,35 @@ def constant_cells(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def padding_levels(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(B, h*w) float: 0 for a real cell, 1 for a cell of one colour, 2 for a cell that is mostly letterbox fill, so
     that when k exceeds the real cells, flat patches run before letterbox padding (see `constant_cells`)."""
-    stride = 2 ** round(math.log2(max(image.shape[-2] / grid[0], image.shape[-1] / grid[1])))
-    hi = nn.functional.max_pool2d(image, stride, stride, ceil_mode=True)
-    lo = -nn.functional.max_pool2d(-image, stride, stride, ceil_mode=True)
-    fill = ((image - LETTERBOX_FILL).abs() < 0.5 / 255).all(1, keepdim=True).to(image.dtype)
-    mostly_fill = nn.functional.avg_pool2d(fill, stride, stride, ceil_mode=True)[:, 0] > 0.5
+    return levels_from_pixels(pixel_extremes(image), grid)
+
+
+BASE_CELL = 8  # padding statistics are gathered per 8x8 pixels once a forward; every token grid pools from them
+
+
+def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per 8x8 pixel cell (B, 3, H/8, W/8): each channel's largest and smallest value, by reshaping rather than max
+    pooling (one read of the image, no indices). The image is zero-padded to whole cells, as a patch embedding pads."""
+    b, c, h, w = image.shape
+    ph, pw = -h % BASE_CELL, -w % BASE_CELL
+    if ph or pw:
+        image = nn.functional.pad(image, (0, pw, 0, ph))
+    cells = image.reshape(b, c, (h + ph) // BASE_CELL, BASE_CELL, (w + pw) // BASE_CELL, BASE_CELL)
+    return cells.amax((3, 5)), cells.amin((3, 5))
+
+
+def levels_from_pixels(pixels: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    hi, lo = pixels
+    stride = 2 ** round(math.log2(max(hi.shape[-2] * BASE_CELL / grid[0], hi.shape[-1] * BASE_CELL / grid[1])))
+    k = max(1, stride // BASE_CELL)
+    # an 8x8 cell is letterbox fill when every pixel of every channel is the fill value
+    fill = (((hi - LETTERBOX_FILL).abs() < 0.5 / 255) & ((lo - LETTERBOX_FILL).abs() < 0.5 / 255)).all(1, keepdim=True)
+    if k > 1:
+        hi = nn.functional.max_pool2d(hi, k, k, ceil_mode=True)
+        lo = -nn.functional.max_pool2d(-lo, k, k, ceil_mode=True)
+    mostly_fill = nn.functional.avg_pool2d(fill.to(hi.dtype), k, k, ceil_mode=True)[:, 0] > 0.5
     flat = (hi - lo).amax(1) < 1 / 255
-    levels = (flat | mostly_fill).to(image.dtype) + mostly_fill.to(image.dtype)
+    levels = (flat | mostly_fill).to(hi.dtype) + mostly_fill.to(hi.dtype)
     levels = levels[:, : grid[0], : grid[1]]
     if levels.shape[-2:] != tuple(grid):  # a grid the image does not tile (a size the model pads further): padding
         levels = nn.functional.pad(levels, (0, grid[1] - levels.shape[-1], 0, grid[0] - levels.shape[-2]), value=2.0)
@@ -242,7 +264,9 @@ def current_padding(grid: tuple[int, int] | None) -> torch.Tensor | None:
     if state is None or grid is None:
         return None
     if grid not in state["cells"]:
-        state["cells"][grid] = padding_levels(state["image"], grid)
+        if "pixels" not in state:
+            state["pixels"] = pixel_extremes(state["image"])
+        state["cells"][grid] = levels_from_pixels(state["pixels"], grid)
     return state["cells"][grid]
 
 
