@@ -229,27 +229,29 @@ def padding_levels(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 BASE_CELL = 8  # padding statistics are gathered per 8x8 pixels once a forward; every token grid pools from them
 
 
-def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per 8x8 pixel cell (B, 3, H/8, W/8): each channel's largest and smallest value, by reshaping rather than max
-    pooling (one read of the image, no indices). The image is zero-padded to whole cells, as a patch embedding pads."""
+def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per 8x8 pixel cell: each channel's largest and smallest value (B, 3, H/8, W/8), and the share of its pixels that
+    are letterbox fill (B, 1, H/8, W/8); by reshaping rather than max pooling (no indices). The image is zero-padded to
+    whole cells, as a patch embedding pads."""
     b, c, h, w = image.shape
     ph, pw = -h % BASE_CELL, -w % BASE_CELL
     if ph or pw:
         image = nn.functional.pad(image, (0, pw, 0, ph))
-    cells = image.reshape(b, c, (h + ph) // BASE_CELL, BASE_CELL, (w + pw) // BASE_CELL, BASE_CELL)
-    return cells.amax((3, 5)), cells.amin((3, 5))
+    shape = (b, -1, (h + ph) // BASE_CELL, BASE_CELL, (w + pw) // BASE_CELL, BASE_CELL)
+    cells = image.reshape(shape)
+    fill = ((image - LETTERBOX_FILL).abs().amax(1, keepdim=True) < 0.5 / 255).to(image.dtype).reshape(shape)
+    return cells.amax((3, 5)), cells.amin((3, 5)), fill.mean((3, 5))
 
 
-def levels_from_pixels(pixels: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-    hi, lo = pixels
+def levels_from_pixels(pixels: tuple[torch.Tensor, torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    hi, lo, fill = pixels
     stride = 2 ** round(math.log2(max(hi.shape[-2] * BASE_CELL / grid[0], hi.shape[-1] * BASE_CELL / grid[1])))
     k = max(1, stride // BASE_CELL)
-    # an 8x8 cell is letterbox fill when every pixel of every channel is the fill value
-    fill = (((hi - LETTERBOX_FILL).abs() < 0.5 / 255) & ((lo - LETTERBOX_FILL).abs() < 0.5 / 255)).all(1, keepdim=True)
     if k > 1:
         hi = nn.functional.max_pool2d(hi, k, k, ceil_mode=True)
         lo = -nn.functional.max_pool2d(-lo, k, k, ceil_mode=True)
-    mostly_fill = nn.functional.avg_pool2d(fill.to(hi.dtype), k, k, ceil_mode=True)[:, 0] > 0.5
+        fill = nn.functional.avg_pool2d(fill, k, k, ceil_mode=True)
+    mostly_fill = fill[:, 0] > 0.5
     flat = (hi - lo).amax(1) < 1 / 255
     levels = (flat | mostly_fill).to(hi.dtype) + mostly_fill.to(hi.dtype)
     levels = levels[:, : grid[0], : grid[1]]
