@@ -268,3 +268,14 @@ def test_cli_export(det_run, tmp_path):
     pt = shutil.copy(det_run / "weights" / "best.pt", tmp_path / "best.pt")
     f = cli(["export", f"model={pt}", "format=torchscript", f"imgsz={IMGSZ}", "capacity=0.5"])
     assert routing_op_counts(f, "torchscript")["topk"] >= routed(pt)
+
+
+def test_a_routing_record_of_an_exported_model_is_refused_with_the_reason(export):
+    from ultralytics.nn.autobackend import AutoBackend
+
+    from mod_vision.nn import record_routing
+
+    backend = AutoBackend(export("detect", "onnx"), device=torch.device("cpu"), verbose=False)
+    with pytest.raises(ValueError, match="exported models do not return their routing"):
+        with record_routing(backend):
+            pass
