@@ -87,10 +87,13 @@ def latency(arms: list[str], imgsz: int, threads: int, runs: int) -> dict[str, f
 
 
 def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Path:
-    arms = list(dict.fromkeys(r["arm"] for r in results))
+    arms = list(dict.fromkeys([r["arm"] for r in results] + [a for ms in lat.values() for a in ms]))
     rows = []
     for a in arms:
         mine = [r for r in results if r["arm"] == a]
+        if not mine:  # timed only (--no-train, or not trained yet)
+            rows.append({"arm": Path(a).stem, **{f"ms @ {size}": f"{ms[a]:.1f}" for size, ms in lat.items() if a in ms}})
+            continue
         aps = [100 * r["box_AP"] for r in mine]
         row = {"arm": Path(a).stem, "seeds": " ".join(str(r["seed"]) for r in mine),
                "box AP (per seed)": " / ".join(f"{v:.2f}" for v in aps), "box AP (mean)": f"{statistics.mean(aps):.2f}",
