@@ -35,6 +35,7 @@ class RoutedPredictorMixin:
 
     def setup_source(self, source, *args, **kwargs):
         # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
+        source = without_unreadable_videos(source)
         super().setup_source(source, *args, **kwargs)  # a stream that cannot be opened: its error names the URL
         self.exported = apply_or_check_routing(self.model, self.args)
         self._heatmap_stems, self._warned_no_routing = {}, False
@@ -105,6 +106,33 @@ class RoutedPredictorMixin:
                 str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0])
             )
         self.vid_writer[path].write(frame)
+
+
+def without_unreadable_videos(source):
+    """A folder (or list of files) with a video OpenCV cannot open would stop Ultralytics' loader before the first image:
+    such videos are left out with a warning naming each, and the rest is returned as a list of files. Anything else
+    (one file, a stream, a glob, an array) is returned unchanged; so is a source whose files are all unreadable, for
+    Ultralytics to report."""
+    from ultralytics.data.utils import VID_FORMATS
+
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        files = sorted(str(f) for f in Path(source).iterdir() if f.is_file())
+    elif isinstance(source, (list, tuple)) and source and all(isinstance(f, (str, Path)) for f in source):
+        files = [str(f) for f in source]
+    else:
+        return source
+    broken = []
+    for f in files:
+        if f.rsplit(".", 1)[-1].lower() in VID_FORMATS:
+            cap = cv2.VideoCapture(f)
+            if not (cap.isOpened() and cap.read()[0]):
+                broken.append(f)
+            cap.release()
+    if not broken or len(broken) == len(files):
+        return source
+    for f in broken:
+        LOGGER.warning(f"skipping {f}: OpenCV cannot read it as a video")
+    return [f for f in files if f not in broken]
 
 
 def source_fps(dataset, i: int) -> float:
