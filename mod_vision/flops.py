@@ -50,3 +50,22 @@ def capacity_table(model: torch.nn.Module, imgsz=640, capacities=CAPACITIES) -> 
     finally:
         set_capacity(model, saved)
     return table
+
+
+def compute_line(model: torch.nn.Module, imgsz: int | tuple[int, int]) -> str:
+    """One log line that says what a GFLOPs figure is: routing-aware, at which input size and capacities, beside the
+    same model with every token processed. Ultralytics' summary line profiles a small input and scales it, so its
+    figure for the same model differs."""
+    caps = [b.capacity for b in routed_blocks(model)]
+    size = "x".join(map(str, (imgsz, imgsz) if isinstance(imgsz, int) else imgsz))
+    if not caps:
+        return f"routing-aware GFLOPs at {size}: {gflops(model, imgsz):.2f} (no routed blocks)"
+    now = gflops(model, imgsz)
+    try:
+        set_capacity(model, 1.0)
+        full = gflops(model, imgsz)
+    finally:
+        set_capacity(model, caps)
+    shown = ", ".join(f"{c:g}" for c in dict.fromkeys(caps))
+    return (f"routing-aware GFLOPs at {size}: {now:.2f} at capacity {shown} ({full:.2f} with every token processed); "
+            f"Ultralytics' summary figure scales a small input and undercounts attention")

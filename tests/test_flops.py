@@ -44,3 +44,18 @@ def test_info_reports_routing_aware_gflops():
     info = MoDYOLO("modvit-det.yaml").info(verbose=False, imgsz=320)
     assert info["gflops"] == pytest.approx(info["capacity_gflops"][0.5])
     assert set(info["capacity_gflops"]) == set(CAPACITIES)
+
+
+def test_compute_line_says_routed_at_which_size_and_capacity_beside_every_token():
+    import re
+
+    from mod_vision.flops import compute_line
+    from mod_vision.nn.tasks import MoDDetectionModel, load_model_yaml
+
+    model = MoDDetectionModel(load_model_yaml("hybrid11-det-n.yaml"), nc=4, verbose=False)
+    line = compute_line(model, 160)
+    now, full = map(float, re.search(r"at 160x160: ([\d.]+) at capacity 0.25 \(([\d.]+) with every token", line).groups())
+    assert 0 < now < full
+    assert [b.capacity for b in model.routed_blocks()] == [0.25] * len(model.routed_blocks())  # restored
+    dense = MoDDetectionModel(load_model_yaml("hybrid11-det-dense-n.yaml"), nc=4, verbose=False)
+    assert "(no routed blocks)" in compute_line(dense, 160)

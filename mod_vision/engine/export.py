@@ -26,6 +26,7 @@ from ultralytics.engine.exporter import Exporter
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 
 from ..cfg import apply_capacity, apply_routing, split_extra_args, with_extra_defaults
+from ..flops import compute_line
 from ..nn.routing import record_routing, routed_blocks, set_dynamic, tokens_for
 from ..nn.vit import MoDViTStage
 
@@ -194,6 +195,7 @@ class MoDExporter(Exporter):
         if blocks:
             self.metadata["capacity"] = [b.capacity for b in blocks]
             self.metadata["token_strides"] = [token_stride(self.im.shape[2:], e.grid) for e in record.blocks]
+            LOGGER.info(f"{self.args.format} export: {compute_line(self.model, tuple(self.im.shape[2:]))}")
         if not self.args.dynamic:
             for stage, (h, w) in grids.items():
                 stage.pos_embed = torch.nn.Parameter(stage.position_embedding(h, w).detach(), requires_grad=False)

@@ -19,6 +19,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ..cfg import capacity_range, split_extra_args, with_extra_defaults
 from ..data import with_missing_help
+from ..flops import compute_line
 from ..nn.pretrained import load_timm_backbone
 from ..nn.routing import record_routing, routed_blocks, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
@@ -37,6 +38,8 @@ class MoDDetectionTrainer(DetectionTrainer):
         self.load_timm_weights(model, weights)
         if self.args.capacity is not None:  # also how MoDYOLO.train carries capacities set on a YAML-built model
             model.set_capacity(self.args.capacity)
+        if verbose and RANK in {-1, 0}:  # beside Ultralytics' summary line, what the routed model really costs
+            LOGGER.info(compute_line(model, self.args.imgsz))
         return model
 
     def load_timm_weights(self, model, weights) -> None:
