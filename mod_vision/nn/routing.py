@@ -237,10 +237,12 @@ def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     ph, pw = -h % BASE_CELL, -w % BASE_CELL
     if ph or pw:
         image = nn.functional.pad(image, (0, pw, 0, ph))
-    shape = (b, -1, (h + ph) // BASE_CELL, BASE_CELL, (w + pw) // BASE_CELL, BASE_CELL)
+    gh, gw = (h + ph) // BASE_CELL, (w + pw) // BASE_CELL
+    shape = (-1, gh, BASE_CELL, gw, BASE_CELL)  # rank 5 (batch and channels merged): CoreML allows no more
     cells = image.reshape(shape)
     fill = ((image - LETTERBOX_FILL).abs().amax(1, keepdim=True) < 0.5 / 255).to(image.dtype).reshape(shape)
-    return cells.amax((3, 5)), cells.amin((3, 5)), fill.mean((3, 5))
+    return (cells.amax((2, 4)).reshape(b, c, gh, gw), cells.amin((2, 4)).reshape(b, c, gh, gw),
+            fill.mean((2, 4)).reshape(b, 1, gh, gw))
 
 
 def levels_from_pixels(pixels: tuple[torch.Tensor, torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
@@ -251,9 +253,9 @@ def levels_from_pixels(pixels: tuple[torch.Tensor, torch.Tensor, torch.Tensor], 
         hi = nn.functional.max_pool2d(hi, k, k, ceil_mode=True)
         lo = -nn.functional.max_pool2d(-lo, k, k, ceil_mode=True)
         fill = nn.functional.avg_pool2d(fill, k, k, ceil_mode=True)
-    mostly_fill = fill[:, 0] > 0.5
-    flat = (hi - lo).amax(1) < 1 / 255
-    levels = (flat | mostly_fill).to(hi.dtype) + mostly_fill.to(hi.dtype)
+    mostly_fill = (fill[:, 0] > 0.5).to(hi.dtype)
+    flat = ((hi - lo).amax(1) < 1 / 255).to(hi.dtype)
+    levels = torch.maximum(flat, mostly_fill) + mostly_fill  # arithmetic, not `|`: CoreML has no bitwise or
     levels = levels[:, : grid[0], : grid[1]]
     if levels.shape[-2:] != tuple(grid):  # a grid the image does not tile (a size the model pads further): padding
         levels = nn.functional.pad(levels, (0, grid[1] - levels.shape[-1], 0, grid[0] - levels.shape[-2]), value=2.0)
