@@ -1,7 +1,7 @@
 """Latency of one model YAML built by an earlier commit's mod_vision/nn and by this one, timed round-robin in one run.
 
-The earlier package is read with `git show` into a temporary folder and imported as `oldnn` (its modules import each
-other relatively). Its `register()` replaced Ultralytics' parser globally, so the parser is put back after building.
+The earlier package is read with `git show` into a temporary folder and loaded as the package `oldnn` (its modules
+import each other relatively). Its `register()` replaced Ultralytics' parser globally, so the parser is put back after building.
 
 Usage: python tools/core_before_after.py --commit 77a0c69 --model modvit-det-n.yaml --imgsz 640 --capacities 1 0.25
 """
@@ -9,6 +9,7 @@ Usage: python tools/core_before_after.py --commit 77a0c69 --model modvit-det-n.y
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -47,8 +48,12 @@ def main(argv=None):
 
     from ultralytics.nn import tasks as ul
 
-    sys.path.insert(0, str(old_package(a.commit)))
+    folder = old_package(a.commit) / "oldnn"
+    spec = importlib.util.spec_from_file_location("oldnn", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    oldnn = importlib.util.module_from_spec(spec)
+    sys.modules["oldnn"] = oldnn  # its modules import each other relatively, through this name
     upstream = ul.parse_model
+    spec.loader.exec_module(oldnn)
     import oldnn.routing
     import oldnn.tasks
 
