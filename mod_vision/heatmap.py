@@ -17,7 +17,7 @@ import torch
 from ultralytics.utils import ops
 from ultralytics.utils.plotting import Annotator
 
-from .nn.routing import BlockRouting, RoutingRecord
+from .nn.routing import BlockRouting, RoutingRecord, token_stride
 
 COLORMAP = cv2.COLORMAP_INFERNO  # dark = skipped / shallow, bright = processed / deep; readable in grey too
 ALPHA = 0.5  # weight of the colormap over the image
@@ -66,8 +66,7 @@ class Routing:
     def stride(self, grid: tuple[int, int] | None = None) -> int:
         """Input pixels per token side of a grid (default the finest): a power of two that covers the input."""
         (h, w), (hi, wi) = grid or self.grid, self.input_shape
-        s = 2 ** round(math.log2(max(hi / h, wi / w)))
-        return max(s, math.ceil(hi / h), math.ceil(wi / w))
+        return max(token_stride((hi, wi), (h, w)), math.ceil(hi / h), math.ceil(wi / w))
 
     def regrid(self, m: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         """A token map moved to another block's grid, through input pixels (grids of strides 16 and 32 need not nest

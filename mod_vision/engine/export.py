@@ -27,7 +27,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 
 from ..cfg import apply_capacity, apply_routing, split_extra_args, with_extra_defaults
 from ..flops import compute_line
-from ..nn.routing import record_routing, routed_blocks, set_dynamic, tokens_for
+from ..nn.routing import record_routing, routed_blocks, set_dynamic, token_stride, tokens_for
 from ..nn.vit import MoDViTStage
 
 # Formats whose conversion of the routing ops is checked (tests/test_export.py); ncnn converts but its runtime has no
@@ -99,11 +99,6 @@ def _graph_ops(path: Path, fmt: str) -> list[str]:
         main = ct.utils.load_spec(str(path)).mlProgram.functions["main"]
         return [op.type for op in main.block_specializations[main.opset].operations]
     raise ValueError(f"no graph reader for format='{fmt}'")
-
-
-def token_stride(input_shape, grid) -> int:
-    """Input pixels per token side of a token grid: a power of two (Ultralytics' strides)."""
-    return 2 ** round(math.log2(max(input_shape[0] / grid[0], input_shape[1] / grid[1])))
 
 
 def exported_routing(model) -> dict | None:

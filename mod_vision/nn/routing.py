@@ -226,6 +226,12 @@ def padding_levels(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return levels_from_pixels(pixel_extremes(image), grid)
 
 
+def token_stride(input_shape: tuple[int, int], grid: tuple[int, int]) -> int:
+    """Input pixels per token side of a token grid over an input: a power of two (Ultralytics' strides), so grids that
+    a patch embedding or strided convolutions ceil-rounded map back to their stride."""
+    return 2 ** round(math.log2(max(input_shape[0] / grid[0], input_shape[1] / grid[1])))
+
+
 BASE_CELL = 8  # padding statistics are gathered per 8x8 pixels once a forward; every token grid pools from them
 
 
@@ -247,7 +253,7 @@ def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def levels_from_pixels(pixels: tuple[torch.Tensor, torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
     hi, lo, fill = pixels
-    stride = 2 ** round(math.log2(max(hi.shape[-2] * BASE_CELL / grid[0], hi.shape[-1] * BASE_CELL / grid[1])))
+    stride = token_stride((hi.shape[-2] * BASE_CELL, hi.shape[-1] * BASE_CELL), grid)
     k = max(1, stride // BASE_CELL)
     if k > 1:
         hi = nn.functional.max_pool2d(hi, k, k, ceil_mode=True)
