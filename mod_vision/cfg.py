@@ -50,6 +50,15 @@ EXTRA_ARGS = {
     # (int) train: also save save_dir/routing_val_batch0_epoch<E>.jpg every this many epochs (0: only at the end);
     # needs plots=True
     "heatmap_period": 0,
+    # (bool) predict on video, a folder of frames or streams: a token whose input has not changed since it was last
+    # computed keeps its cached update (Eventful Transformers' token reuse); one cache per stream (nn/reuse.py)
+    "token_reuse": False,
+    # (float) token reuse: a token is recomputed when its input moved by more than this, relative (||x - ref|| / ||ref||)
+    "reuse_threshold": 0.1,
+    # (int) token reuse: every this many frames every routed token is recomputed, so that error cannot accumulate
+    "reuse_refresh": 30,
+    # (float) token reuse: a frame on which more than this share of tokens changed (a scene cut) is recomputed in full
+    "reuse_max_change": 0.5,
 }
 
 ROUTING_KEYS = ("capacity", "dynamic_capacity")
@@ -131,6 +140,13 @@ def check_extra_args(args: dict) -> dict:
             raise ValueError(f"save_heatmap must be True or False, got {value!r}")
         elif key == "routing" and value not in (None, "topk", "object", "random"):
             raise ValueError(f"routing must be 'topk', 'object', 'random' or None, got {value!r}")
+        elif key == "token_reuse" and not isinstance(value, bool):
+            raise ValueError(f"token_reuse must be True or False, got {value!r}")
+        elif key in {"reuse_threshold", "reuse_refresh", "reuse_max_change"}:
+            from .nn.reuse import check_reuse_args
+
+            defaults = {k: EXTRA_ARGS[k] for k in ("reuse_threshold", "reuse_refresh", "reuse_max_change")}
+            check_reuse_args(*{**defaults, key: value}.values())
         elif key == "timm_weights" and value is not None and not isinstance(value, (str, Path)):
             raise ValueError(f"timm_weights must be a timm model name or a weights file path, got {value!r}")
     return args

@@ -32,6 +32,9 @@ plus mod_vision's:
   router_aux=0.1            weight of the loss that trains the routers' predictors (for dynamic mode)
   dynamic_capacity=[0.05,1] val/predict: per image, as many tokens as the predictors find on objects, within bounds
   save_heatmap=True         predict: also write routing heatmaps (what the heatmap mode does)
+  token_reuse=True          predict on video/frames/streams: compute only the tokens whose input changed
+  reuse_threshold=0.1       token reuse: relative input change above which a token is recomputed
+  reuse_refresh=30          token reuse: every 30 frames every routed token is recomputed
   heatmap_period=5          train (plots=True): routing heatmap of a val batch every 5 epochs, and at the end
   timm_weights=FILE|NAME    train: initialise the ViT backbone from timm weights (see cfg/models/*-vits.yaml)
   router_lr_mult=5          train: router learning rate relative to lr0

@@ -38,10 +38,16 @@ class Routing:
     blocks: list[np.ndarray]
     input_shape: tuple[int, int]
     orig_shape: tuple[int, int]
+    computed: list[np.ndarray] | None = None  # token reuse: per block, the routed tokens computed on this frame
 
     def __post_init__(self):
         if isinstance(self.blocks, np.ndarray):  # (R, h, w): all blocks on one grid
             self.blocks = list(self.blocks)
+
+    @property
+    def reused(self) -> list[np.ndarray] | None:
+        """Token reuse: per block, the routed tokens that kept their cached update on this frame; None without reuse."""
+        return None if self.computed is None else [m & ~c for m, c in zip(self.blocks, self.computed)]
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -60,8 +66,10 @@ class Routing:
 
     @property
     def share(self) -> float:
-        """Share of routed-block tokens processed, over all blocks' own tokens (result.token_share's definition)."""
-        return float(sum(m.sum() for m in self.blocks) / sum(m.size for m in self.blocks))
+        """Share of routed-block tokens processed (under token reuse: computed), over all blocks' own tokens
+        (result.token_share's definition)."""
+        done = self.blocks if self.computed is None else self.computed
+        return float(sum(m.sum() for m in done) / sum(m.size for m in self.blocks))
 
     def stride(self, grid: tuple[int, int] | None = None) -> int:
         """Input pixels per token side of a grid (default the finest): a power of two that covers the input."""
@@ -99,14 +107,18 @@ def routing_maps(entries: list[BlockRouting] | RoutingRecord | None, input_shape
         entries = entries.blocks
     if not entries:
         return None
-    per_block = []
+    per_block, computed = [], []
     for e in entries:
         if e.grid is None or e.grid[0] * e.grid[1] != e.tokens:
             raise RuntimeError(f"a routed block saw {e.tokens} tokens but recorded the token grid {e.grid}")
         per_block.append(e.mask().view(-1, *e.grid).cpu().numpy())
+        if e.computed is not None:
+            computed.append(e.computed.view(-1, *e.grid).cpu().numpy())
     return [
-        Routing([m[i] for m in per_block], tuple(input_shape[-2:]), tuple(s[:2])) for i, s in enumerate(orig_shapes)
-    ]
+        Routing([m[i] for m in per_block], tuple(input_shape[-2:]), tuple(s[:2]),
+                [c[i] for c in computed] if computed else None)
+        for i, s in enumerate(orig_shapes)
+    ]  # fmt: skip
 
 
 def colorize(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
@@ -149,6 +161,24 @@ def depth_image(image: np.ndarray, routing: Routing, text: str | None = None) ->
     image, routing = bounded(image, routing)
     heat = colorize(image, routing.to_image(), len(routing.masks))
     return caption(caption(heat, text or share_text(routing)), depth_legend(routing), bottom=True)
+
+
+REUSE_COLORS = {"computed": (0, 140, 255), "reused": (255, 160, 0)}  # BGR: orange computed, blue reused; skipped: none
+
+
+def reuse_image(image: np.ndarray, routing: Routing) -> np.ndarray:
+    """Token reuse's picture of one frame: on the finest grid, places computed by some routed block (orange), places
+    routed but only reused (blue), and places no routed block touched (the image as it is)."""
+    image, routing = bounded(image, routing)
+    fine = routing.grid
+    computed = np.any([routing.regrid(c, fine) for c in routing.computed], 0)
+    reused = np.any([routing.regrid(r, fine) for r in routing.reused], 0) & ~computed
+    out = np.ascontiguousarray(image).copy()
+    for name, where in (("computed", computed), ("reused", reused)):
+        cells = routing.to_image(where)
+        out[cells] = (out[cells] * (1 - ALPHA) + np.array(REUSE_COLORS[name]) * ALPHA).astype(np.uint8)
+    text = f"computed {routing.share:.3f} of routed-block tokens"
+    return caption(caption(out, text), "orange: computed, blue: reused from cache, clear: skipped", bottom=True)
 
 
 def block_images(image: np.ndarray, routing: Routing) -> list[np.ndarray]:

@@ -87,7 +87,7 @@ def test_mjpeg_server_refuses_an_unknown_end_or_a_drop_past_the_last_frame():
     from mod_vision.mjpeg import MJPEGServer
 
     frames = [np.zeros((8, 8, 3), np.uint8)] * 3
-    with pytest.raises(ValueError, match="end='hang': use 'close', 'drop' or 'stall'"):
+    with pytest.raises(ValueError, match="end='hang': use 'close', 'drop', 'stall' or 'reconnect'"):
         MJPEGServer(frames, end="hang")
     with pytest.raises(ValueError, match="needs 0 <= drop_after < 3 \\(the frame count\\), got 3"):
         MJPEGServer(frames, end="drop", drop_after=3)

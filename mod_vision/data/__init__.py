@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sample import CLASSES, SAMPLE_ROOT, make_sample_data
+from .video import make_sample_video
 
 
 def sample_data_yaml(root: str | Path = SAMPLE_ROOT, **kwargs) -> Path:
@@ -22,4 +23,4 @@ def with_missing_help(error: Exception, data) -> Exception:
     return FileNotFoundError(f"{error}\n{text}") if text else error
 
 
-__all__ = ["CLASSES", "SAMPLE_ROOT", "make_sample_data", "sample_data_yaml", "with_missing_help"]
+__all__ = ["CLASSES", "SAMPLE_ROOT", "make_sample_data", "make_sample_video", "sample_data_yaml", "with_missing_help"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import numpy as np
+import torch
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.models.yolo.segment import SegmentationPredictor
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 
 from ..cfg import split_extra_args, with_extra_defaults
-from ..heatmap import depth_image, routing_maps, save_image_heatmaps
-from ..nn.routing import record_routing, routed_blocks
+from ..heatmap import depth_image, reuse_image, routing_maps, save_image_heatmaps
+from ..nn.reuse import TokenReuse, reusing
+from ..nn.routing import join_images, record_routing, routed_blocks
 from .export import apply_or_check_routing, exported_token_share
 from .results import STATIC, RoutedResults, capacities_that_ran, routing_mode
 
@@ -39,13 +42,50 @@ class RoutedPredictorMixin:
         super().setup_source(source, *args, **kwargs)  # a stream that cannot be opened: its error names the URL
         self.exported = apply_or_check_routing(self.model, self.args)
         self._heatmap_stems, self._warned_no_routing = {}, False
+        self.token_cache = self.new_token_cache()  # a new source starts with an empty cache
+
+    def new_token_cache(self) -> TokenReuse | None:
+        """The token-reuse cache for this source (`token_reuse=True`), or None."""
+        if not getattr(self.args, "token_reuse", False):
+            return None
+        if self.exported:
+            raise ValueError(
+                "token_reuse=True needs the PyTorch checkpoint: an exported graph has no token cache (its inputs and "
+                "outputs are the image and the detections); predict with the .pt, or without token_reuse"
+            )
+        return TokenReuse(self.args.reuse_threshold, self.args.reuse_refresh, self.args.reuse_max_change)
 
     def inference(self, im, *args, **kwargs):
+        cache = getattr(self, "token_cache", None)
         if self.exported or not routed_blocks(self.model):
             self.routing_record = None
-            return super().inference(im, *args, **kwargs)
+            return self.run_frames(im, cache, *args, **kwargs)
         with record_routing() as self.routing_record:
+            return self.run_frames(im, cache, *args, **kwargs)
+
+    def run_frames(self, im, cache: TokenReuse | None, *args, **kwargs):
+        """The forward, with token reuse when a cache is given. A stream batch holds one frame per stream: one forward,
+        a cache row per stream. Any other batch (a video's consecutive frames, a folder of frames) is one sequence:
+        frame after frame through the one cache row. A black frame in a stream (Ultralytics' reader hands one on when
+        the stream drops, before it reconnects) resets that stream's row."""
+        if cache is None:
             return super().inference(im, *args, **kwargs)
+        sources = [f.shape for f in self.batch[1]]  # frames of another size never reuse each other's tokens
+        if self.dataset.mode == "stream" or len(im) == 1:
+            lost = [not np.any(f) for f in self.batch[1]] if self.dataset.mode == "stream" else None
+            cache.begin(im, lost, sources)
+            with reusing(cache):
+                return super().inference(im, *args, **kwargs)
+        outs, record, forwards = [], self.routing_record, []
+        for frame, source in zip(im.split(1), sources):
+            cache.begin(frame, source_shapes=[source])
+            with reusing(cache):
+                outs.append(super().inference(frame, *args, **kwargs))
+            if record is not None:
+                forwards.append(record.take())
+        if record is not None:
+            record.blocks = join_images(forwards)
+        return cat_batches(outs)
 
     def postprocess(self, preds, img, orig_imgs, **kwargs):
         results = super().postprocess(preds, img, orig_imgs, **kwargs)
@@ -82,7 +122,8 @@ class RoutedPredictorMixin:
             # a stream's "path" is its cleaned URL or webcam index: keep all of it, it has no file suffix to drop
             stem = self._heatmap_stem(p.name if mode == "stream" else p.stem, key)
             if key is not None:
-                self._write_heatmap_frame(folder / f"{stem}_depth.mp4", depth_image(r.orig_img, r.routing), i)
+                frame = depth_image(r.orig_img, r.routing) if r.routing.computed is None else reuse_image(r.orig_img, r.routing)
+                self._write_heatmap_frame(folder / f"{stem}_depth.mp4", frame, i)
             else:
                 save_image_heatmaps(r.orig_img, r.routing, folder, stem)
 
@@ -133,6 +174,19 @@ def without_unreadable_videos(source):
     for f in broken:
         LOGGER.warning(f"skipping {f}: OpenCV cannot read it as a video")
     return [f for f in files if f not in broken]
+
+
+def cat_batches(outs: list):
+    """One model output from per-frame outputs: tensors concatenated on the batch axis, tuples, lists and dicts by
+    element (the nesting of Ultralytics' Detect and Segment outputs)."""
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outs)
+    if isinstance(first, (list, tuple)):
+        return type(first)(cat_batches(list(parts)) for parts in zip(*outs))
+    if isinstance(first, dict):
+        return {k: cat_batches([o[k] for o in outs]) for k in first}
+    return first
 
 
 def source_fps(dataset, i: int) -> float:

@@ -17,6 +17,7 @@ from torch import nn
 from ultralytics.nn.modules import Conv
 from ultralytics.nn.modules.block import A2C2f, ABlock
 
+from .reuse import reuse_step, reuses_tokens
 from .routing import TokenRouter
 
 
@@ -30,11 +31,19 @@ class TokenABlock(ABlock):
         del self.attn.pe  # the pair's position term replaces it (see the module docstring)
 
     def forward(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(t)
+        return self.finish(t, F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+
+    def qkv(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, K, C) tokens -> queries, keys, values, each (B, heads, K, head_dim)."""
         a = self.attn
         b, k, _ = t.shape
-        q, kk, v = pointwise(a.qkv, t).view(b, k, a.num_heads, 3 * a.head_dim).transpose(1, 2).chunk(3, dim=-1)
-        y = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask)  # (B, heads, K, head_dim)
-        t = t + pointwise(a.proj, y.transpose(1, 2).reshape(b, k, -1))
+        return pointwise(a.qkv, t).view(b, k, a.num_heads, 3 * a.head_dim).transpose(1, 2).chunk(3, dim=-1)
+
+    def finish(self, t: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input tokens (B, K, C) and their attention output (B, heads, K, head_dim)."""
+        b, k, _ = t.shape
+        t = t + pointwise(self.attn.proj, attended.transpose(1, 2).reshape(b, k, -1))
         return t + pointwise(self.mlp[1], pointwise(self.mlp[0], t))
 
 
@@ -64,7 +73,10 @@ class ABlockPair(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         t = (x + self.pe(x)).flatten(2).transpose(1, 2)  # dense and cheap: every token gets position and local mixing
-        out = self.run(t) if self.router is None else self.router(t, self.run, (h, w))
+        if self.router is not None:
+            out = self.router(t, self.run, (h, w), layers=self.blocks)
+        else:
+            out = reuse_step(t, None, None, self.blocks, None)[0] if reuses_tokens(self) else self.run(t)
         return out.transpose(1, 2).reshape(b, c, h, w)
 
 

@@ -5,7 +5,9 @@
   dense heads (SViT's finding) and a token skipped here can be picked again later.
 - `TokenRouter` is the policy: it owns a scorer (which tokens matter), a selection policy (how many and which: static
   top-k, dynamic threshold, or the random-ranking control) and the gate. A routed block is a block plus a router:
-  `RoutedBlock` (timm's ViT block) and `RoutedABlock` (YOLO12's area-attention block, in nn/blocks.py) are short.
+  `RoutedBlock` (timm's ViT block) and `ABlockPair` (two of YOLO12's attention blocks, in nn/blocks.py) are short.
+  Across video frames the router also applies the reuse rule (nn/reuse.py): of the tokens it routes, only those whose
+  input changed are computed.
 - `RoutingRecord` is what a forward routed, opt-in (`with record_routing() as rec:`): processed indices, token grids,
   optionally scores and predictor logits. Nothing is recorded, and no mask is built, when nobody asks; nothing about a
   forward is kept on the modules, so nothing of it reaches a checkpoint.
@@ -14,7 +16,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+
+from .reuse import index_mask, reuse_step, reuses_tokens
 
 GATES = ("sigmoid", "unit", "none")
 POLICIES = ("topk", "object", "random")
@@ -116,16 +120,21 @@ class BlockRouting:
     grid: tuple[int, int] | None  # (h, w) token grid, when the block's caller knows it
     scores: torch.Tensor | None = None  # (B, N) router scores, when asked for
     predicted: torch.Tensor | None = None  # (B, N) object-predictor logits (with grad in training), when asked for
+    computed: torch.Tensor | None = None  # (B, N) bool under token reuse: the routed tokens computed on this frame
 
     def mask(self) -> torch.Tensor:
-        """(B, N) bool: the tokens this block processed."""
-        m = torch.zeros(self.index.shape[0], self.tokens, dtype=torch.bool, device=self.index.device)
-        src = torch.ones_like(self.index, dtype=torch.bool) if self.valid is None else self.valid
-        return m.scatter(1, self.index, src)
+        """(B, N) bool: the tokens this block routed (processed, or under token reuse computed or reused)."""
+        return index_mask(self.index, self.valid, self.tokens)
 
     def processed(self) -> torch.Tensor:
-        """(B,) tokens processed per image."""
+        """(B,) tokens computed per image: the routed ones, or under token reuse those computed on this frame."""
+        if self.computed is not None:
+            return self.computed.sum(1)
         return self.index.new_full((self.index.shape[0],), self.index.shape[1]) if self.valid is None else self.valid.sum(1)
+
+    def reused(self) -> torch.Tensor | None:
+        """(B, N) bool under token reuse: the routed tokens that kept their cached update; None without reuse."""
+        return None if self.computed is None else self.mask() & ~self.computed
 
 
 class RoutingRecord:
@@ -158,6 +167,26 @@ class RoutingRecord:
 
     def token_share(self) -> torch.Tensor | None:
         return token_share(self.blocks)
+
+
+def join_images(forwards: list[list[BlockRouting]]) -> list[BlockRouting]:
+    """The entries of one forward over a batch, from the entries of forwards that each ran some of its images in turn
+    (block by block, images concatenated)."""
+    def cat(parts: list[torch.Tensor | None], fill: list[torch.Tensor]) -> torch.Tensor | None:
+        if all(p is None for p in parts):
+            return None
+        return torch.cat([torch.ones_like(f, dtype=torch.bool) if p is None else p for p, f in zip(parts, fill)])
+
+    joined = []
+    for entries in zip(*forwards):
+        first = entries[0]
+        joined.append(BlockRouting(
+            torch.cat([e.index for e in entries]), cat([e.valid for e in entries], [e.index for e in entries]),
+            first.tokens, first.grid,
+            *(None if getattr(first, f) is None else torch.cat([getattr(e, f) for e in entries])
+              for f in ("scores", "predicted", "computed")),
+        ))  # fmt: skip
+    return joined
 
 
 def token_share(entries: list[BlockRouting]) -> torch.Tensor | None:
@@ -414,13 +443,23 @@ class TokenRouter(nn.Module):
         block: Callable[[torch.Tensor], torch.Tensor],
         grid: tuple[int, int] | None = None,
         inputs: torch.Tensor | None = None,
+        layers: Sequence[nn.Module] = (),
     ) -> torch.Tensor:
-        """Route (B, N, C) tokens through `block` (see `route_tokens`); `grid` is their (h, w) layout, for the record."""
+        """Route (B, N, C) tokens through `block` (see `route_tokens`); `grid` is their (h, w) layout, for the record.
+
+        `layers` are the block's transformer layers, for token reuse across video frames (nn/reuse.py): under an active
+        `TokenReuse`, only the routed tokens whose input changed are computed."""
         scores = self.scorer(x)
         record = active_record()
         want_pred = self.dynamic is not None or self.policy == "object" or (record is not None and record.keep_predictions)
         predicted = self.predictor(x.detach()) if want_pred else None
         index, valid = self.select(scores, predicted, current_padding(grid))
+        reuse = reuses_tokens(self)
+        if reuse:
+            if not layers or inputs is not None:
+                raise ValueError("token reuse needs the routed block's transformer layers (layers=) and no inputs=")
+            # the gate of every token, as in the routed path below: sigmoid(score), or exactly 1 ("unit", "none")
+            out, _, computed = reuse_step(x, index, valid, layers, scores.sigmoid() if self.gate == "sigmoid" else None)
         if record is not None:
             record.add(
                 BlockRouting(
@@ -431,8 +470,11 @@ class TokenRouter(nn.Module):
                     scores.detach() if record.keep_scores else None,
                     None if predicted is None or not record.keep_predictions
                     else predicted if self.training else predicted.detach(),  # the aux loss trains only in training
+                    computed if reuse else None,
                 )
             )
+        if reuse:
+            return out
         gate = None
         if self.gate != "none":
             gate = scores.gather(1, index).sigmoid()
@@ -461,7 +503,7 @@ class RoutedBlock(Block):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, N, C) -> (B, N, C); the whole batch is gathered and scattered at once, with no loop over images."""
-        return self.router(x, super().forward, grid)
+        return self.router(x, super().forward, grid, layers=(self,))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

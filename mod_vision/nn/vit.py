@@ -14,6 +14,7 @@ from timm.layers import LayerNorm, trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
+from .reuse import reuse_step, reuses_tokens
 from .routing import RoutedBlock, check_capacity
 
 
@@ -132,6 +133,10 @@ class MoDViTStage(nn.Module):
         b, c, h, w = x.shape
         x = x + self.position_embedding(h, w).to(x.dtype)
         t = x.flatten(2).transpose(1, 2)  # (B, N, C) tokens in raster order
+        reuse = reuses_tokens(self)
         for blk in self.blocks:
-            t = blk(t, (h, w)) if isinstance(blk, RoutedBlock) else blk(t)
+            if isinstance(blk, RoutedBlock):
+                t = blk(t, (h, w))
+            else:  # across video frames a dense block also computes only the tokens whose input changed
+                t = reuse_step(t, None, None, (blk,), None)[0] if reuse else blk(t)
         return t.transpose(1, 2).reshape(b, c, h, w)

@@ -1,0 +1,268 @@
+"""Token reuse across video frames: a token whose input has not changed since it was last computed keeps its cached
+update, and only changed tokens are computed (Eventful Transformers' token gating, Dutson et al. 2023).
+
+The rule sits beside the routing rule (nn/routing.py) and is applied by the same routers: routing picks the tokens a
+block may process (top-k, capacity), reuse picks which of those must be computed on this frame. Recomputed tokens
+attend to every routed token, with the cached keys and values of the unchanged ones.
+
+- `TokenReuse` is one stream's cache (a row per batch slot): per block call of a forward, each token's reference input
+  (its input when last computed), its cached update, and each attention layer's keys and values. It is state the
+  caller owns and passes in (`with reusing(cache):`), never state on the modules, so several streams never mix.
+- `reuse_route` is the mechanism: a function of the tokens, the routed set and the block's attention layers, which
+  reads and updates the one block cache it is given.
+- A block takes part through its attention layers: each must offer `qkv(t)` and `finish(t, attended)` (see
+  `attention_layer`), the two halves of a pre-norm transformer block split around its attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+def check_reuse_args(threshold, refresh, max_change) -> tuple[float, int, float]:
+    """(threshold, refresh, max_change) checked, or a ValueError naming the key."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise ValueError(f"reuse_threshold must be a number >= 0 (relative change of a token's input), got {threshold!r}")
+    if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1:
+        raise ValueError(f"reuse_refresh must be an int >= 1 (frames between full refreshes), got {refresh!r}")
+    if isinstance(max_change, bool) or not isinstance(max_change, (int, float)) or not 0 < max_change <= 1:
+        raise ValueError(f"reuse_max_change must be a share in (0, 1] (changed tokens that force a refresh), got {max_change!r}")
+    return float(threshold), refresh, float(max_change)
+
+
+@dataclass
+class BlockCache:
+    """One block call's cache, for B slots of N tokens."""
+
+    ref: torch.Tensor  # (B, N, C) each token's input when it was last computed
+    update: torch.Tensor  # (B, N, C) its (gated) update then
+    have: torch.Tensor  # (B, N) bool: computed at least once since the cache was reset
+    last: torch.Tensor | None = None  # (B, N, C) every token's input on the previous frame (None: no frame yet)
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer, (B, heads, N, d) each
+
+    @classmethod
+    def empty(cls, x: torch.Tensor) -> BlockCache:
+        return cls(torch.zeros_like(x), torch.zeros_like(x), torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device))
+
+    def scene_change(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        """(B,) share of all tokens whose input moved more than `threshold` since the previous frame (1 on the first
+        frame); remembers this frame's input."""
+        share = torch.ones(x.shape[0], device=x.device) if self.last is None else moved(x, self.last, threshold).float().mean(1)
+        self.last = x.clone()
+        return share
+
+
+class TokenReuse:
+    """One stream's token cache: call `begin(input)` before each frame's forward, run the forward inside `reusing()`.
+
+    Args:
+        threshold: a token is recomputed when its input moved by more than this, relative to its reference input
+            (||x - ref|| / ||ref||); 0 recomputes every changed token.
+        refresh: every this many frames, every routed token is recomputed, so that error cannot accumulate.
+        max_change: an image whose first reusing block sees more than this share of its tokens changed (a scene cut, a
+            camera move) is recomputed in full on that frame.
+
+    The cache resets itself when the input's batch size or image size changes; `reset()` resets it by hand (a new
+    source).
+    """
+
+    def __init__(self, threshold: float = 0.05, refresh: int = 30, max_change: float = 0.5):
+        self.threshold, self.refresh, self.max_change = check_reuse_args(threshold, refresh, max_change)
+        self.reset()
+
+    def reset(self) -> None:
+        self.blocks: list[BlockCache] = []
+        self.shape: tuple[int, ...] | None = None
+        self.frame = 0  # frames since the last reset
+        self.call = 0  # block calls so far in this frame's forward
+        self.full: torch.Tensor | None = None  # (B,) bool: images recomputed in full on this frame
+        self.changed_share: torch.Tensor | None = None  # (B,) share of changed tokens in the first block, this frame
+
+    def begin(self, image: torch.Tensor, lost: Sequence[bool] | None = None, source_shapes: Sequence | None = None) -> None:
+        """Start a frame: `image` is the (B, 3, H, W) network input. A new batch size or image size resets the cache,
+        and so does a change of `source_shapes` (the frames' own sizes, before letterboxing); `lost` (B,) marks slots
+        whose stream was interrupted, whose rows are reset."""
+        shape = (tuple(image.shape), None if source_shapes is None else tuple(tuple(s) for s in source_shapes))
+        if shape != self.shape:
+            self.reset()
+            self.shape = shape
+        elif lost is not None and any(lost):
+            rows = torch.as_tensor(list(lost), dtype=torch.bool)
+            for c in self.blocks:  # nothing of these rows is reused: their next frame is computed in full
+                c.have[rows.to(c.have.device)] = False
+        self.call, self.full, self.changed_share = 0, None, None
+        self.periodic = self.frame % self.refresh == 0  # frame 0 after a reset: nothing is cached, all are computed
+        self.frame += 1
+
+    def next_block(self, x: torch.Tensor) -> BlockCache:
+        """The cache of the next block call of this forward; a fresh one where the layout does not match."""
+        i, self.call = self.call, self.call + 1
+        if i == len(self.blocks):
+            self.blocks.append(BlockCache.empty(x))
+        elif self.blocks[i].ref.shape != x.shape:
+            self.blocks[i] = BlockCache.empty(x)
+        return self.blocks[i]
+
+
+_REUSE: ContextVar[TokenReuse | None] = ContextVar("mod_vision_token_reuse", default=None)
+
+
+@contextmanager
+def reusing(cache: TokenReuse | None) -> Iterator[None]:
+    """Let the routed blocks of forwards run inside the block reuse `cache`; None runs them as usual."""
+    token = _REUSE.set(cache)
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
+
+
+def active_reuse() -> TokenReuse | None:
+    return _REUSE.get()
+
+
+def reuses_tokens(module: nn.Module) -> bool:
+    """Whether `module`'s forward runs under token reuse now: a cache is active and the module is in eval mode (a
+    training forward never reuses)."""
+    return _REUSE.get() is not None and not module.training
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention layers split around their attention
+
+
+class TimmLayer:
+    """timm's ViT `Block` as the two halves around its attention (the same calls as `Block.forward`)."""
+
+    def __init__(self, block: Block):
+        if getattr(block.attn, "gate", None) is not None:
+            raise ValueError("token reuse does not support timm's gated attention")
+        self.block = block
+
+    def qkv(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a = self.block.attn
+        b, n, _ = t.shape
+        q, k, v = a.qkv(self.block.norm1(t)).reshape(b, n, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return a.q_norm(q), a.k_norm(k), v
+
+    def finish(self, t: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        blk, a = self.block, self.block.attn
+        b, n, _ = t.shape
+        y = a.proj_drop(a.proj(a.norm(attended.transpose(1, 2).reshape(b, n, a.attn_dim))))
+        t = t + blk.drop_path1(blk.ls1(y))
+        return t + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(t))))
+
+
+def attention_layer(block: nn.Module):
+    """The reuse view of one transformer block: itself when it has `qkv` and `finish` (nn/blocks.TokenABlock), a
+    `TimmLayer` for timm's Block."""
+    if hasattr(block, "qkv") and callable(getattr(block, "finish", None)):
+        return block
+    if isinstance(block, Block):
+        return TimmLayer(block)
+    raise TypeError(f"{type(block).__name__} cannot reuse tokens: it needs qkv(t) and finish(t, attended)")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The mechanism
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, N, ...) -> (B, K, ...): the rows `index` (B, K) of each image."""
+    return x.gather(1, index.view(*index.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:]))
+
+
+def scatter_rows(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> None:
+    """Write `rows` (B, K, ...) at `index` (B, K) of x (B, N, ...) in place, where `valid` (B, K); others untouched."""
+    keep = gather_rows(x, index)
+    rows = torch.where(valid.view(*valid.shape, *(1,) * (rows.ndim - 2)), rows, keep)
+    x.scatter_(1, index.view(*index.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:]), rows)
+
+
+def moved(x: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, N) bool: tokens of x (B, N, C) that moved more than `threshold` relative to `ref` (||x - ref|| / ||ref||)."""
+    return (x - ref).norm(dim=-1) > threshold * ref.norm(dim=-1)
+
+
+def index_mask(index: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
+    """(B, N) bool: the tokens `index` (B, K) marks, those of them that are `valid` (B, K) where given."""
+    m = torch.zeros(index.shape[0], n, dtype=torch.bool, device=index.device)
+    return m.scatter(1, index, torch.ones_like(index, dtype=torch.bool) if valid is None else valid)
+
+
+def reuse_route(
+    x: torch.Tensor,
+    index: torch.Tensor,
+    valid: torch.Tensor | None,
+    routed: torch.Tensor,
+    layers: Sequence,
+    cache: BlockCache,
+    compute: torch.Tensor,
+    gate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The routed tokens `index` (B, K) of x (B, N, C) (`valid` (B, K) where padded; `routed` (B, N), the same as a
+    mask) through `layers`, computing only the routed tokens in `compute` (B, N) bool and reusing the cached update of
+    the others; unrouted tokens pass unchanged.
+
+    Computed tokens attend to every routed token: their own fresh keys and values, the cached ones of the rest. The
+    cache is updated in place. With every routed token computed, this is the routed block itself (`route_tokens`).
+    `gate` (B, N) multiplies each token's update (the router's gate on every token; None: 1).
+    """
+    b, n, _ = x.shape
+    compute = compute & routed
+    counts = compute.sum(1)
+    m = int(counts.max())
+    if m:
+        # the computed tokens of each image first, in raster order; images with fewer are padded (masked out)
+        key = torch.arange(n, device=x.device).expand(b, n) + (~compute) * n
+        rows = key.argsort(dim=1)[:, :m]
+        real = torch.arange(m, device=x.device) < counts[:, None]
+        read = gather_rows(x, rows)
+        t = read
+        mask = None if valid is None else valid[:, None, None, :]
+        for j, layer in enumerate(layers):
+            q, k, v = layer.qkv(t)
+            if j == len(cache.kv):
+                cache.kv.append((k.new_zeros(b, k.shape[1], n, k.shape[-1]), v.new_zeros(b, v.shape[1], n, v.shape[-1])))
+            kc, vc = cache.kv[j]
+            heads_first = lambda z: z.transpose(1, 2)  # noqa: E731 (B, heads, K, d) <-> (B, K, heads, d) for row ops
+            scatter_rows(heads_first(kc), rows, heads_first(k), real)
+            scatter_rows(heads_first(vc), rows, heads_first(v), real)
+            keys, values = (heads_first(gather_rows(heads_first(z), index)) for z in (kc, vc))
+            t = layer.finish(t, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+        update = t - read
+        if gate is not None:
+            update = gather_rows(gate, rows).unsqueeze(-1) * update
+        scatter_rows(cache.update, rows, update, real)
+        scatter_rows(cache.ref, rows, read, real)
+        cache.have |= compute
+    return x + torch.where(routed.unsqueeze(-1), cache.update, 0)
+
+
+def reuse_step(
+    x: torch.Tensor, index: torch.Tensor | None, valid: torch.Tensor | None, layers: Sequence, gate: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One block call under the active `TokenReuse`: (output, routed mask, computed mask), each (B, N[, C]).
+
+    `index` None routes every token (a dense block). The first block call of a frame decides which images are
+    recomputed in full (periodic refresh, or more than `max_change` of the tokens changed)."""
+    state = active_reuse()
+    b, n, _ = x.shape
+    if index is None:
+        index = torch.arange(n, device=x.device).expand(b, n)
+    cache = state.next_block(x)
+    if state.full is None:
+        state.changed_share = cache.scene_change(x, state.threshold)
+        state.full = (state.changed_share > state.max_change) | state.periodic
+    compute = moved(x, cache.ref, state.threshold) | ~cache.have | state.full[:, None]
+    routed = index_mask(index, valid, n)
+    out = reuse_route(x, index, valid, routed, [attention_layer(layer) for layer in layers], cache, compute, gate)
+    return out, routed, compute & routed
