@@ -45,19 +45,22 @@ class BlockCache:
     ref: torch.Tensor  # (B, N, C) each token's input when it was last computed
     update: torch.Tensor  # (B, N, C) its (gated) update then
     have: torch.Tensor  # (B, N) bool: computed at least once since the cache was reset
-    last: torch.Tensor | None = None  # (B, N, C) every token's input on the previous frame (None: no frame yet)
     kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer, (B, heads, N, d) each
+    # Work buffers, (B, N, C): a fresh tensor of a frame's size costs page faults that outweigh the few tokens computed
+    # (measured: docs/video_reuse.md); the block's output is one of them, valid until the next frame.
+    scratch: torch.Tensor | None = None
+    out: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, x: torch.Tensor) -> BlockCache:
-        return cls(torch.zeros_like(x), torch.zeros_like(x), torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device))
+        return cls(torch.zeros_like(x), torch.zeros_like(x), torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device),
+                   scratch=torch.empty_like(x), out=torch.empty_like(x))  # fmt: skip
 
-    def scene_change(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
-        """(B,) share of all tokens whose input moved more than `threshold` since the previous frame (1 on the first
-        frame); remembers this frame's input."""
-        share = torch.ones(x.shape[0], device=x.device) if self.last is None else moved(x, self.last, threshold).float().mean(1)
-        self.last = x.clone()
-        return share
+    def moved(self, x: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
+        """(B, N) bool: tokens of x that moved more than `threshold` relative to `ref` (||x - ref|| / ||ref||)."""
+        diff = torch.sub(x, ref, out=self.scratch)
+        return torch.linalg.vector_norm(diff, dim=-1) > threshold * torch.linalg.vector_norm(ref, dim=-1)
+
 
 
 class TokenReuse:
@@ -67,8 +70,8 @@ class TokenReuse:
         threshold: a token is recomputed when its input moved by more than this, relative to its reference input
             (||x - ref|| / ||ref||); 0 recomputes every changed token.
         refresh: every this many frames, every routed token is recomputed, so that error cannot accumulate.
-        max_change: an image whose first reusing block sees more than this share of its tokens changed (a scene cut, a
-            camera move) is recomputed in full on that frame.
+        max_change: an image on which more than this share of its 8x8 pixel cells changed (a scene cut, a camera move)
+            is recomputed in full on that frame.
 
     The cache resets itself when the input's batch size or image size changes; `reset()` resets it by hand (a new
     source).
@@ -80,6 +83,9 @@ class TokenReuse:
 
     def reset(self) -> None:
         self.blocks: list[BlockCache] = []
+        self.convs: list[ConvCache] = []
+        self.conv_call = 0  # convolution calls so far in this frame's forward
+        self.last_image: torch.Tensor | None = None
         self.shape: tuple[int, ...] | None = None
         self.frame = 0  # frames since the last reset
         self.call = 0  # block calls so far in this frame's forward
@@ -98,8 +104,14 @@ class TokenReuse:
             rows = torch.as_tensor(list(lost), dtype=torch.bool)
             for c in self.blocks:  # nothing of these rows is reused: their next frame is computed in full
                 c.have[rows.to(c.have.device)] = False
-        self.call, self.full, self.changed_share = 0, None, None
-        self.periodic = self.frame % self.refresh == 0  # frame 0 after a reset: nothing is cached, all are computed
+        self.call = self.conv_call = 0
+        # which images are computed in full: every `refresh` frames (frame 0 after a reset: nothing is cached), and any
+        # on which more than `max_change` of the 8x8 pixel cells changed (a scene cut, a camera move, a lost stream)
+        self.changed_share = changed_cells(image, self.last_image, self.threshold)
+        self.full = (self.changed_share > self.max_change) | (self.frame % self.refresh == 0)
+        if lost is not None:
+            self.full |= torch.as_tensor(list(lost), dtype=torch.bool, device=image.device)
+        self.last_image = image.clone()
         self.frame += 1
 
     def next_block(self, x: torch.Tensor) -> BlockCache:
@@ -175,6 +187,16 @@ def attention_layer(block: nn.Module):
 # The mechanism
 
 
+def changed_cells(image: torch.Tensor, last: torch.Tensor | None, threshold: float, cell: int = 8) -> torch.Tensor:
+    """(B,) share of the image's `cell` x `cell` pixel cells whose pixels moved more than `threshold` relative to the
+    last frame's (1 without a last frame)."""
+    if last is None or last.shape != image.shape:
+        return torch.ones(image.shape[0], device=image.device)
+    moved = F.avg_pool2d((image - last).abs().sum(1, keepdim=True), cell, cell, ceil_mode=True)
+    level = F.avg_pool2d(last.abs().sum(1, keepdim=True), cell, cell, ceil_mode=True)
+    return (moved > threshold * level).flatten(1).float().mean(1)
+
+
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, N, ...) -> (B, K, ...): the rows `index` (B, K) of each image."""
     return x.gather(1, index.view(*index.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:]))
@@ -185,11 +207,6 @@ def scatter_rows(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, valid
     keep = gather_rows(x, index)
     rows = torch.where(valid.view(*valid.shape, *(1,) * (rows.ndim - 2)), rows, keep)
     x.scatter_(1, index.view(*index.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:]), rows)
-
-
-def moved(x: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(B, N) bool: tokens of x (B, N, C) that moved more than `threshold` relative to `ref` (||x - ref|| / ||ref||)."""
-    return (x - ref).norm(dim=-1) > threshold * ref.norm(dim=-1)
 
 
 def index_mask(index: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -244,7 +261,7 @@ def reuse_route(
         scatter_rows(cache.update, rows, update, real)
         scatter_rows(cache.ref, rows, read, real)
         cache.have |= compute
-    return x + torch.where(routed.unsqueeze(-1), cache.update, 0)
+    return torch.addcmul(x, cache.update, routed.unsqueeze(-1).to(x.dtype), out=cache.out)
 
 
 def reuse_step(
@@ -252,17 +269,104 @@ def reuse_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One block call under the active `TokenReuse`: (output, routed mask, computed mask), each (B, N[, C]).
 
-    `index` None routes every token (a dense block). The first block call of a frame decides which images are
-    recomputed in full (periodic refresh, or more than `max_change` of the tokens changed)."""
+    `index` None routes every token (a dense block). Images that `TokenReuse.begin` marked for a full refresh compute
+    every routed token."""
     state = active_reuse()
     b, n, _ = x.shape
     if index is None:
         index = torch.arange(n, device=x.device).expand(b, n)
     cache = state.next_block(x)
-    if state.full is None:
-        state.changed_share = cache.scene_change(x, state.threshold)
-        state.full = (state.changed_share > state.max_change) | state.periodic
-    compute = moved(x, cache.ref, state.threshold) | ~cache.have | state.full[:, None]
+    compute = cache.moved(x, cache.ref, state.threshold) | ~cache.have | state.full[:, None]
     routed = index_mask(index, valid, n)
     out = reuse_route(x, index, valid, routed, [attention_layer(layer) for layer in layers], cache, compute, gate)
     return out, routed, compute & routed
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dense convolutions: only the output tiles whose inputs changed are computed
+
+
+TILE = 8  # output pixels per tile side at most: small enough to follow a moving shape, large enough for a fast conv
+
+
+def tile_side(oh: int, ow: int) -> int:
+    """Output pixels per tile side for an (oh, ow) output: TILE, or less on coarse maps (a stride-32 map of a 640 input
+    is 20 pixels wide: one 8-pixel tile there is a quarter of the image)."""
+    return max(2, min(TILE, min(oh, ow) // 8))
+MIN_MACS = 144  # convolutions cheaper per output pixel (depthwise, thin 1x1) run dense: their bookkeeping would cost more
+
+
+@dataclass
+class ConvCache:
+    """One convolution call's cache: each input pixel's reference and the padded output of the last frames."""
+
+    ref: torch.Tensor  # (B, C, H, W) input when its output tiles were last computed
+    out: torch.Tensor  # (B, C', Ht * tile, Wt * tile) output, padded to whole tiles
+    scratch: torch.Tensor  # (B, C, H, W) work buffer
+    level: torch.Tensor  # (B, 1, 1) mean squared norm of an input pixel, the scale the threshold is relative to
+
+    @classmethod
+    def of(cls, x: torch.Tensor, y: torch.Tensor, pad: tuple[int, int]) -> ConvCache:
+        return cls(x.clone(), F.pad(y, (0, pad[1], 0, pad[0])), torch.empty_like(x), pixel_level(x))
+
+
+def pixel_level(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1): the mean over pixels of each pixel's squared norm over channels. A convolution's threshold is relative
+    to this, not to each pixel's own norm: feature maps hold many near-zero pixels whose own relative change is noise."""
+    return x.square().sum(1).mean((1, 2)).view(-1, 1, 1)
+
+
+def sparse_worthwhile(conv: nn.Conv2d) -> bool:
+    return conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] >= MIN_MACS
+
+
+def reuse_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` under the active `TokenReuse`: the output tiles (`tile_side`) whose receptive field holds an input
+    pixel that moved more than the threshold are computed, the others keep their cached values. Exact where computed
+    (the same zero padding as the dense convolution); images of a full-refresh frame are computed in full."""
+    state = active_reuse()
+    b, _, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    tile = tile_side(oh, ow)
+    th, tw = -(-oh // tile), -(-ow // tile)
+    i, state.conv_call = state.conv_call, state.conv_call + 1
+    cache = state.convs[i] if i < len(state.convs) else None
+    if cache is None or cache.ref.shape != x.shape or cache.out.shape[1] != conv.out_channels or bool(state.full.all()):
+        y = conv._conv_forward(x, conv.weight, conv.bias)
+        state.convs[i:i + 1] = [ConvCache.of(x, y, (th * tile - oh, tw * tile - ow))]
+        return y
+    # squared norms (a channel sum of squares: a norm over dim 1 of an NCHW map is many times slower on CPU)
+    moved = torch.sub(x, cache.ref, out=cache.scratch).square_().sum(1) > state.threshold**2 * cache.level
+    moved |= state.full.view(b, 1, 1)
+    # output pixels whose receptive field holds a moved input: a max pool with the convolution's own geometry
+    hit = F.max_pool2d(moved.unsqueeze(1).to(x.dtype), (dh * (kh - 1) + 1, dw * (kw - 1) + 1), (sh, sw), (ph, pw))
+    tiles = F.max_pool2d(hit, tile, tile, ceil_mode=True)[:, 0] > 0  # (B, th, tw)
+    where = tiles.nonzero(as_tuple=True)
+    if len(where[0]):
+        # input window of each output tile, in the input padded by the conv's padding (plus enough for whole tiles)
+        win_h, win_w = (tile - 1) * sh + dh * (kh - 1) + 1, (tile - 1) * sw + dw * (kw - 1) + 1
+        need_h, need_w = (th - 1) * tile * sh + win_h, (tw - 1) * tile * sw + win_w
+        xp = F.pad(x, (pw, max(pw, need_w - w - pw), ph, max(ph, need_h - h - ph)))
+        windows = xp.unfold(2, win_h, tile * sh).unfold(3, win_w, tile * sw)  # (B, C, th, tw, win_h, win_w)
+        patches = windows[where[0], :, where[1], where[2]]  # (n, C, win_h, win_w)
+        y = F.conv2d(patches, conv.weight, conv.bias, (sh, sw), 0, (dh, dw), conv.groups)  # (n, C', tile, tile)
+        out_tiles = cache.out.view(b, -1, th, tile, tw, tile).permute(0, 2, 4, 1, 3, 5)  # a view of the cache
+        out_tiles[where[0], where[1], where[2]] = y
+        cache.ref.lerp_(x, moved.unsqueeze(1).to(x.dtype))  # weight 1 is exactly x: the moved pixels' new reference
+    return cache.out[..., :oh, :ow]
+
+
+@contextmanager
+def reusing_convs(model: nn.Module) -> Iterator[None]:
+    """Inside the block, the model's costlier convolutions (`sparse_worthwhile`) run through `reuse_conv` while a
+    `TokenReuse` is active; afterwards they are as before. The model is the caller's own (a predictor's), and nothing
+    of this survives the block."""
+    convs = [m for m in model.modules() if type(m) is nn.Conv2d and sparse_worthwhile(m) and "forward" not in vars(m)]
+    for m in convs:
+        m.forward = lambda x, m=m: reuse_conv(m, x) if reuses_tokens(m) else nn.Conv2d.forward(m, x)
+    try:
+        yield
+    finally:
+        for m in convs:
+            del m.forward
