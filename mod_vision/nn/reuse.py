@@ -320,8 +320,8 @@ def sparse_worthwhile(conv: nn.Conv2d) -> bool:
     return conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] >= MIN_MACS
 
 
-def reuse_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` under the active `TokenReuse`: the output tiles (`tile_side`) whose receptive field holds an input
+def reuse_conv(conv: nn.Conv2d, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+    """`act(conv(x))` (`act` None: `conv(x)`) under the active `TokenReuse`: the output tiles (`tile_side`) whose receptive field holds an input
     pixel that moved more than the threshold are computed, the others keep their cached values. Exact where computed
     (the same zero padding as the dense convolution); images of a full-refresh frame are computed in full."""
     state = active_reuse()
@@ -334,6 +334,7 @@ def reuse_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     cache = state.convs[i] if i < len(state.convs) else None
     if cache is None or cache.ref.shape != x.shape or cache.out.shape[1] != conv.out_channels or bool(state.full.all()):
         y = conv._conv_forward(x, conv.weight, conv.bias)
+        y = y if act is None else act(y)
         state.convs[i:i + 1] = [ConvCache.of(x, y, (th * tile - oh, tw * tile - ow))]
         return y
     # squared norms (a channel sum of squares: a norm over dim 1 of an NCHW map is many times slower on CPU)
@@ -351,6 +352,7 @@ def reuse_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         windows = xp.unfold(2, win_h, tile * sh).unfold(3, win_w, tile * sw)  # (B, C, th, tw, win_h, win_w)
         patches = windows[where[0], :, where[1], where[2]]  # (n, C, win_h, win_w)
         y = F.conv2d(patches, conv.weight, conv.bias, (sh, sw), 0, (dh, dw), conv.groups)  # (n, C', tile, tile)
+        y = y if act is None else act(y)
         out_tiles = cache.out.view(b, -1, th, tile, tw, tile).permute(0, 2, 4, 1, 3, 5)  # a view of the cache
         out_tiles[where[0], where[1], where[2]] = y
         cache.ref.lerp_(x, moved.unsqueeze(1).to(x.dtype))  # weight 1 is exactly x: the moved pixels' new reference
@@ -360,13 +362,25 @@ def reuse_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def reusing_convs(model: nn.Module) -> Iterator[None]:
     """Inside the block, the model's costlier convolutions (`sparse_worthwhile`) run through `reuse_conv` while a
-    `TokenReuse` is active; afterwards they are as before. The model is the caller's own (a predictor's), and nothing
-    of this survives the block."""
-    convs = [m for m in model.modules() if type(m) is nn.Conv2d and sparse_worthwhile(m) and "forward" not in vars(m)]
-    for m in convs:
+    `TokenReuse` is active; afterwards they are as before. A fused Ultralytics `Conv` (its BatchNorm folded in, as in
+    predict) runs its activation on the computed tiles only. The model is the caller's own (a predictor's), and nothing
+    of this survives the block: the `forward` that Ultralytics' fuse gave each Conv is put back."""
+    from ultralytics.nn.modules import Conv
+
+    fused = {m: vars(m)["forward"] for m in model.modules()
+             if isinstance(m, Conv) and "forward" in vars(m) and not hasattr(m, "bn") and type(m.conv) is nn.Conv2d
+             and sparse_worthwhile(m.conv)}  # fmt: skip
+    inner = {id(m.conv) for m in fused}
+    bare = [m for m in model.modules()
+            if type(m) is nn.Conv2d and id(m) not in inner and sparse_worthwhile(m) and "forward" not in vars(m)]  # fmt: skip
+    for m, own in fused.items():
+        m.forward = lambda x, m=m, own=own: reuse_conv(m.conv, x, m.act) if reuses_tokens(m) else own(x)
+    for m in bare:
         m.forward = lambda x, m=m: reuse_conv(m, x) if reuses_tokens(m) else nn.Conv2d.forward(m, x)
     try:
         yield
     finally:
-        for m in convs:
+        for m, own in fused.items():
+            m.forward = own
+        for m in bare:
             del m.forward
