@@ -356,7 +356,8 @@ def reuse_conv(conv: nn.Conv2d, x: torch.Tensor, act: nn.Module | None = None) -
         out_tiles = cache.out.view(b, -1, th, tile, tw, tile).permute(0, 2, 4, 1, 3, 5)  # a view of the cache
         out_tiles[where[0], where[1], where[2]] = y
         cache.ref.lerp_(x, moved.unsqueeze(1).to(x.dtype))  # weight 1 is exactly x: the moved pixels' new reference
-    return cache.out[..., :oh, :ow]
+    out = cache.out[..., :oh, :ow]
+    return out if out.is_contiguous() else out.contiguous()  # heads view their maps: they must be contiguous
 
 
 @contextmanager
