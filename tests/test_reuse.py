@@ -13,7 +13,7 @@ from mod_vision import MoDYOLO
 from mod_vision.data import make_sample_video
 from mod_vision.mjpeg import MJPEGServer
 from mod_vision.nn.blocks import ABlockPair
-from mod_vision.nn.reuse import TokenReuse, reusing, reusing_convs
+from mod_vision.nn.reuse import TokenReuse, reusing
 from mod_vision.nn.routing import RoutedBlock, record_routing, route_tokens, topk_raster
 from mod_vision.nn.tasks import MoDDetectionModel
 
@@ -24,7 +24,7 @@ def forward(model, x, cache=None):
     """(detections, record) of one forward, under `cache` when given."""
     if cache is not None:
         cache.begin(x)
-    with torch.no_grad(), reusing(cache), reusing_convs(model), record_routing() as rec:
+    with torch.no_grad(), reusing(cache), record_routing() as rec:
         return model(x)[0], rec
 
 
@@ -167,61 +167,6 @@ def test_reuse_never_runs_in_training(vit):
     with reusing(cache):
         model.predict(torch.rand(1, 3, 64, 64))
     assert cache.blocks == []
-
-
-@pytest.mark.parametrize(
-    "conv",
-    [
-        dict(in_channels=16, out_channels=24, kernel_size=3, padding=1),
-        dict(in_channels=16, out_channels=8, kernel_size=3, stride=2, padding=1),
-        dict(in_channels=32, out_channels=16, kernel_size=1),
-        dict(in_channels=32, out_channels=32, kernel_size=5, padding=2, groups=4),
-        dict(in_channels=16, out_channels=16, kernel_size=3, padding=2, dilation=2),
-        dict(in_channels=16, out_channels=16, kernel_size=16, stride=16),  # a patch embedding
-    ],
-)
-def test_convolution_reuse_equals_the_convolution_and_keeps_still_tiles(conv):
-    from mod_vision.nn.reuse import reuse_conv
-
-    torch.manual_seed(0)
-    layer = torch.nn.Conv2d(**conv).eval()
-    x = torch.rand(2, conv["in_channels"], 70, 90)  # not a multiple of any tile: edge tiles are partial
-    y = x.clone()
-    y[0, :, 30:41, 50:57] += 1.0  # a local change in image 0; image 1 still
-    cache = TokenReuse(threshold=0.0)
-    with torch.no_grad(), reusing(cache):
-        for frame in (x, y, y):
-            cache.begin(frame[:, :3])
-            out = reuse_conv(layer, frame)
-            assert torch.allclose(out, layer(frame), atol=1e-5)
-        cached = cache.convs[0].out.clone()
-        cache.begin(y[:, :3])
-        assert torch.equal(reuse_conv(layer, y), cached[..., : out.shape[-2], : out.shape[-1]])  # still: all from cache
-
-
-def test_convolutions_are_routed_through_reuse_only_inside_the_block():
-    from ultralytics import YOLO
-
-    from mod_vision.nn.reuse import sparse_worthwhile
-
-    # depthwise and thin 1x1 convolutions cost less than their bookkeeping: they stay dense
-    assert sparse_worthwhile(torch.nn.Conv2d(16, 16, 3)) and not sparse_worthwhile(torch.nn.Conv2d(64, 64, 3, groups=64))
-    assert not sparse_worthwhile(torch.nn.Conv2d(64, 64, 1))
-
-    from ultralytics.nn.modules import Conv
-
-    model = MoDDetectionModel("hybrid11-det-n.yaml", nc=4, verbose=False).eval()
-    x = torch.rand(1, 3, 96, 128)
-    with torch.no_grad():
-        unfused = model(x)[0]
-        model.fuse(verbose=False)
-        before = {m: vars(m).get("forward") for m in model.modules() if isinstance(m, (Conv, torch.nn.Conv2d))}
-        with reusing_convs(model):
-            assert any(vars(m).get("forward") is not f for m, f in before.items())
-            assert torch.allclose(model(x)[0], unfused, atol=1e-3)  # no cache active: the convolutions run as before
-        assert all(vars(m).get("forward") is f for m, f in before.items())  # Ultralytics' fused forwards are back
-    stock = YOLO("yolo11n.yaml").model
-    assert not any("forward" in vars(m) for m in stock.modules() if type(m) is torch.nn.Conv2d)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 
 from ..cfg import split_extra_args, with_extra_defaults
 from ..heatmap import depth_image, reuse_image, routing_maps, save_image_heatmaps
-from ..nn.reuse import TokenReuse, reusing, reusing_convs
-from ..nn.routing import join_images, native_model, record_routing, routed_blocks
+from ..nn.reuse import TokenReuse, reusing
+from ..nn.routing import join_images, record_routing, routed_blocks
 from .export import apply_or_check_routing, exported_token_share
 from .results import STATIC, RoutedResults, capacities_that_ran, routing_mode
 
@@ -74,12 +74,12 @@ class RoutedPredictorMixin:
         if self.dataset.mode == "stream" or len(im) == 1:
             lost = [not np.any(f) for f in self.batch[1]] if self.dataset.mode == "stream" else None
             cache.begin(im, lost, sources)
-            with reusing(cache), reusing_convs(native_model(self.model)):
+            with reusing(cache):
                 return super().inference(im, *args, **kwargs)
         outs, record, forwards = [], self.routing_record, []
         for frame, source in zip(im.split(1), sources):
             cache.begin(frame, source_shapes=[source])
-            with reusing(cache), reusing_convs(native_model(self.model)):
+            with reusing(cache):
                 outs.append(super().inference(frame, *args, **kwargs))
             if record is not None:
                 forwards.append(record.take())

@@ -83,8 +83,6 @@ class TokenReuse:
 
     def reset(self) -> None:
         self.blocks: list[BlockCache] = []
-        self.convs: list[ConvCache] = []
-        self.conv_call = 0  # convolution calls so far in this frame's forward
         self.last_image: torch.Tensor | None = None
         self.shape: tuple[int, ...] | None = None
         self.frame = 0  # frames since the last reset
@@ -104,7 +102,7 @@ class TokenReuse:
             rows = torch.as_tensor(list(lost), dtype=torch.bool)
             for c in self.blocks:  # nothing of these rows is reused: their next frame is computed in full
                 c.have[rows.to(c.have.device)] = False
-        self.call = self.conv_call = 0
+        self.call = 0
         # which images are computed in full: every `refresh` frames (frame 0 after a reset: nothing is cached), and any
         # on which more than `max_change` of the 8x8 pixel cells changed (a scene cut, a camera move, a lost stream)
         self.changed_share = changed_cells(image, self.last_image, self.threshold)
@@ -280,108 +278,3 @@ def reuse_step(
     routed = index_mask(index, valid, n)
     out = reuse_route(x, index, valid, routed, [attention_layer(layer) for layer in layers], cache, compute, gate)
     return out, routed, compute & routed
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Dense convolutions: only the output tiles whose inputs changed are computed
-
-
-TILE = 8  # output pixels per tile side at most: small enough to follow a moving shape, large enough for a fast conv
-
-
-def tile_side(oh: int, ow: int) -> int:
-    """Output pixels per tile side for an (oh, ow) output: TILE, or less on coarse maps (a stride-32 map of a 640 input
-    is 20 pixels wide: one 8-pixel tile there is a quarter of the image)."""
-    return max(2, min(TILE, min(oh, ow) // 8))
-MIN_MACS = 144  # convolutions cheaper per output pixel (depthwise, thin 1x1) run dense: their bookkeeping would cost more
-
-
-@dataclass
-class ConvCache:
-    """One convolution call's cache: each input pixel's reference and the padded output of the last frames."""
-
-    ref: torch.Tensor  # (B, C, H, W) input when its output tiles were last computed
-    out: torch.Tensor  # (B, C', Ht * tile, Wt * tile) output, padded to whole tiles
-    scratch: torch.Tensor  # (B, C, H, W) work buffer
-    level: torch.Tensor  # (B, 1, 1) mean squared norm of an input pixel, the scale the threshold is relative to
-
-    @classmethod
-    def of(cls, x: torch.Tensor, y: torch.Tensor, pad: tuple[int, int]) -> ConvCache:
-        return cls(x.clone(), F.pad(y, (0, pad[1], 0, pad[0])), torch.empty_like(x), pixel_level(x))
-
-
-def pixel_level(x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, 1): the mean over pixels of each pixel's squared norm over channels. A convolution's threshold is relative
-    to this, not to each pixel's own norm: feature maps hold many near-zero pixels whose own relative change is noise."""
-    return x.square().sum(1).mean((1, 2)).view(-1, 1, 1)
-
-
-def sparse_worthwhile(conv: nn.Conv2d) -> bool:
-    return conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] >= MIN_MACS
-
-
-def reuse_conv(conv: nn.Conv2d, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
-    """`act(conv(x))` (`act` None: `conv(x)`) under the active `TokenReuse`: the output tiles (`tile_side`) whose receptive field holds an input
-    pixel that moved more than the threshold are computed, the others keep their cached values. Exact where computed
-    (the same zero padding as the dense convolution); images of a full-refresh frame are computed in full."""
-    state = active_reuse()
-    b, _, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    tile = tile_side(oh, ow)
-    th, tw = -(-oh // tile), -(-ow // tile)
-    i, state.conv_call = state.conv_call, state.conv_call + 1
-    cache = state.convs[i] if i < len(state.convs) else None
-    if cache is None or cache.ref.shape != x.shape or cache.out.shape[1] != conv.out_channels or bool(state.full.all()):
-        y = conv._conv_forward(x, conv.weight, conv.bias)
-        y = y if act is None else act(y)
-        state.convs[i:i + 1] = [ConvCache.of(x, y, (th * tile - oh, tw * tile - ow))]
-        return y
-    # squared norms (a channel sum of squares: a norm over dim 1 of an NCHW map is many times slower on CPU)
-    moved = torch.sub(x, cache.ref, out=cache.scratch).square_().sum(1) > state.threshold**2 * cache.level
-    moved |= state.full.view(b, 1, 1)
-    # output pixels whose receptive field holds a moved input: a max pool with the convolution's own geometry
-    hit = F.max_pool2d(moved.unsqueeze(1).to(x.dtype), (dh * (kh - 1) + 1, dw * (kw - 1) + 1), (sh, sw), (ph, pw))
-    tiles = F.max_pool2d(hit, tile, tile, ceil_mode=True)[:, 0] > 0  # (B, th, tw)
-    where = tiles.nonzero(as_tuple=True)
-    if len(where[0]):
-        # input window of each output tile, in the input padded by the conv's padding (plus enough for whole tiles)
-        win_h, win_w = (tile - 1) * sh + dh * (kh - 1) + 1, (tile - 1) * sw + dw * (kw - 1) + 1
-        need_h, need_w = (th - 1) * tile * sh + win_h, (tw - 1) * tile * sw + win_w
-        xp = F.pad(x, (pw, max(pw, need_w - w - pw), ph, max(ph, need_h - h - ph)))
-        windows = xp.unfold(2, win_h, tile * sh).unfold(3, win_w, tile * sw)  # (B, C, th, tw, win_h, win_w)
-        patches = windows[where[0], :, where[1], where[2]]  # (n, C, win_h, win_w)
-        y = F.conv2d(patches, conv.weight, conv.bias, (sh, sw), 0, (dh, dw), conv.groups)  # (n, C', tile, tile)
-        y = y if act is None else act(y)
-        out_tiles = cache.out.view(b, -1, th, tile, tw, tile).permute(0, 2, 4, 1, 3, 5)  # a view of the cache
-        out_tiles[where[0], where[1], where[2]] = y
-        cache.ref.lerp_(x, moved.unsqueeze(1).to(x.dtype))  # weight 1 is exactly x: the moved pixels' new reference
-    out = cache.out[..., :oh, :ow]
-    return out if out.is_contiguous() else out.contiguous()  # heads view their maps: they must be contiguous
-
-
-@contextmanager
-def reusing_convs(model: nn.Module) -> Iterator[None]:
-    """Inside the block, the model's costlier convolutions (`sparse_worthwhile`) run through `reuse_conv` while a
-    `TokenReuse` is active; afterwards they are as before. A fused Ultralytics `Conv` (its BatchNorm folded in, as in
-    predict) runs its activation on the computed tiles only. The model is the caller's own (a predictor's), and nothing
-    of this survives the block: the `forward` that Ultralytics' fuse gave each Conv is put back."""
-    from ultralytics.nn.modules import Conv
-
-    fused = {m: vars(m)["forward"] for m in model.modules()
-             if isinstance(m, Conv) and "forward" in vars(m) and not hasattr(m, "bn") and type(m.conv) is nn.Conv2d
-             and sparse_worthwhile(m.conv)}  # fmt: skip
-    inner = {id(m.conv) for m in fused}
-    bare = [m for m in model.modules()
-            if type(m) is nn.Conv2d and id(m) not in inner and sparse_worthwhile(m) and "forward" not in vars(m)]  # fmt: skip
-    for m, own in fused.items():
-        m.forward = lambda x, m=m, own=own: reuse_conv(m.conv, x, m.act) if reuses_tokens(m) else own(x)
-    for m in bare:
-        m.forward = lambda x, m=m: reuse_conv(m, x) if reuses_tokens(m) else nn.Conv2d.forward(m, x)
-    try:
-        yield
-    finally:
-        for m, own in fused.items():
-            m.forward = own
-        for m in bare:
-            del m.forward
