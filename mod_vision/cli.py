@@ -22,6 +22,8 @@ MODE:
   benchmark    side-by-side latency/FLOPs/memory benchmark (same arguments as tools/benchmark.py, e.g. imgsz=640)
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
   sample-data  write the sample dataset (root=datasets/mod-sample n_train=400 n_val=100 seed=0)
+  sample-video write a fixed-camera sample video and its COCO ground truth (path=clip.mp4 frames=90 size=[640,480]
+               textured=False objects=3 noise=0 scene_cut=None seed=0)
   help         this text
 
 Arguments are Ultralytics' (https://docs.ultralytics.com/usage/cfg/), e.g. epochs=10 imgsz=320 batch=16 device=cpu,
@@ -97,6 +99,14 @@ def run(argv: list[str]):
         path = make_sample_data(**args)
         print(f"sample data written: {path}")
         return path
+    if mode == "sample-video":
+        from .data import make_sample_video
+
+        if "size" in args:
+            args["size"] = tuple(args["size"])
+        video, gt = make_sample_video(args.pop("path", "clip.mp4"), **args)
+        print(f"sample video written: {video} (ground truth {gt})")
+        return video, gt
 
     from . import MoDYOLO
     from .data import sample_data_yaml
@@ -106,7 +116,7 @@ def run(argv: list[str]):
 
         return benchmark(**args)
     if mode not in MODES:
-        raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: {', '.join(MODES)}, benchmark, sample-data, help")
+        raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: {', '.join(MODES)}, benchmark, sample-data, sample-video, help")
     check_sizes(mode, args)
     if mode in {"predict", "heatmap"} and "model" not in args:
         raise SystemExit(

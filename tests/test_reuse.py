@@ -307,3 +307,34 @@ def test_sample_video_has_per_frame_ground_truth_moving_objects_noise_and_a_cut(
 def test_sample_video_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_sample_video(tmp_path / "v.mp4", frames=30, **kwargs)
+
+
+def test_sample_video_from_the_cli(tmp_path):
+    from mod_vision.cli import run
+
+    video, gt = run(["sample-video", f"path={tmp_path / 'c.mp4'}", "frames=5", "size=[96,64]", "objects=2"])
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
+    cap.release()
+    assert len(json.loads(gt.read_text())["images"]) == 5
+
+
+def test_video_reuse_tool_reports_per_frame_and_reuse_rows(det_run, tmp_path):
+    from tests.test_dynamic_tools import _tool
+
+    tool = _tool("video_reuse")
+    out = tool.main(["--weights", str(det_run / "weights" / "best.pt"), "--imgsz", str(IMGSZ), "--frames", "8",
+                     "--size", "128", "96", "--objects", "2", "--backgrounds", "flat", "--noise", "0", "2",
+                     "--thresholds", "0.05", "0.5", "--reps", "2", "--profile", "--out", str(tmp_path), "--name", "t"])  # fmt: skip
+    import csv
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 2 * 3  # 2 clips x (per-frame + 2 thresholds)
+    for clip in ("flat-noise0", "flat-noise2"):
+        base, low, high = (r for r in rows if r["clip"] == clip)
+        assert base["reuse_threshold"] == "per-frame" and float(base["speedup"]) == 1.0
+        assert float(base["fewer tokens"]) == 1.0 and float(base["AP - per-frame"]) == 0.0
+        assert float(high["token share"]) <= float(low["token share"]) < float(base["token share"])  # monotonic
+    text = (out / "results.md").read_text()
+    assert "tools/video_reuse.py --weights" in text and "attention share" in text
+    assert (out / "reuse_threshold.png").stat().st_size > 0 and len(list((out / "clips").glob("*.json"))) == 2
