@@ -204,6 +204,18 @@ def test_video_with_token_reuse_computes_fewer_tokens_and_reports_reuse(det_run,
     cap.release()
 
 
+def test_after_a_scene_cut_the_result_is_the_per_frame_result(det_run, tmp_path):
+    model = MoDYOLO(det_run / "weights" / "best.pt")
+    video, _ = make_sample_video(tmp_path / "cut.mp4", frames=10, size=(128, 96), objects=2, radius=(0.15, 0.25),
+                                 textured=True, scene_cut=6, seed=2)  # fmt: skip
+    plain = list(model.predict(str(video), stream=True, imgsz=IMGSZ, verbose=False, conf=1e-6))
+    reused = list(model.predict(str(video), stream=True, imgsz=IMGSZ, verbose=False, conf=1e-6, token_reuse=True))
+    assert reused[5].token_share < 0.6 * plain[5].token_share  # reuse before the cut
+    cut, ref = reused[6], plain[6]
+    assert cut.token_share == pytest.approx(ref.token_share)  # the cut frame is computed in full
+    assert len(ref.boxes) and torch.allclose(cut.boxes.data, ref.boxes.data, atol=1e-3)  # no stale boxes
+
+
 def test_token_reuse_off_and_single_images_behave_as_without_it(det_run, sample_yaml):
     model = MoDYOLO(det_run / "weights" / "best.pt")
     images = sorted((sample_yaml.parent / "images" / "val").glob("*.jpg"))[:4]  # unrelated images, several sizes
