@@ -45,7 +45,8 @@ class BlockCache:
     ref: torch.Tensor  # (B, N, C) each token's input when it was last computed
     update: torch.Tensor  # (B, N, C) its (gated) update then
     have: torch.Tensor  # (B, N) bool: computed at least once since the cache was reset
-    kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer, (B, heads, N, d) each
+    ref_norm: torch.Tensor | None = None  # (B, N) ||ref|| per token
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer, (B, N, heads, d) each
     # Work buffers, (B, N, C): a fresh tensor of a frame's size costs page faults that outweigh the few tokens computed
     # (measured: docs/video_reuse.md); the block's output is one of them, valid until the next frame.
     scratch: torch.Tensor | None = None
@@ -54,13 +55,12 @@ class BlockCache:
     @classmethod
     def empty(cls, x: torch.Tensor) -> BlockCache:
         return cls(torch.zeros_like(x), torch.zeros_like(x), torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device),
-                   scratch=torch.empty_like(x), out=torch.empty_like(x))  # fmt: skip
+                   x.new_zeros(x.shape[:2]), scratch=torch.empty_like(x), out=torch.empty_like(x))  # fmt: skip
 
-    def moved(self, x: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
-        """(B, N) bool: tokens of x that moved more than `threshold` relative to `ref` (||x - ref|| / ||ref||)."""
-        diff = torch.sub(x, ref, out=self.scratch)
-        return torch.linalg.vector_norm(diff, dim=-1) > threshold * torch.linalg.vector_norm(ref, dim=-1)
-
+    def moved(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        """(B, N) bool: tokens of x that moved more than `threshold` relative to their reference (||x - ref|| / ||ref||)."""
+        diff = torch.sub(x, self.ref, out=self.scratch)
+        return torch.linalg.vector_norm(diff, dim=-1) > threshold * self.ref_norm
 
 
 class TokenReuse:
@@ -243,21 +243,22 @@ def reuse_route(
         read = gather_rows(x, rows)
         t = read
         mask = None if valid is None else valid[:, None, None, :]
+        every = index.shape[1] == n and valid is None  # raster-ordered, so the index is every token in order
         for j, layer in enumerate(layers):
-            q, k, v = layer.qkv(t)
-            if j == len(cache.kv):
-                cache.kv.append((k.new_zeros(b, k.shape[1], n, k.shape[-1]), v.new_zeros(b, v.shape[1], n, v.shape[-1])))
+            q, k, v = layer.qkv(t)  # (B, heads, m, d)
+            if j == len(cache.kv):  # token-major, so that rows are gathered and scattered contiguously
+                cache.kv.append((k.new_zeros(b, n, *k.shape[1::2]), v.new_zeros(b, n, *v.shape[1::2])))
             kc, vc = cache.kv[j]
-            heads_first = lambda z: z.transpose(1, 2)  # noqa: E731 (B, heads, K, d) <-> (B, K, heads, d) for row ops
-            scatter_rows(heads_first(kc), rows, heads_first(k), real)
-            scatter_rows(heads_first(vc), rows, heads_first(v), real)
-            keys, values = (heads_first(gather_rows(heads_first(z), index)) for z in (kc, vc))
+            scatter_rows(kc, rows, k.transpose(1, 2), real)
+            scatter_rows(vc, rows, v.transpose(1, 2), real)
+            keys, values = ((z if every else gather_rows(z, index)).transpose(1, 2) for z in (kc, vc))
             t = layer.finish(t, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
         update = t - read
         if gate is not None:
             update = gather_rows(gate, rows).unsqueeze(-1) * update
         scatter_rows(cache.update, rows, update, real)
         scatter_rows(cache.ref, rows, read, real)
+        scatter_rows(cache.ref_norm, rows, torch.linalg.vector_norm(read, dim=-1), real)
         cache.have |= compute
     return torch.addcmul(x, cache.update, routed.unsqueeze(-1).to(x.dtype), out=cache.out)
 
@@ -274,7 +275,7 @@ def reuse_step(
     if index is None:
         index = torch.arange(n, device=x.device).expand(b, n)
     cache = state.next_block(x)
-    compute = cache.moved(x, cache.ref, state.threshold) | ~cache.have | state.full[:, None]
+    compute = cache.moved(x, state.threshold) | ~cache.have | state.full[:, None]
     routed = index_mask(index, valid, n)
     out = reuse_route(x, index, valid, routed, [attention_layer(layer) for layer in layers], cache, compute, gate)
     return out, routed, compute & routed
