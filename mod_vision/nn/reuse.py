@@ -34,7 +34,10 @@ def check_reuse_args(threshold, refresh, max_change) -> tuple[float, int, float]
     if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1:
         raise ValueError(f"reuse_refresh must be an int >= 1 (frames between full refreshes), got {refresh!r}")
     if isinstance(max_change, bool) or not isinstance(max_change, (int, float)) or not 0 < max_change <= 1:
-        raise ValueError(f"reuse_max_change must be a share in (0, 1] (changed tokens that force a refresh), got {max_change!r}")
+        raise ValueError(
+            f"reuse_max_change must be a share in (0, 1] (changed 8x8 pixel cells that force a full refresh), "
+            f"got {max_change!r}"
+        )
     return float(threshold), refresh, float(max_change)
 
 
@@ -43,19 +46,20 @@ class BlockCache:
     """One block call's cache, for B slots of N tokens."""
 
     ref: torch.Tensor  # (B, N, C) each token's input when it was last computed
+    ref_norm: torch.Tensor  # (B, N) ||ref||
     update: torch.Tensor  # (B, N, C) its (gated) update then
     have: torch.Tensor  # (B, N) bool: computed at least once since the cache was reset
-    ref_norm: torch.Tensor | None = None  # (B, N) ||ref|| per token
+    # Work buffers, (B, N, C): frame-sized temporaries allocated afresh on every frame cost more (allocation and page
+    # faults) than the few tokens a still scene computes. The block's output is one of them, valid until the next frame.
+    scratch: torch.Tensor
+    out: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer, (B, N, heads, d) each
-    # Work buffers, (B, N, C): a fresh tensor of a frame's size costs page faults that outweigh the few tokens computed
-    # (measured: docs/video_reuse.md); the block's output is one of them, valid until the next frame.
-    scratch: torch.Tensor | None = None
-    out: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, x: torch.Tensor) -> BlockCache:
-        return cls(torch.zeros_like(x), torch.zeros_like(x), torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device),
-                   x.new_zeros(x.shape[:2]), scratch=torch.empty_like(x), out=torch.empty_like(x))  # fmt: skip
+        have = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        return cls(torch.zeros_like(x), x.new_zeros(x.shape[:2]), torch.zeros_like(x), have, torch.empty_like(x),
+                   torch.empty_like(x))  # fmt: skip
 
     def moved(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
         """(B, N) bool: tokens of x that moved more than `threshold` relative to their reference (||x - ref|| / ||ref||)."""
@@ -88,7 +92,7 @@ class TokenReuse:
         self.frame = 0  # frames since the last reset
         self.call = 0  # block calls so far in this frame's forward
         self.full: torch.Tensor | None = None  # (B,) bool: images recomputed in full on this frame
-        self.changed_share: torch.Tensor | None = None  # (B,) share of changed tokens in the first block, this frame
+        self.changed_share: torch.Tensor | None = None  # (B,) share of the input's 8x8 cells that changed, this frame
 
     def begin(self, image: torch.Tensor, lost: Sequence[bool] | None = None, source_shapes: Sequence | None = None) -> None:
         """Start a frame: `image` is the (B, 3, H, W) network input. A new batch size or image size resets the cache,
