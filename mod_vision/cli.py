@@ -21,7 +21,8 @@ MODE:
   sweep        validate at several capacities (capacities=[1.0,0.5,0.25,0.125]): mAP-vs-capacity table and plot
   benchmark    side-by-side latency/FLOPs/memory benchmark (same arguments as tools/benchmark.py, e.g. imgsz=640)
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
-  sample-data  write the sample dataset (root=datasets/mod-sample n_train=400 n_val=100 seed=0)
+  sample-data  write the sample dataset (root=datasets/mod-sample n_train=400 n_val=100 seed=0; scenes=True for the
+               "scenes" split: 480-640 px images, many small objects)
   sample-video write a fixed-camera sample video and its COCO ground truth (path=clip.mp4 frames=90 size=[640,480]
                textured=False objects=3 noise=0 scene_cut=None seed=0)
   help         this text

@@ -52,3 +52,20 @@ def test_cli_val_and_predict(det_run, sample_yaml, video, tmp_path):
     assert m.token_share == pytest.approx(0.25)
     run(["predict", f"model={best}", f"source={video}", "imgsz=96", "save=True", f"project={tmp_path}", "name=p"])
     assert list((tmp_path / "p").glob("clip.*"))
+
+
+def test_scenes_split_has_larger_images_and_more_smaller_objects(tmp_path):
+    import json
+
+    plain = json.loads((make_sample_data(tmp_path / "p", n_train=20, n_val=4, seed=0).parent / "annotations" /
+                        "instances_train.json").read_text())  # fmt: skip
+    scenes = json.loads((make_sample_data(tmp_path / "s", n_train=30, n_val=4, seed=0, scenes=True).parent /
+                         "annotations" / "instances_train.json").read_text())  # fmt: skip
+    assert all(480 <= im["width"] <= 640 and 480 <= im["height"] <= 640 for im in scenes["images"])
+    rel = lambda d: [a["area"] / (im["width"] * im["height"])  # noqa: E731 object area over image area
+                     for a in d["annotations"] for im in d["images"] if im["id"] == a["image_id"]]
+    assert len(scenes["annotations"]) > 2 * len(plain["annotations"])
+    assert sorted(rel(scenes))[len(rel(scenes)) // 2] < sorted(rel(plain))[len(rel(plain)) // 2] / 4  # median smaller
+    assert any(a > 0.02 for a in rel(scenes))  # a few large ones too
+    with_objects = {a["image_id"] for a in scenes["annotations"]}
+    assert any(im["id"] not in with_objects for im in scenes["images"])  # and some empty images

@@ -62,13 +62,26 @@ def _background(rng, h: int, w: int, textured: bool, textures: list[np.ndarray])
     return np.ascontiguousarray(tex[y : y + h, x : x + w])
 
 
-def _image(rng, h, w, textured, textures, max_objects):
+RADII = ((1.0, 0.05, 0.2),)  # (weight, smallest, largest) radius as a share of the short side: one uniform range
+# The "scenes" split: larger images, many small objects, some medium and a few large ones
+SCENES = dict(size=(480, 640), max_objects=24, radii=((0.6, 0.015, 0.04), (0.3, 0.04, 0.1), (0.1, 0.1, 0.2)))
+
+
+def _radius(rng, radii) -> float:
+    if len(radii) == 1:  # one range: the draw the sample data has always made (same images for the same seed)
+        return rng.uniform(*radii[0][1:])
+    weights = np.array([r[0] for r in radii], dtype=float)
+    _, lo, hi = radii[rng.choice(len(radii), p=weights / weights.sum())]
+    return rng.uniform(lo, hi)
+
+
+def _image(rng, h, w, textured, textures, max_objects, radii=RADII):
     """One image and its objects as (class, polygon) pairs; objects never overlap so the polygons are the true masks."""
     img = _background(rng, h, w, textured, textures)
     objects, boxes = [], []
     for _ in range(rng.integers(1, max_objects + 1) if rng.random() > 0.1 else 0):  # about 10% are empty
         for _try in range(20):
-            r = rng.uniform(0.05, 0.2) * min(h, w)
+            r = _radius(rng, radii) * min(h, w)
             cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
             box = (cx - r - 2, cy - r - 2, cx + r + 2, cy + r + 2)
             if all(box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in boxes):
@@ -107,8 +120,14 @@ def make_sample_data(
     size: tuple[int, int] = (192, 320),
     max_objects: int = 6,
     textured_share: float = 0.5,
+    radii: tuple[tuple[float, float, float], ...] = RADII,
+    scenes: bool = False,
 ) -> Path:
     """Write the sample dataset under `root` and return the path of its data YAML.
+
+    `radii` are (weight, smallest, largest) object radius ranges as shares of the image's short side, one drawn per
+    object by weight. `scenes=True` writes the "scenes" split instead (`SCENES`: 480-640 px images with up to 24
+    objects, most of them small, some medium, a few large), where routing has room to matter.
 
     Image ids are numeric file stems, unique across splits, so Ultralytics' COCO json predictions match the json's ids.
     Each json image entry also records its `background` ('flat' or 'textured'); `val_flat.txt` and `val_textured.txt`
@@ -117,6 +136,8 @@ def make_sample_data(
     from ultralytics.data.converter import convert_coco
     from ultralytics.utils import LOGGER
 
+    if scenes:
+        size, max_objects, radii = SCENES["size"], SCENES["max_objects"], SCENES["radii"]
     root = Path(root).resolve()
     start = time.perf_counter()
     LOGGER.info(
@@ -136,7 +157,7 @@ def make_sample_data(
             image_id += 1
             h, w = (int(v) for v in rng.integers(size[0], size[1] + 1, 2))
             textured = bool(rng.random() < textured_share)
-            img, objects = _image(rng, h, w, textured, textures, max_objects)
+            img, objects = _image(rng, h, w, textured, textures, max_objects, radii)
             name = f"{image_id:012d}.jpg"
             cv2.imwrite(str(root / "images" / split / name), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
             kind = "textured" if textured else "flat"
