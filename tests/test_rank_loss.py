@@ -51,6 +51,18 @@ def test_pairwise_loss_ignores_the_scores_level_and_bce_does_not():
         assert torch.isclose(a, b).item() is same
 
 
+def test_large_grids_score_a_random_subset_of_pairs_close_to_all_of_them():
+    torch.manual_seed(0)
+    grid = (40, 40)  # imgsz 640 at stride 16
+    scores = torch.randn(2, 1600, requires_grad=True)
+    boxes, index = torch.tensor([[0.3, 0.4, 0.3, 0.2], [0.7, 0.6, 0.2, 0.4]]), torch.tensor([0, 1])
+    exact = router_rank_loss(one_block_record(scores, grid), boxes, index, max_tokens=1600)
+    sampled = router_rank_loss(one_block_record(scores, grid), boxes, index, max_tokens=1024)
+    assert torch.isfinite(sampled) and abs(sampled.item() - exact.item()) < 0.05 * exact.item()
+    sampled.backward()
+    assert 0 < (scores.grad != 0).sum(1).max() <= 1024  # only the sampled tokens get a gradient
+
+
 def test_bce_loss_equals_the_hand_computed_value():
     scores = torch.tensor([[2.0, 0.0, 1.0, -1.0]], requires_grad=True)
     boxes, index = torch.tensor([[0.25, 0.25, 0.4, 0.4]]), torch.tensor([0])

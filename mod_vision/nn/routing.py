@@ -611,6 +611,7 @@ def router_rank_loss(
     image_index: torch.Tensor,
     kind: str = "pairwise",
     dilate: int = 0,
+    max_tokens: int = 1024,
 ) -> torch.Tensor | None:
     """The ranking loss: teaches each routed block's *scorer* (the ranking that top-k uses, and the gate) to put the
     tokens on ground-truth objects above the background tokens of the same image (Focus-DETR's foreground supervision,
@@ -625,7 +626,9 @@ def router_rank_loss(
         "pairwise": per image, the mean over (object token o, background token b) pairs of softplus(s_b - s_o), the
             logistic (RankNet) surrogate of 1 - AUC. It depends only on score differences within an image, so it leaves
             the scores' level, which sets the gate's value, to the task loss. Images with no object or no background
-            token have no pair and add nothing; the loss is the mean over images that have pairs.
+            token have no pair and add nothing; the loss is the mean over images that have pairs. It takes O(B N^2)
+            memory: a grid of more than `max_tokens` tokens (imgsz 640 at stride 16 has 1600) is scored on a random
+            subset of that many tokens, the same for every image, which keeps the pairs' mean in expectation.
         "bce": balanced BCE of the scores against the target (object tokens weighted by the batch's background-to-object
             ratio), as `router_aux_loss` does for the predictor; this also pulls the gate of background tokens to 0.
     Returns the mean over routed blocks, or None when nothing was recorded with grad (or no image had a pair).
@@ -651,6 +654,9 @@ def router_rank_loss(
             weight = (1 - cover) / cover
             losses.append(nn.functional.binary_cross_entropy_with_logits(s, target.float(), pos_weight=weight))
             continue
+        if s.shape[1] > max_tokens:
+            keep = torch.randperm(s.shape[1], device=s.device)[:max_tokens]
+            s, target = s[:, keep], target[:, keep]
         pos, neg = target > 0.5, target <= 0.5  # (B, N)
         pairs = pos[:, :, None] & neg[:, None, :]  # (B, N_o, N_b): o object, b background, same image
         n = pairs.sum((1, 2))  # (B,)
