@@ -30,11 +30,18 @@ EXTRA_ARGS = {
     "router_aux": 0.1,
     # (float) weight of the ranking loss that trains each routed block's scorer (the ranking top-k uses, and the gate)
     # to rank the tokens on ground-truth boxes above the background tokens of the same image (router_rank_loss). The
-    # scorer is not detached: the task gradient through the gate still flows. 0: off (the MoD gate alone trains it)
+    # scorer is not detached: the task gradient through the gate still flows. 0: off (the MoD gate alone trains it).
+    # Measured on the main job (docs/quality_bench.md, third edition): 1.0 ("bce") lifts the object lift at capacity
+    # 0.25 from about 2.0/1.0 to 3.1/3.0 (flat/textured), but the runs with it ended with less box AP than those
+    # without, so it is off by default
     "router_rank": 0.0,
-    # ("pairwise" | "bce") the ranking loss: pairwise logistic over (object, background) token pairs of an image, which
-    # leaves the scores' level (the gate's value) to the task, or balanced BCE of the scores against object cover
-    "router_rank_kind": "pairwise",
+    # ("bce" | "pairwise") the ranking loss: balanced BCE of the scores against object cover, or pairwise logistic over
+    # (object, background) token pairs of an image, which leaves the scores' level (the gate's value) to the task; both
+    # gave the same lift, pairwise less box AP (22.4 against 26.2, one seed)
+    "router_rank_kind": "bce",
+    # (bool) the ranking loss trains only the scorers' weights (their input tokens detached for it); False: it also
+    # shapes the features the scorers read. The task gradient through the gate reaches both either way
+    "router_rank_detach": False,
     # (int) grow the ranking loss's object tokens by this many token cells in every direction, so borders and context
     # count as object; 0: the tokens that overlap a box
     "router_rank_dilate": 0,
@@ -139,6 +146,8 @@ def check_extra_args(args: dict) -> dict:
                 raise ValueError(f"router_rank must be a finite number >= 0 (weight of the ranking loss), got {value!r}")
         elif key == "router_rank_kind" and value not in ("pairwise", "bce"):
             raise ValueError(f"router_rank_kind must be 'pairwise' or 'bce', got {value!r}")
+        elif key == "router_rank_detach" and not isinstance(value, bool):
+            raise ValueError(f"router_rank_detach must be True or False, got {value!r}")
         elif key == "router_rank_dilate":
             _check_number(key, value, "token cells the object targets grow by; 0: none", integer=True)
         elif key in {"router_lr_mult", "predictor_lr_mult"}:

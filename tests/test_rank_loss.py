@@ -32,7 +32,7 @@ def test_pairwise_loss_equals_the_hand_computed_value():
     scores = torch.tensor([[2.0, 0.0, 1.0, -1.0], [5.0, -3.0, 0.0, 0.0]], requires_grad=True)
     boxes, index = torch.tensor([[0.25, 0.25, 0.4, 0.4]]), torch.tensor([0])
     assert object_tokens((2, 2), boxes, index, 2).tolist() == [[1, 0, 0, 0], [0, 0, 0, 0]]
-    loss = router_rank_loss(one_block_record(scores, (2, 2)), boxes, index)
+    loss = router_rank_loss(one_block_record(scores, (2, 2)), boxes, index, kind="pairwise")
     expected = (softplus(0 - 2) + softplus(1 - 2) + softplus(-1 - 2)) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
@@ -56,8 +56,8 @@ def test_large_grids_score_a_random_subset_of_pairs_close_to_all_of_them():
     grid = (40, 40)  # imgsz 640 at stride 16
     scores = torch.randn(2, 1600, requires_grad=True)
     boxes, index = torch.tensor([[0.3, 0.4, 0.3, 0.2], [0.7, 0.6, 0.2, 0.4]]), torch.tensor([0, 1])
-    exact = router_rank_loss(one_block_record(scores, grid), boxes, index, max_tokens=1600)
-    sampled = router_rank_loss(one_block_record(scores, grid), boxes, index, max_tokens=1024)
+    exact = router_rank_loss(one_block_record(scores, grid), boxes, index, "pairwise", max_tokens=1600)
+    sampled = router_rank_loss(one_block_record(scores, grid), boxes, index, "pairwise", max_tokens=1024)
     assert torch.isfinite(sampled) and abs(sampled.item() - exact.item()) < 0.05 * exact.item()
     sampled.backward()
     assert 0 < (scores.grad != 0).sum(1).max() <= 1024  # only the sampled tokens get a gradient
@@ -101,7 +101,8 @@ def test_scores_carry_grad_only_in_training():
     assert router_rank_loss(rec, torch.tensor([[0.5, 0.5, 0.5, 0.5]]), torch.tensor([0])) is None
 
 
-def test_the_loss_trains_the_scorer_to_rank_objects_first():
+@pytest.mark.parametrize("kind", ["bce", "pairwise"])
+def test_the_loss_trains_the_scorer_to_rank_objects_first(kind):
     # tokens: per-image random background, objects = background + a fixed direction on a random 2x2 patch
     torch.manual_seed(0)
     stage = MoDViTStage(16, 16, depth=1, routed="0:", capacity=0.125)  # k = 8 of 64 = the 4 object cells x 2 images
@@ -134,7 +135,7 @@ def test_the_loss_trains_the_scorer_to_rank_objects_first():
         x, boxes, index = images(16)
         with record_routing(scores=True) as rec:
             stage.train()(x)
-        loss = router_rank_loss(rec, boxes, index)
+        loss = router_rank_loss(rec, boxes, index, kind=kind)
         opt.zero_grad()
         loss.backward()
         assert router.scorer.net.weight.grad.abs().sum() > 0
@@ -169,6 +170,15 @@ def test_model_loss_adds_the_rank_column_and_trains_every_scorer():
         assert router.scorer.net.weight.grad.abs().sum() > 0
     assert model.model[0].conv.weight.grad.abs().sum() > 0  # not detached: it also shapes the tokens it scores
 
+    detached = hybrid_with(router_rank=1.0, router_aux=0.0, router_rank_detach=True)
+    detached.load_state_dict(model.state_dict())
+    loss, items = detached.loss(batch)
+    loss[-1].backward()  # detached: the scorers learn from it, the features under them do not
+    assert all(r.scorer.net.weight.grad.abs().sum() > 0 for r in routed_blocks(detached))
+    g = detached.model[0].conv.weight.grad
+    assert g is None or g.abs().sum() == 0
+
+    assert EXTRA_ARGS["router_rank"] == 0 and EXTRA_ARGS["router_rank_kind"] == "bce"  # opt-in (measured: AP cost)
     off = hybrid_with(router_rank=0.0, router_aux=0.0)
     loss, items = off.loss(batch)
     assert "router_rank" not in items and len(loss) == 3
@@ -195,7 +205,7 @@ def test_model_loss_is_finite_for_degenerate_ground_truth(boxes, index, kind):
 @pytest.mark.parametrize(
     "key, bad",
     [("router_rank", -1.0), ("router_rank", "high"), ("router_rank", True), ("router_rank", float("nan")),
-     ("router_rank", float("inf")), ("router_rank_kind", "hinge"), ("router_rank_dilate", 1.5),
+     ("router_rank", float("inf")), ("router_rank_kind", "hinge"), ("router_rank_detach", "yes"), ("router_rank_dilate", 1.5),
      ("router_rank_dilate", -1)],
 )  # fmt: skip
 def test_bad_rank_arguments_name_the_key(key, bad):
@@ -212,6 +222,7 @@ def test_bad_rank_weight_fails_before_training(sample_yaml, runs):
 def test_rank_loss_is_trained_and_logged_by_the_trainer(sample_yaml, runs):
     model = MoDYOLO("hybrid11-det-n.yaml")
     model.train(data=str(sample_yaml), project=str(runs), name="rank", router_rank=1.0, **{**TRAIN_ARGS, "epochs": 1})
+    assert model.trainer.args.router_rank_kind == "bce"
     with open(model.trainer.save_dir / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(float(r["train/router_rank"]) > 0 for r in rows)

@@ -609,7 +609,7 @@ def router_rank_loss(
     record: RoutingRecord,
     boxes: torch.Tensor,
     image_index: torch.Tensor,
-    kind: str = "pairwise",
+    kind: str = "bce",
     dilate: int = 0,
     max_tokens: int = 1024,
 ) -> torch.Tensor | None:

@@ -206,16 +206,29 @@ class RoutedModelMixin:
             value = args.get(key) if isinstance(args, dict) else getattr(args, key, None)
             return default if value is None else value
 
-        with record_routing(predictions=preds is None, scores=preds is None) as record:
-            loss, items = super().loss(batch, preds)
+        rank_weight = arg("router_rank", 0.0)
+        detach = rank_weight > 0 and preds is None and bool(arg("router_rank_detach", False))
+        seen, hooks = [], []
+        if detach:  # each scorer's input, in call order (one scorer call per recorded block)
+            hooks = [r.scorer.register_forward_hook(lambda m, i, o: seen.append((m, i[0]))) for r in self.routed_blocks()]
+        try:
+            with record_routing(predictions=preds is None, scores=preds is None) as record:
+                loss, items = super().loss(batch, preds)
+        finally:
+            for h in hooks:
+                h.remove()
+        if detach and len(seen) == len(record.blocks):
+            # the ranking loss then trains the scorers' weights only, not the features they read
+            for e, (scorer, x) in zip(record.blocks, seen):
+                if e.scores is not None and e.scores.requires_grad:
+                    e.scores = scorer(x.detach())
         bs = batch["img"].shape[0]
         extra = []
         aux = router_aux_loss(record, batch["bboxes"], batch["batch_idx"])
         if aux is not None and arg("router_aux", 0.0) > 0:
             extra.append((arg("router_aux", 0.0), aux, "router_aux"))
-        rank_weight = arg("router_rank", 0.0)
         if rank_weight > 0:
-            rank = router_rank_loss(record, batch["bboxes"], batch["batch_idx"], arg("router_rank_kind", "pairwise"),
+            rank = router_rank_loss(record, batch["bboxes"], batch["batch_idx"], arg("router_rank_kind", "bce"),
                                     arg("router_rank_dilate", 0))
             if rank is None and preds is None and record.blocks:  # no image with both kinds of token: a column of 0
                 rank = next(e.scores for e in record.blocks if e.scores is not None).sum() * 0
