@@ -28,6 +28,23 @@ EXTRA_ARGS = {
     # ground-truth box?), which dynamic mode thresholds. The predictor sees detached tokens, so this never changes the
     # detector; 0 leaves the predictor untrained (dynamic mode then has nothing calibrated to go on)
     "router_aux": 0.1,
+    # (float) weight of the ranking loss that trains each routed block's scorer (the ranking top-k uses, and the gate)
+    # to rank the tokens on ground-truth boxes above the background tokens of the same image (router_rank_loss). The
+    # scorer is not detached: the task gradient through the gate still flows. 0: off (the MoD gate alone trains it).
+    # Measured on the main job (docs/quality_bench.md, third edition): 1.0 ("bce") lifts the object lift at capacity
+    # 0.25 from about 2.1/1.2 to 3.1/3.0 (flat/textured) on 3 of 3 seeds; box AP -1.1 on the mean of 3 seeds, within
+    # seed noise. Off by default, a cautious choice (see there); 1.0 meets the issue's lift targets
+    "router_rank": 0.0,
+    # ("bce" | "pairwise") the ranking loss: balanced BCE of the scores against object cover, or pairwise logistic over
+    # (object, background) token pairs of an image, which leaves the scores' level (the gate's value) to the task; both
+    # gave the same lift, pairwise less box AP (22.4 against 26.2, one seed)
+    "router_rank_kind": "bce",
+    # (bool) the ranking loss trains only the scorers' weights (their input tokens detached for it); False: it also
+    # shapes the features the scorers read. The task gradient through the gate reaches both either way
+    "router_rank_detach": False,
+    # (int) grow the ranking loss's object tokens by this many token cells in every direction, so borders and context
+    # count as object; 0: the tokens that overlap a box
+    "router_rank_dilate": 0,
     # ([min, max] | False | None) dynamic per-image compute at val/predict time: each image takes as many tokens as its
     # predictor scores above 0.5, clamped to these capacities; False returns to static top-k; None keeps the model's mode
     "dynamic_capacity": None,
@@ -132,6 +149,16 @@ def check_extra_args(args: dict) -> dict:
             _check_number(key, value, "epochs of the ramp from dense; 0: none")
         elif key == "router_aux":
             _check_number(key, value, "weight of the predictors' auxiliary loss; 0: off")
+        elif key == "router_rank":
+            _check_number(key, value, "weight of the scorers' ranking loss; 0: off")
+            if value != value or value == float("inf"):
+                raise ValueError(f"router_rank must be a finite number >= 0 (weight of the ranking loss), got {value!r}")
+        elif key == "router_rank_kind" and value not in ("pairwise", "bce"):
+            raise ValueError(f"router_rank_kind must be 'pairwise' or 'bce', got {value!r}")
+        elif key == "router_rank_detach" and not isinstance(value, bool):
+            raise ValueError(f"router_rank_detach must be True or False, got {value!r}")
+        elif key == "router_rank_dilate":
+            _check_number(key, value, "token cells the object targets grow by; 0: none", integer=True)
         elif key in {"router_lr_mult", "predictor_lr_mult"}:
             _check_number(key, value, "learning rate relative to lr0", optional=True)
         elif key == "heatmap_period":

@@ -190,6 +190,8 @@ PLOTTED_AS = {
     "routing/token_share": "routing/token_share (metric)",
     "train/router_aux": "train/router_aux (loss)",
     "val/router_aux": "val/router_aux (loss)",
+    "train/router_rank": "train/router_rank (loss)",
+    "val/router_rank": "val/router_rank (loss)",
 }
 
 

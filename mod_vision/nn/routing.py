@@ -118,7 +118,7 @@ class BlockRouting:
     valid: torch.Tensor | None  # (B, K) bool, which of them were real (dynamic mode, padded batches), or None: all
     tokens: int  # N
     grid: tuple[int, int] | None  # (h, w) token grid, when the block's caller knows it
-    scores: torch.Tensor | None = None  # (B, N) router scores, when asked for
+    scores: torch.Tensor | None = None  # (B, N) router scores (with grad in training), when asked for
     predicted: torch.Tensor | None = None  # (B, N) object-predictor logits (with grad in training), when asked for
     computed: torch.Tensor | None = None  # (B, N) bool under token reuse: the routed tokens computed on this frame
 
@@ -467,7 +467,7 @@ class TokenRouter(nn.Module):
                     valid,
                     x.shape[1],
                     grid,
-                    scores.detach() if record.keep_scores else None,
+                    None if not record.keep_scores else scores if self.training else scores.detach(),  # rank loss
                     None if predicted is None or not record.keep_predictions
                     else predicted if self.training else predicted.detach(),  # the aux loss trains only in training
                     computed if reuse else None,
@@ -632,4 +632,80 @@ def router_aux_loss(record: RoutingRecord, boxes: torch.Tensor, image_index: tor
             targets[e.grid] = target, (1 - cover) / cover
         target, pos_weight = targets[e.grid]
         losses.append(nn.functional.binary_cross_entropy_with_logits(p, target, pos_weight=pos_weight))
+    return torch.stack(losses).mean() if losses else None
+
+
+def dilate_tokens(target: torch.Tensor, grid: tuple[int, int], cells: int) -> torch.Tensor:
+    """(B, H*W) 0/1 token target grown by `cells` grid cells in every direction (a (2c+1)^2 max filter): object borders
+    and their immediate context count as object."""
+    if cells <= 0:
+        return target
+    t = target.view(-1, 1, *grid)
+    return nn.functional.max_pool2d(t, 2 * cells + 1, stride=1, padding=cells).flatten(1)
+
+
+RANK_KINDS = ("pairwise", "bce")
+
+
+def router_rank_loss(
+    record: RoutingRecord,
+    boxes: torch.Tensor,
+    image_index: torch.Tensor,
+    kind: str = "bce",
+    dilate: int = 0,
+    max_tokens: int = 1024,
+) -> torch.Tensor | None:
+    """The ranking loss: teaches each routed block's *scorer* (the ranking that top-k uses, and the gate) to put the
+    tokens on ground-truth objects above the background tokens of the same image (Focus-DETR's foreground supervision,
+    applied to the MoD router itself rather than a side predictor).
+
+    `record` is the training forward's, with scores recorded with grad (`record_routing(scores=True)` in training mode);
+    `boxes` (M, 4) normalized xywh and `image_index` (M,) as in `router_aux_loss`. The target is `object_tokens` on the
+    block's grid, grown by `dilate` cells (`dilate_tokens`). The scorer is not detached: the task gradient through the
+    gate still flows, this loss adds to it.
+
+    kind:
+        "pairwise": per image, the mean over (object token o, background token b) pairs of softplus(s_b - s_o), the
+            logistic (RankNet) surrogate of 1 - AUC. It depends only on score differences within an image, so it leaves
+            the scores' level, which sets the gate's value, to the task loss. Images with no object or no background
+            token have no pair and add nothing; the loss is the mean over images that have pairs. It takes O(B N^2)
+            memory: a grid of more than `max_tokens` tokens (imgsz 640 at stride 16 has 1600) is scored on a random
+            subset of that many tokens, the same for every image, which keeps the pairs' mean in expectation.
+        "bce": balanced BCE of the scores against the target (object tokens weighted by the batch's background-to-object
+            ratio), as `router_aux_loss` does for the predictor; this also pulls the gate of background tokens to 0.
+    Returns the mean over routed blocks, or None when nothing was recorded with grad (or no image had a pair).
+    """
+    if kind not in RANK_KINDS:
+        raise ValueError(f"router rank loss kind must be one of {RANK_KINDS}, got {kind!r}")
+    losses, targets = [], {}
+    for e in record.blocks:
+        s = e.scores
+        if s is None or not s.requires_grad:
+            continue
+        if e.grid is None or e.grid[0] * e.grid[1] != s.shape[1]:
+            raise ValueError(
+                f"routed block has {s.shape[1]} tokens but no token grid ({e.grid}): its caller must pass grid="
+            )
+        if e.grid not in targets:
+            t = object_tokens(e.grid, boxes.to(s.device), image_index.to(s.device), s.shape[0])
+            targets[e.grid] = dilate_tokens(t, e.grid, dilate).to(s.dtype)
+        target = targets[e.grid]
+        s = s.float()
+        if kind == "bce":
+            cover = target.mean().clamp(1e-3, 1 - 1e-3)
+            weight = (1 - cover) / cover
+            losses.append(nn.functional.binary_cross_entropy_with_logits(s, target.float(), pos_weight=weight))
+            continue
+        if s.shape[1] > max_tokens:
+            keep = torch.randperm(s.shape[1], device=s.device)[:max_tokens]
+            s, target = s[:, keep], target[:, keep]
+        pos, neg = target > 0.5, target <= 0.5  # (B, N)
+        pairs = pos[:, :, None] & neg[:, None, :]  # (B, N_o, N_b): o object, b background, same image
+        n = pairs.sum((1, 2))  # (B,)
+        has = n > 0
+        if not bool(has.any()):
+            continue
+        diff = s[:, None, :] - s[:, :, None]  # [b, o, j] = s_j - s_o
+        per_image = (nn.functional.softplus(diff) * pairs).sum((1, 2)) / n.clamp(min=1)
+        losses.append(per_image[has].mean())
     return torch.stack(losses).mean() if losses else None

@@ -26,7 +26,16 @@ from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics.utils import LOGGER, YAML
 
 from .blocks import MoDA2C2f
-from .routing import TokenRouter, record_routing, routed_blocks, router_aux_loss, routing_input, set_capacity, set_dynamic
+from .routing import (
+    TokenRouter,
+    record_routing,
+    routed_blocks,
+    router_aux_loss,
+    router_rank_loss,
+    routing_input,
+    set_capacity,
+    set_dynamic,
+)
 from .vit import MoDViTStage, PatchEmbed
 
 # Layers named in YAMLs. A layer listed in REPEATED gets the (depth-scaled) repeat count as its third argument,
@@ -189,16 +198,45 @@ class RoutedModelMixin:
             return super().predict(x, *args, **kwargs)
 
     def loss(self, batch, preds=None):
-        """The task loss, plus `router_aux` x the auxiliary router loss (its own column, `router_aux`)."""
-        with record_routing(predictions=preds is None) as record:
-            loss, items = super().loss(batch, preds)
-        aux = router_aux_loss(record, batch["bboxes"], batch["batch_idx"])
+        """The task loss, plus `router_aux` x the auxiliary predictor loss and `router_rank` x the scorers' ranking loss
+        (each its own loss column, `router_aux` and `router_rank`)."""
         args = getattr(self, "args", None)
-        weight = (args.get("router_aux") if isinstance(args, dict) else getattr(args, "router_aux", None)) or 0.0
-        if aux is not None and weight > 0:
-            bs = batch["img"].shape[0]
-            loss = torch.cat([loss.reshape(-1), (weight * aux * bs).reshape(1)])
-            items = {**items, "router_aux": aux.detach()}
+
+        def arg(key, default):
+            value = args.get(key) if isinstance(args, dict) else getattr(args, key, None)
+            return default if value is None else value
+
+        rank_weight = arg("router_rank", 0.0)
+        detach = rank_weight > 0 and preds is None and bool(arg("router_rank_detach", False))
+        seen, hooks = [], []
+        if detach:  # each scorer's input, in call order (one scorer call per recorded block)
+            hooks = [r.scorer.register_forward_hook(lambda m, i, o: seen.append((m, i[0]))) for r in self.routed_blocks()]
+        try:
+            with record_routing(predictions=preds is None, scores=preds is None) as record:
+                loss, items = super().loss(batch, preds)
+        finally:
+            for h in hooks:
+                h.remove()
+        if detach and len(seen) == len(record.blocks):
+            # the ranking loss then trains the scorers' weights only, not the features they read
+            for e, (scorer, x) in zip(record.blocks, seen):
+                if e.scores is not None and e.scores.requires_grad:
+                    e.scores = scorer(x.detach())
+        bs = batch["img"].shape[0]
+        extra = []
+        aux = router_aux_loss(record, batch["bboxes"], batch["batch_idx"])
+        if aux is not None and arg("router_aux", 0.0) > 0:
+            extra.append((arg("router_aux", 0.0), aux, "router_aux"))
+        if rank_weight > 0:
+            rank = router_rank_loss(record, batch["bboxes"], batch["batch_idx"], arg("router_rank_kind", "bce"),
+                                    arg("router_rank_dilate", 0))
+            if rank is None and preds is None and record.blocks:  # no image with both kinds of token: a column of 0
+                rank = next(e.scores for e in record.blocks if e.scores is not None).sum() * 0
+            if rank is not None:
+                extra.append((rank_weight, rank, "router_rank"))
+        for weight, value, name in extra:
+            loss = torch.cat([loss.reshape(-1), (weight * value * bs).reshape(1)])
+            items = {**items, name: value.detach()}
         return loss, items
 
 
