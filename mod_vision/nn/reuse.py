@@ -92,7 +92,6 @@ class TokenReuse:
         self.frame = 0  # frames since the last reset
         self.call = 0  # block calls so far in this frame's forward
         self.full: torch.Tensor | None = None  # (B,) bool: images recomputed in full on this frame
-        self.changed_share: torch.Tensor | None = None  # (B,) share of the input's 8x8 cells that changed, this frame
 
     def begin(self, image: torch.Tensor, lost: Sequence[bool] | None = None, source_shapes: Sequence | None = None) -> None:
         """Start a frame: `image` is the (B, 3, H, W) network input. A new batch size or image size resets the cache,
@@ -109,8 +108,8 @@ class TokenReuse:
         self.call = 0
         # which images are computed in full: every `refresh` frames (frame 0 after a reset: nothing is cached), and any
         # on which more than `max_change` of the 8x8 pixel cells changed (a scene cut, a camera move, a lost stream)
-        self.changed_share = changed_cells(image, self.last_image, self.threshold)
-        self.full = (self.changed_share > self.max_change) | (self.frame % self.refresh == 0)
+        changed = changed_cells(image, self.last_image, self.threshold)
+        self.full = (changed > self.max_change) | (self.frame % self.refresh == 0)
         if lost is not None:
             self.full |= torch.as_tensor(list(lost), dtype=torch.bool, device=image.device)
         self.last_image = image.clone()

@@ -132,10 +132,6 @@ class BlockRouting:
             return self.computed.sum(1)
         return self.index.new_full((self.index.shape[0],), self.index.shape[1]) if self.valid is None else self.valid.sum(1)
 
-    def reused(self) -> torch.Tensor | None:
-        """(B, N) bool under token reuse: the routed tokens that kept their cached update; None without reuse."""
-        return None if self.computed is None else self.mask() & ~self.computed
-
 
 class RoutingRecord:
     """The routing of the forwards run inside `record_routing()`, one `BlockRouting` per routed block call, in order.
