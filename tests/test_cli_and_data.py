@@ -44,6 +44,10 @@ def test_cli_train_without_data_uses_generated_sample_data(tmp_path, monkeypatch
     assert (tmp_path / "datasets" / "mod-sample" / "sample.yaml").is_file()
     assert set(metrics.coco) >= {"metrics/coco_AP(B)", "metrics/coco_AP50(B)"}
     assert np.isfinite(metrics.coco["metrics/coco_AP(B)"])
+    from ultralytics.utils import YAML
+
+    args = YAML.load(next(tmp_path.glob("train*/args.yaml")))
+    assert args["epochs"] == 1 and args["router_rank"] == 1.0  # the command line over cfg/train-sample.yaml's keys
 
 
 def test_cli_val_and_predict(det_run, sample_yaml, video, tmp_path):

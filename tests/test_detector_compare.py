@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -39,3 +40,36 @@ def test_report_gives_per_seed_and_mean_ap_and_latency_rows(tmp_path):
     assert "20.00 / 30.00" in rows["a"] and "| 25.00 |" in rows["a"] and "| 0.250 |" in rows["a"] and "10.0" in rows["a"]
     assert "| 10.00 |" in rows["yolo11n"] and "12.0" in rows["yolo11n"]
     assert "15.0" in rows["yolo12n"]  # timed only, not trained: a latency row
+
+
+def test_background_splits_score_each_kind_on_its_own_val_list(tmp_path):
+    from ultralytics.utils import YAML
+
+    from mod_vision.data import make_sample_data
+
+    tool = _tool("detector_compare")
+    data = make_sample_data(tmp_path / "d", n_train=2, n_val=6, size=(64, 64))
+    splits = tool.background_splits(str(data), tmp_path)
+    assert set(splits) == {"flat", "textured"}
+    for kind, path in splits.items():
+        spec = YAML.load(path)
+        assert spec["val"] == f"val_{kind}.txt" and spec["names"] == YAML.load(data)["names"]
+        assert (Path(spec["path"]) / spec["val"]).is_file()
+    plain = tmp_path / "plain.yaml"
+    YAML.save(plain, {"path": str(tmp_path), "val": "images", "names": {0: "a"}})
+    assert tool.background_splits(str(plain), tmp_path) == {}
+
+
+def test_report_shows_background_columns_when_every_seed_has_them(tmp_path):
+    tool = _tool("detector_compare")
+    results = [
+        {"arm": "yolo11n.yaml", "seed": 0, "box_AP": 0.1, "box_AP50": 0.2, "token_share": None},
+        {"arm": "a.yaml", "seed": 0, "box_AP": 0.2, "box_AP50": 0.3, "box_AP_flat": 0.3, "box_AP_textured": 0.1,
+         "token_share": 0.25},
+    ]
+    args = SimpleNamespace(name="t", data="d.yaml", epochs=1, imgsz=64, batch=2, extra={}, threads=2, runs=20)
+    text = tool.report(results, {}, tmp_path, args, "cmd").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| arm"))
+    assert "box AP flat (mean)" in header and "box AP textured (mean)" in header
+    row = next(line for line in text.splitlines() if line.startswith("| a "))
+    assert "| 30.00 | 10.00 |" in row

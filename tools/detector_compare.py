@@ -61,14 +61,36 @@ def train_arm(arm: str, seed: int, run: Path, args) -> Path:
     return best
 
 
-def evaluate(weights: Path, args) -> dict:
+def background_splits(data: str, run: Path) -> dict[str, str]:
+    """One data YAML per background kind whose val split is that kind's list (the sample data's val_flat.txt and
+    val_textured.txt), written under the run; empty for data without them. The validator scores COCO AP on the
+    dataloader's images only, so each is that background's AP."""
+    from ultralytics.utils import YAML
+
+    spec = YAML.load(data)
+    root = Path(spec.get("path") or Path(data).parent)
+    out = {}
+    for kind in ("flat", "textured"):
+        if (root / f"val_{kind}.txt").is_file():
+            path = run / f"data_val_{kind}.yaml"
+            YAML.save(path, {**{k: v for k, v in spec.items() if k != "yaml_file"}, "path": str(root),
+                             "val": f"val_{kind}.txt"})  # fmt: skip
+            out[kind] = str(path)
+    return out
+
+
+def evaluate(weights: Path, args, run: Path) -> dict:
     from mod_vision import MoDYOLO
 
-    m = MoDYOLO(str(weights)).val(data=args.data, imgsz=args.imgsz, batch=args.batch, plots=False, device="cpu",
-                                  verbose=False)
-    coco = m.coco
-    return {"box_AP": coco.get("metrics/coco_AP(B)", float(m.box.map)), "box_AP50": coco.get("metrics/coco_AP50(B)",
-            float(m.box.map50)), "token_share": m.token_share}  # fmt: skip
+    def box_ap(data):
+        m = MoDYOLO(str(weights)).val(data=data, imgsz=args.imgsz, batch=args.batch, plots=False, device="cpu",
+                                      verbose=False)  # fmt: skip
+        return m, m.coco.get("metrics/coco_AP(B)", float(m.box.map))
+
+    m, ap = box_ap(args.data)
+    kinds = {f"box_AP_{kind}": box_ap(path)[1] for kind, path in background_splits(args.data, run).items()}
+    return {"box_AP": ap, "box_AP50": m.coco.get("metrics/coco_AP50(B)", float(m.box.map50)), **kinds,
+            "token_share": m.token_share}  # fmt: skip
 
 
 def latency(arms: list[str], imgsz: int, threads: int, runs: int) -> dict[str, float]:
@@ -98,6 +120,8 @@ def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Pat
         row = {"arm": Path(a).stem, "seeds": " ".join(str(r["seed"]) for r in mine),
                "box AP (per seed)": " / ".join(f"{v:.2f}" for v in aps), "box AP (mean)": f"{statistics.mean(aps):.2f}",
                "box AP50 (mean)": f"{100 * statistics.mean(r['box_AP50'] for r in mine):.2f}",
+               **{f"box AP {kind} (mean)": f"{100 * statistics.mean(r[f'box_AP_{kind}'] for r in mine):.2f}"
+                  for kind in ("flat", "textured") if all(f"box_AP_{kind}" in r for r in mine)},
                "token share": "" if mine[0]["token_share"] is None else f"{mine[0]['token_share']:.3f}"}  # fmt: skip
         for size, ms in lat.items():
             row[f"ms @ {size}"] = f"{ms[a]:.1f}" if a in ms else ""
@@ -106,7 +130,7 @@ def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Pat
             f"data `{args.data}`, {args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, extra (mod arms) "
             f"{args.extra or '-'}; box AP: COCO mAP50-95 x 100 on the data's val split (faster-coco-eval); latency: "
             f"batch 1, {args.threads} CPU threads, median of {args.runs} round-robin runs, random weights.", "",
-            markdown_table(rows)]  # fmt: skip
+            markdown_table(rows, list(dict.fromkeys(k for r in rows for k in r)))]  # fmt: skip
     path = run / "results.md"
     path.write_text("\n".join(text) + "\n")
     return path
@@ -161,7 +185,7 @@ def main(argv=None) -> Path:
             if args.no_train:
                 continue
             best = train_arm(arm, seed, run, args)
-            done = {"arm": arm, "seed": seed, "settings": settings, **evaluate(best, args)}
+            done = {"arm": arm, "seed": seed, "settings": settings, **evaluate(best, args, run)}
             out.write_text(json.dumps(done, indent=1))
             results.append(done)
     lat = {size: latency(args.arms, size, args.threads, args.runs) for size in args.latency_imgsz}
