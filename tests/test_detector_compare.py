@@ -40,6 +40,7 @@ def test_report_gives_per_seed_and_mean_ap_and_latency_rows(tmp_path):
     assert "20.00 / 30.00" in rows["a"] and "| 25.00 |" in rows["a"] and "| 0.250 |" in rows["a"] and "10.0" in rows["a"]
     assert "| 10.00 |" in rows["yolo11n"] and "12.0" in rows["yolo11n"]
     assert "15.0" in rows["yolo12n"]  # timed only, not trained: a latency row
+    assert (tmp_path / "ap_vs_latency.png").stat().st_size > 0
 
 
 def test_background_splits_score_each_kind_on_its_own_val_list(tmp_path):

@@ -133,7 +133,30 @@ def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Pat
             markdown_table(rows, list(dict.fromkeys(k for r in rows for k in r)))]  # fmt: skip
     path = run / "results.md"
     path.write_text("\n".join(text) + "\n")
+    if results and lat:
+        plot(results, lat, run / "ap_vs_latency.png")
     return path
+
+
+def plot(results: list[dict], lat: dict, path: Path) -> None:
+    """Box AP (each seed, and the mean) against latency, one panel per timed input size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(lat), 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, (size, ms) in zip(fig.subplots(1, len(lat), squeeze=False)[0], lat.items()):
+        for arm in dict.fromkeys(r["arm"] for r in results):
+            if arm not in ms:
+                continue
+            aps = [100 * r["box_AP"] for r in results if r["arm"] == arm]
+            (mean,) = ax.plot([ms[arm]], [statistics.mean(aps)], marker="o", ls="", label=Path(arm).stem)
+            ax.plot([ms[arm]] * len(aps), aps, marker="_", ls="", ms=12, color=mean.get_color())
+        ax.set_xlabel(f"ms per image at {size} (batch 1)")
+        ax.set_ylabel("COCO box AP (dot: mean, bars: seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
 
 
 def parse_args(argv=None):
