@@ -130,3 +130,22 @@ def test_token_share_follows_capacity():
             model(x)
         shares.append(float(rec.token_share()[0]))
     assert shares == pytest.approx([1.0, 0.5, 0.25, 0.13])  # k = ceil(0.125 * 100) = 13
+
+
+def test_position_embedding_resize_is_reused_in_inference_only_while_the_weights_hold():
+    import torch.nn.functional as F
+
+    stage = MoDViTStage(32, 32, depth=2, pos_grid=4).eval()
+    resize = lambda: F.interpolate(stage.pos_embed, size=(3, 5), mode="bicubic", align_corners=False)  # noqa: E731
+    with torch.inference_mode():
+        first = stage.position_embedding(3, 5)
+        assert torch.equal(first, resize()) and stage.position_embedding(3, 5) is first
+        assert stage.position_embedding(5, 3).shape[-2:] == (5, 3)  # another size: resized anew
+    with torch.no_grad():
+        stage.pos_embed.add_(1.0)  # new weights (an optimizer step, a loaded state dict): resized anew
+    with torch.inference_mode():
+        assert torch.equal(stage.position_embedding(3, 5), resize())
+    stage.train()
+    out = stage.position_embedding(3, 5)
+    out.sum().backward()  # training always resizes, with the gradient reaching the learned grid
+    assert stage.pos_embed.grad is not None and stage.pos_embed.grad.abs().sum() > 0

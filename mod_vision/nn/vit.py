@@ -6,6 +6,7 @@ feature pyramid of ViTDet is written in the YAMLs with stock Ultralytics layers 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -58,6 +59,15 @@ def routed_indices(depth: int, routed: int | str | Sequence[int] | None) -> list
     if bad:
         raise ValueError(f"routed block indices {bad} are outside a stage of depth {depth}")
     return sorted(set(routed))
+
+
+# stage -> (key, resized position embedding); off the modules, so that checkpoints and deep copies never carry it
+_RESIZED_POS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tracing() -> bool:
+    """Whether a forward is being traced for export (TorchScript, ONNX, torch.export / dynamo)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 class MoDViTStage(nn.Module):
@@ -124,10 +134,21 @@ class MoDViTStage(nn.Module):
                 init_weights_vit_timm(m)
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
-        """The learned grid resized to h x w tokens (train at 640, predict at any stride-multiple size)."""
-        if self.pos_embed.shape[-2:] == (h, w):
-            return self.pos_embed
-        return F.interpolate(self.pos_embed, size=(h, w), mode="bicubic", align_corners=False)
+        """The learned grid resized to h x w tokens (train at 640, predict at any stride-multiple size).
+
+        Inference reuses the last resize while the weights, size, device and dtype are unchanged: a video runs every
+        frame at one size, and the bicubic resize costs about as much as a routed block at a few tokens. Training and
+        tracing (export) always resize, so that the graph and the gradients see the resize."""
+        pos = self.pos_embed
+        if pos.shape[-2:] == (h, w):
+            return pos
+        if self.training or torch.is_grad_enabled() or tracing():
+            return F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False)
+        key = (h, w, pos._version, pos.data_ptr(), pos.device, pos.dtype, torch.is_inference_mode_enabled())
+        cached = _RESIZED_POS.get(self)
+        if cached is None or cached[0] != key:
+            cached = _RESIZED_POS[self] = (key, F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False))
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
