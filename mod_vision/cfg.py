@@ -33,7 +33,7 @@ EXTRA_ARGS = {
     # scorer is not detached: the task gradient through the gate still flows. 0: off (the MoD gate alone trains it).
     # Measured on the main job (docs/quality_bench.md, third edition): 1.0 ("bce") lifts the object lift at capacity
     # 0.25 from about 2.1/1.2 to 3.1/3.0 (flat/textured) on 3 of 3 seeds; box AP -1.1 on the mean of 3 seeds, within
-    # seed noise. Off by default, a cautious choice (see there); 1.0 meets the issue's lift targets
+    # seed noise. Off by default (nothing measured on other data); the main job (cfg/train-sample.yaml) sets 1.0
     "router_rank": 0.0,
     # ("bce" | "pairwise") the ranking loss: balanced BCE of the scores against object cover, or pairwise logistic over
     # (object, background) token pairs of an image, which leaves the scores' level (the gate's value) to the task; both

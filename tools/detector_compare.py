@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from mod_vision.report import markdown_table  # noqa: E402
 
 SHARED = ("data", "epochs", "imgsz", "batch", "extra")  # settings a finished result must match to be reused
+BACKGROUNDS = ("flat", "textured")  # the sample data's kinds, each with its val list (val_<kind>.txt)
 
 
 def is_ultralytics(arm: str) -> bool:
@@ -70,7 +71,7 @@ def background_splits(data: str, run: Path) -> dict[str, str]:
     spec = YAML.load(data)
     root = Path(spec.get("path") or Path(data).parent)
     out = {}
-    for kind in ("flat", "textured"):
+    for kind in BACKGROUNDS:
         if (root / f"val_{kind}.txt").is_file():
             path = run / f"data_val_{kind}.yaml"
             YAML.save(path, {**{k: v for k, v in spec.items() if k != "yaml_file"}, "path": str(root),
@@ -79,18 +80,19 @@ def background_splits(data: str, run: Path) -> dict[str, str]:
     return out
 
 
-def evaluate(weights: Path, args, run: Path) -> dict:
+def evaluate(weights: Path, args, splits: dict[str, str]) -> dict:
+    """Box AP on the val split, and on each background kind's val list of `splits` (`background_splits`)."""
     from mod_vision import MoDYOLO
 
+    model = MoDYOLO(str(weights))
+
     def box_ap(data):
-        m = MoDYOLO(str(weights)).val(data=data, imgsz=args.imgsz, batch=args.batch, plots=False, device="cpu",
-                                      verbose=False)  # fmt: skip
+        m = model.val(data=data, imgsz=args.imgsz, batch=args.batch, plots=False, device="cpu", verbose=False)
         return m, m.coco.get("metrics/coco_AP(B)", float(m.box.map))
 
     m, ap = box_ap(args.data)
-    kinds = {f"box_AP_{kind}": box_ap(path)[1] for kind, path in background_splits(args.data, run).items()}
-    return {"box_AP": ap, "box_AP50": m.coco.get("metrics/coco_AP50(B)", float(m.box.map50)), **kinds,
-            "token_share": m.token_share}  # fmt: skip
+    out = {"box_AP": ap, "box_AP50": m.coco.get("metrics/coco_AP50(B)", float(m.box.map50)), "token_share": m.token_share}
+    return {**out, **{f"box_AP_{kind}": box_ap(path)[1] for kind, path in splits.items()}}
 
 
 def latency(arms: list[str], imgsz: int, threads: int, runs: int) -> dict[str, float]:
@@ -121,7 +123,7 @@ def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Pat
                "box AP (per seed)": " / ".join(f"{v:.2f}" for v in aps), "box AP (mean)": f"{statistics.mean(aps):.2f}",
                "box AP50 (mean)": f"{100 * statistics.mean(r['box_AP50'] for r in mine):.2f}",
                **{f"box AP {kind} (mean)": f"{100 * statistics.mean(r[f'box_AP_{kind}'] for r in mine):.2f}"
-                  for kind in ("flat", "textured") if all(f"box_AP_{kind}" in r for r in mine)},
+                  for kind in BACKGROUNDS if all(f"box_AP_{kind}" in r for r in mine)},
                "token share": "" if mine[0]["token_share"] is None else f"{mine[0]['token_share']:.3f}"}  # fmt: skip
         for size, ms in lat.items():
             row[f"ms @ {size}"] = f"{ms[a]:.1f}" if a in ms else ""
@@ -195,6 +197,7 @@ def main(argv=None) -> Path:
     run = Path("runs/detector_compare") / args.name
     (run / "results").mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in SHARED}
+    splits = background_splits(args.data, run) if not args.no_train else {}
     results = []
     for seed in args.seeds:
         for arm in args.arms:
@@ -208,7 +211,7 @@ def main(argv=None) -> Path:
             if args.no_train:
                 continue
             best = train_arm(arm, seed, run, args)
-            done = {"arm": arm, "seed": seed, "settings": settings, **evaluate(best, args, run)}
+            done = {"arm": arm, "seed": seed, "settings": settings, **evaluate(best, args, splits)}
             out.write_text(json.dumps(done, indent=1))
             results.append(done)
     lat = {size: latency(args.arms, size, args.threads, args.runs) for size in args.latency_imgsz}

@@ -70,7 +70,7 @@ class BlockCache:
             return torch.linalg.vector_norm(diff, dim=-1) > threshold * self.ref_norm
         diff = gather_rows(x, index) - gather_rows(self.ref, index)
         moved = torch.linalg.vector_norm(diff, dim=-1) > threshold * gather_rows(self.ref_norm, index)
-        return torch.zeros_like(self.have).scatter_(1, index, moved)
+        return index_mask(index, moved, x.shape[1])
 
 
 class TokenReuse:
