@@ -41,8 +41,8 @@ def det_run(sample_yaml, runs) -> Path:
 
 @pytest.fixture(scope="session")
 def hybrid_run(sample_yaml, runs) -> Path:
-    """The recommended hybrid (routed attention at strides 16 and 32), tiny run."""
-    return _train("hybrid12-det-n.yaml", sample_yaml, runs, "hybrid", epochs=2)
+    """The recommended hybrid (patch stem, routed attention at strides 16 and 32), tiny run."""
+    return _train("hybrid11p-det-n.yaml", sample_yaml, runs, "hybrid", epochs=2)
 
 
 @pytest.fixture(scope="session")

@@ -74,3 +74,17 @@ def test_report_shows_background_columns_when_every_seed_has_them(tmp_path):
     assert "box AP flat (mean)" in header and "box AP textured (mean)" in header
     row = next(line for line in text.splitlines() if line.startswith("| a "))
     assert "| 30.00 | 10.00 |" in row
+
+
+def test_report_shows_mask_ap_only_when_every_seed_of_an_arm_has_it(tmp_path):
+    tool = _tool("detector_compare")
+    results = [
+        {"arm": "yolo11n-seg.yaml", "seed": 0, "box_AP": 0.1, "box_AP50": 0.2, "mask_AP": 0.05, "token_share": None},
+        {"arm": "yolo11n-seg.yaml", "seed": 1, "box_AP": 0.2, "box_AP50": 0.3, "mask_AP": 0.15, "token_share": None},
+        {"arm": "a.yaml", "seed": 0, "box_AP": 0.2, "box_AP50": 0.3, "token_share": 0.25},
+    ]
+    args = SimpleNamespace(name="t", data="d.yaml", epochs=1, imgsz=64, batch=2, extra={}, threads=2, runs=20)
+    text = tool.report(results, {}, tmp_path, args, "cmd").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert "| 5.00 / 15.00 | 10.00 |" in rows["yolo11n-seg"]
+    assert "5.00" not in rows["a"] and rows["a"].rstrip().endswith("|")

@@ -70,10 +70,17 @@ def test_hybrid_routes_at_two_strides_and_reports_each_grid(hybrid):
     assert rec.token_share().item() == pytest.approx(done / sum(n[g] for g in grids))
 
 
-@pytest.mark.parametrize("hw", [(16, 16), (20, 44), (8, 8), (1, 1)])
-def test_hybrid_takes_inputs_smaller_than_its_largest_stride(hybrid, hw):
-    out = hybrid(torch.zeros(1, 3, *hw))
-    assert out[0].shape[0] == 1 and torch.isfinite(out[0]).all()
+@pytest.fixture(scope="module")
+def patch_stem_hybrid():
+    return MoDDetectionModel(load_model_yaml("hybrid11p-det-n.yaml"), nc=4, verbose=False).eval()
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (20, 44), (8, 8), (1, 1), (3, 5), (22, 46)])
+@pytest.mark.parametrize("model", ["hybrid", "patch_stem_hybrid"])
+def test_hybrid_takes_inputs_smaller_than_its_largest_stride(model, hw, request):
+    """Also sizes under the 4x4 patch stem's kernel, and sizes that are no multiple of it (the model pads its input)."""
+    out = request.getfixturevalue(model)(torch.zeros(1, 3, *hw))
+    assert out[0].shape[:2] == (1, 4 + 4) and torch.isfinite(out[0]).all()
 
 
 def test_per_block_capacities_for_a_multi_stage_model(hybrid):

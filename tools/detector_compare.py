@@ -81,7 +81,8 @@ def background_splits(data: str, run: Path) -> dict[str, str]:
 
 
 def evaluate(weights: Path, args, splits: dict[str, str]) -> dict:
-    """Box AP on the val split, and on each background kind's val list of `splits` (`background_splits`)."""
+    """Box AP (and mask AP for a segment model) on the val split, and box AP on each background kind's val list of
+    `splits` (`background_splits`)."""
     from mod_vision import MoDYOLO
 
     model = MoDYOLO(str(weights))
@@ -92,6 +93,8 @@ def evaluate(weights: Path, args, splits: dict[str, str]) -> dict:
 
     m, ap = box_ap(args.data)
     out = {"box_AP": ap, "box_AP50": m.coco.get("metrics/coco_AP50(B)", float(m.box.map50)), "token_share": m.token_share}
+    if "metrics/coco_AP(M)" in m.coco:  # a segment model: its masks are scored against the same json
+        out["mask_AP"] = m.coco["metrics/coco_AP(M)"]
     return {**out, **{f"box_AP_{kind}": box_ap(path)[1] for kind, path in splits.items()}}
 
 
@@ -124,6 +127,9 @@ def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Pat
                "box AP50 (mean)": f"{100 * statistics.mean(r['box_AP50'] for r in mine):.2f}",
                **{f"box AP {kind} (mean)": f"{100 * statistics.mean(r[f'box_AP_{kind}'] for r in mine):.2f}"
                   for kind in BACKGROUNDS if all(f"box_AP_{kind}" in r for r in mine)},
+               **({"mask AP (per seed)": " / ".join(f"{100 * r['mask_AP']:.2f}" for r in mine),
+                   "mask AP (mean)": f"{100 * statistics.mean(r['mask_AP'] for r in mine):.2f}"}
+                  if all("mask_AP" in r for r in mine) else {}),
                "token share": "" if mine[0]["token_share"] is None else f"{mine[0]['token_share']:.3f}"}  # fmt: skip
         for size, ms in lat.items():
             row[f"ms @ {size}"] = f"{ms[a]:.1f}" if a in ms else ""
