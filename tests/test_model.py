@@ -14,7 +14,7 @@ YAMLS = sorted(p.name for p in MODEL_DIR.glob("*.yaml"))
 def test_all_shipped_yamls_are_found():
     assert set(YAMLS) == {
         f"{arch}-{task}{dense}.yaml"
-        for arch in ("modvit", "hybrid", "hybrid11", "hybrid12")
+        for arch in ("modvit", "hybrid", "hybrid11", "hybrid11p", "hybrid12")
         for task in ("det", "seg")
         for dense in ("", "-dense")
     } | {"modvit-det-deep.yaml", "modvit-seg-deep.yaml"} | {
