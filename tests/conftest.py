@@ -41,7 +41,7 @@ def det_run(sample_yaml, runs) -> Path:
 
 @pytest.fixture(scope="session")
 def hybrid_run(sample_yaml, runs) -> Path:
-    """The recommended hybrid (patch stem, routed attention at strides 16 and 32), tiny run."""
+    """The fast hybrid (patch stem, routed attention at strides 16 and 32), tiny run."""
     return _train("hybrid11p-det-n.yaml", sample_yaml, runs, "hybrid", epochs=2)
 
 
