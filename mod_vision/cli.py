@@ -12,7 +12,7 @@ from .defaults import DEFAULT_CAPACITIES
 HELP = """Usage: mod-vision MODE [key=value ...]
 
 MODE:
-  train        train a model (default model=hybrid11-det.yaml; default data: the sample data, generated on first use)
+  train        train a model (default model=hybrid11p-det.yaml; default data: the sample data, generated on first use)
   val          validate; COCO metrics are computed when the data YAML names a `coco_json`
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
   heatmap      predict and write routing heatmaps (tokens per routed block, depth map, compute share) to
@@ -43,8 +43,8 @@ plus mod_vision's:
   timm_weights=FILE|NAME    train: initialise the ViT backbone from timm weights (see cfg/models/*-vits.yaml)
   router_lr_mult=5          train: router learning rate relative to lr0
   predictor_lr_mult=10      train: learning rate of dynamic mode's predictors relative to lr0
-Models: cfg/models/{hybrid11,hybrid12,modvit,hybrid}-{det,seg}[-dense].yaml, modvit-{det,seg}-{deep,vits,dinov2s}.yaml; add -n/-s/-m for a scale,
-e.g. model=hybrid11-det-s.yaml,
+Models: cfg/models/{hybrid11p,hybrid11,hybrid12,modvit,hybrid}-{det,seg}[-dense].yaml, modvit-{det,seg}-{deep,vits,dinov2s}.yaml; add -n/-s/-m for a scale,
+e.g. model=hybrid11p-det-s.yaml,
 or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
 
 Examples:
@@ -54,7 +54,7 @@ Examples:
   mod-vision heatmap model=runs/detect/train/weights/best.pt source=bus.jpg
 """
 
-DEFAULT_MODEL = "hybrid11-det.yaml"  # the recommended model (docs/quality_bench.md)
+DEFAULT_MODEL = "hybrid11p-det.yaml"  # the recommended model (docs/quality_bench.md)
 MODES = ("train", "val", "sweep", "predict", "heatmap", "export", "info")
 
 
