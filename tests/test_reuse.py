@@ -350,3 +350,15 @@ def test_video_reuse_tool_reports_per_frame_and_reuse_rows(det_run, tmp_path):
     text = (out / "results.md").read_text()
     assert "tools/video_reuse.py --weights" in text and "attention share" in text
     assert (out / "reuse_threshold.png").stat().st_size > 0 and len(list((out / "clips").glob("*.json"))) == 2
+
+
+def test_reuse_bound_tool_splits_the_frame_time_and_bounds_the_speedup(tmp_path):
+    from tests.test_dynamic_tools import _tool
+
+    rows = _tool("reuse_bound").main(["hybrid11p-det-n.yaml", "--imgsz", str(IMGSZ), "--frames", "4", "--size", "128", "96",
+                                      "--out", str(tmp_path)])  # fmt: skip
+    assert [r["reuse_threshold"] for r in rows] == ["per-frame", 0.1]
+    for r in rows:
+        assert r["model"] == "hybrid11p-det-n"
+        assert r["attention"] + r["conv"] + r["head"] == pytest.approx(1.0)
+        assert 0 < r["attention"] < 1 and r["bound on the reuse speedup"] == pytest.approx(1 / (1 - r["attention"]))

@@ -9,6 +9,7 @@ Usage:
     python tools/reuse_bound.py hybrid11p-det-n.yaml modvit-det-deep-n.yaml
 """
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -21,21 +22,39 @@ import torch  # noqa: E402
 import video_reuse as vr  # noqa: E402
 
 from mod_vision import MoDYOLO  # noqa: E402
+from mod_vision.report import markdown_table  # noqa: E402
 
 
-def main(models: list[str]) -> None:
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("models", nargs="*", default=["hybrid11p-det-n.yaml"], help="model YAMLs (untrained) or checkpoints")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
+    p.add_argument("--threshold", type=float, default=0.1, help="the reuse_threshold of the reuse row")
+    p.add_argument("--out", default="runs/video_reuse")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    """Rows per model and setting (per-frame, reuse): the time share of each layer kind and the bound."""
+    a = parse_args(argv)
     torch.set_num_threads(2)
-    args = vr.parse_args(["--weights", "-", "--frames", "30", "--noise", "0", "--backgrounds", "flat"])
-    video = vr.make_clips(Path(args.out) / "bound-clips", args)[0][1]
-    print("| model | reuse_threshold | attention | conv | head | bound on the reuse speedup |")
-    print("|---|---|---|---|---|---|")
-    for cfg in models:
+    clip_args = vr.parse_args(["--weights", "-", "--frames", str(a.frames), "--size", *map(str, a.size), "--noise", "0",
+                               "--backgrounds", "flat", "--imgsz", str(a.imgsz)])  # fmt: skip
+    video = vr.make_clips(Path(a.out) / "bound-clips", clip_args)[0][1]
+    rows = []
+    for cfg in a.models:
         yolo = MoDYOLO(cfg)
-        for thr in (None, 0.1):
-            s = vr.profile(yolo, video, args, thr)
-            print(f"| {cfg} | {vr.PER_FRAME if thr is None else thr} | {s.get('attention', 0):.2f} | "
-                  f"{s.get('conv', 0):.2f} | {s.get('head', 0):.2f} | {1 / (1 - s.get('attention', 0)):.2f}x |", flush=True)
+        for thr in (None, a.threshold):
+            s = vr.profile(yolo, video, clip_args, thr)
+            attention = s.get("attention", 0.0)
+            rows.append({"model": Path(cfg).stem, "reuse_threshold": vr.PER_FRAME if thr is None else thr,
+                         "attention": attention, "conv": s.get("conv", 0.0), "head": s.get("head", 0.0),
+                         "bound on the reuse speedup": 1 / (1 - attention)})  # fmt: skip
+    print(markdown_table(rows, floatfmt=".2f"))
+    return rows
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["hybrid11p-det-n.yaml"])
+    main()
