@@ -11,17 +11,15 @@ Usage:
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-import video_reuse as vr  # noqa: E402
 
 from mod_vision import MoDYOLO  # noqa: E402
+from mod_vision import video_bench as vb  # noqa: E402
 from mod_vision.report import markdown_table  # noqa: E402
 
 
@@ -40,16 +38,16 @@ def main(argv=None) -> list[dict]:
     """Rows per model and setting (per-frame, reuse): the time share of each layer kind and the bound."""
     a = parse_args(argv)
     torch.set_num_threads(2)
-    clip_args = vr.parse_args(["--weights", "-", "--frames", str(a.frames), "--size", *map(str, a.size), "--noise", "0",
-                               "--backgrounds", "flat", "--imgsz", str(a.imgsz)])  # fmt: skip
-    video = vr.make_clips(Path(a.out) / "bound-clips", clip_args)[0][1]
+    clip_args = argparse.Namespace(frames=a.frames, size=a.size, objects=3, backgrounds=["flat"], noise=[0.0], seed=0,
+                                   imgsz=a.imgsz, capacity=None, refresh=30)  # fmt: skip
+    video = vb.make_clips(Path(a.out) / "bound-clips", clip_args)[0][1]
     rows = []
     for cfg in a.models:
         yolo = MoDYOLO(cfg)
         for thr in (None, a.threshold):
-            s = vr.profile(yolo, video, clip_args, thr)
+            s = vb.profile(yolo, video, clip_args, thr)
             attention = s.get("attention", 0.0)
-            rows.append({"model": Path(cfg).stem, "reuse_threshold": vr.PER_FRAME if thr is None else thr,
+            rows.append({"model": Path(cfg).stem, "reuse_threshold": vb.PER_FRAME if thr is None else thr,
                          "attention": attention, "conv": s.get("conv", 0.0), "head": s.get("head", 0.0),
                          "bound on the reuse speedup": 1 / (1 - attention)})  # fmt: skip
     print(markdown_table(rows, floatfmt=".2f"))

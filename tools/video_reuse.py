@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -30,8 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mod_vision.report import markdown_table, write_csv  # noqa: E402
+from mod_vision.video_bench import PER_FRAME, make_clips, profile, run_clip  # noqa: E402
 
-PER_FRAME = "per-frame"
 AGREE_CONF, AGREE_IOU = 0.25, 0.7
 
 
@@ -54,33 +53,6 @@ def parse_args(argv=None):
     p.add_argument("--name", default="default")
     p.add_argument("--out", default="runs/video_reuse")
     return p.parse_args(argv)
-
-
-def make_clips(folder: Path, args) -> list[tuple[str, Path, Path]]:
-    from mod_vision.data import make_sample_video
-
-    clips = []
-    for i, bg in enumerate(args.backgrounds):
-        for noise in args.noise:
-            name = f"{bg}-noise{noise:g}"
-            video, gt = make_sample_video(folder / f"{name}.mp4", frames=args.frames, size=tuple(args.size),
-                                          textured=bg == "textured", objects=args.objects, noise=noise,
-                                          seed=args.seed + i)  # fmt: skip
-            clips.append((name, video, gt))
-    return clips
-
-
-def run_clip(model, video: Path, args, threshold: float | None) -> list[dict]:
-    """Per frame: inference ms, token share, detections (xyxy, conf, cls) at conf 0.001."""
-    kw = dict(imgsz=args.imgsz, conf=0.001, verbose=False, stream=True)
-    if args.capacity is not None:
-        kw["capacity"] = args.capacity
-    if threshold is not None:
-        kw.update(token_reuse=True, reuse_threshold=threshold, reuse_refresh=args.refresh)
-    return [
-        {"ms": r.speed["inference"], "share": r.token_share, "boxes": r.boxes.data.cpu().numpy()}
-        for r in model.predict(str(video), **kw)
-    ]
 
 
 def coco_predictions(frames: list[dict], gt: dict) -> list[dict]:
@@ -112,36 +84,6 @@ def agreement(reference: list[dict], other: list[dict]) -> float | None:
             iou = box_iou(a, b) * (a[:, None, 5] == b[None, :, 5])
             hit += int((iou.max(1) >= AGREE_IOU).sum())
     return hit / total if total else None
-
-
-def layer_kinds(model) -> dict[int, str]:
-    """Top-level layer index -> 'attention' (routed or token layers), 'head' or 'conv'."""
-    from mod_vision.nn.blocks import MoDA2C2f
-    from mod_vision.nn.vit import MoDViTStage
-
-    kinds = {}
-    for m in model.model:
-        kinds[m.i] = "attention" if isinstance(m, (MoDA2C2f, MoDViTStage)) else "head" if m is model.model[-1] else "conv"
-    return kinds
-
-
-def profile(yolo, video: Path, args, threshold: float | None) -> dict[str, float]:
-    """Share of the forward time per layer kind, from forward hooks on the top-level layers over one clip pass."""
-    run_clip(yolo, video, args, threshold)  # sets up the predictor (fused model)
-    model = yolo.predictor.model.model
-    kinds, spent, start = layer_kinds(model), {}, {}
-    hooks = []
-    for m in model.model:
-        hooks.append(m.register_forward_pre_hook(lambda mod, inp: start.__setitem__(mod.i, time.perf_counter())))
-        hooks.append(m.register_forward_hook(
-            lambda mod, inp, out: spent.__setitem__(kinds[mod.i], spent.get(kinds[mod.i], 0) + time.perf_counter() - start[mod.i])))  # fmt: skip
-    try:
-        run_clip(yolo, video, args, threshold)
-    finally:
-        for h in hooks:
-            h.remove()
-    total = sum(spent.values())
-    return {k: v / total for k, v in sorted(spent.items())}
 
 
 def percentile(values: list[float], q: float) -> float:
