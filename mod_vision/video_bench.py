@@ -1,5 +1,5 @@
-"""Shared by the video benchmark tools (tools/video_reuse.py, tools/reuse_bound.py): generated clips, one predict pass
-over a clip with or without token reuse, and the forward time split by layer kind."""
+"""Shared by the video benchmark tools (tools/video_reuse.py, tools/reuse_bound.py): one predict pass over a clip with
+or without token reuse, and the forward time split by layer kind."""
 
 from __future__ import annotations
 
@@ -9,27 +9,15 @@ from pathlib import Path
 PER_FRAME = "per-frame"
 
 
-def make_clips(folder: Path, args) -> list[tuple[str, Path, Path]]:
-    from mod_vision.data import make_sample_video
-
-    clips = []
-    for i, bg in enumerate(args.backgrounds):
-        for noise in args.noise:
-            name = f"{bg}-noise{noise:g}"
-            video, gt = make_sample_video(folder / f"{name}.mp4", frames=args.frames, size=tuple(args.size),
-                                          textured=bg == "textured", objects=args.objects, noise=noise,
-                                          seed=args.seed + i)  # fmt: skip
-            clips.append((name, video, gt))
-    return clips
-
-
-def run_clip(model, video: Path, args, threshold: float | None) -> list[dict]:
-    """Per frame: inference ms, token share, detections (xyxy, conf, cls) at conf 0.001."""
-    kw = dict(imgsz=args.imgsz, conf=0.001, verbose=False, stream=True)
-    if args.capacity is not None:
-        kw["capacity"] = args.capacity
+def run_clip(model, video: Path, imgsz: int, threshold: float | None = None, capacity: float | None = None,
+             refresh: int = 30) -> list[dict]:
+    """Per frame: inference ms, token share, detections (xyxy, conf, cls) at conf 0.001. `threshold` None predicts
+    frame by frame; a number turns on token reuse with that reuse_threshold and `refresh`."""
+    kw = dict(imgsz=imgsz, conf=0.001, verbose=False, stream=True)
+    if capacity is not None:
+        kw["capacity"] = capacity
     if threshold is not None:
-        kw.update(token_reuse=True, reuse_threshold=threshold, reuse_refresh=args.refresh)
+        kw.update(token_reuse=True, reuse_threshold=threshold, reuse_refresh=refresh)
     return [
         {"ms": r.speed["inference"], "share": r.token_share, "boxes": r.boxes.data.cpu().numpy()}
         for r in model.predict(str(video), **kw)
@@ -47,9 +35,10 @@ def layer_kinds(model) -> dict[int, str]:
     return kinds
 
 
-def profile(yolo, video: Path, args, threshold: float | None) -> dict[str, float]:
-    """Share of the forward time per layer kind, from forward hooks on the top-level layers over one clip pass."""
-    run_clip(yolo, video, args, threshold)  # sets up the predictor (fused model)
+def profile(yolo, video: Path, imgsz: int, threshold: float | None = None, **kw) -> dict[str, float]:
+    """Share of the forward time per layer kind, from forward hooks on the top-level layers over one clip pass
+    (`run_clip`'s settings)."""
+    run_clip(yolo, video, imgsz, threshold, **kw)  # sets up the predictor (fused model)
     model = yolo.predictor.model.model
     kinds, spent, start = layer_kinds(model), {}, {}
     hooks = []
@@ -58,7 +47,7 @@ def profile(yolo, video: Path, args, threshold: float | None) -> dict[str, float
         hooks.append(m.register_forward_hook(
             lambda mod, inp, out: spent.__setitem__(kinds[mod.i], spent.get(kinds[mod.i], 0) + time.perf_counter() - start[mod.i])))  # fmt: skip
     try:
-        run_clip(yolo, video, args, threshold)
+        run_clip(yolo, video, imgsz, threshold, **kw)
     finally:
         for h in hooks:
             h.remove()

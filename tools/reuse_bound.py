@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from mod_vision import MoDYOLO  # noqa: E402
 from mod_vision import video_bench as vb  # noqa: E402
+from mod_vision.data import make_sample_video  # noqa: E402
 from mod_vision.report import markdown_table  # noqa: E402
 
 
@@ -38,14 +39,12 @@ def main(argv=None) -> list[dict]:
     """Rows per model and setting (per-frame, reuse): the time share of each layer kind and the bound."""
     a = parse_args(argv)
     torch.set_num_threads(2)
-    clip_args = argparse.Namespace(frames=a.frames, size=a.size, objects=3, backgrounds=["flat"], noise=[0.0], seed=0,
-                                   imgsz=a.imgsz, capacity=None, refresh=30)  # fmt: skip
-    video = vb.make_clips(Path(a.out) / "bound-clips", clip_args)[0][1]
+    video, _ = make_sample_video(Path(a.out) / "bound-clips" / "flat.mp4", frames=a.frames, size=tuple(a.size))
     rows = []
     for cfg in a.models:
         yolo = MoDYOLO(cfg)
         for thr in (None, a.threshold):
-            s = vb.profile(yolo, video, clip_args, thr)
+            s = vb.profile(yolo, video, a.imgsz, thr)
             attention = s.get("attention", 0.0)
             rows.append({"model": Path(cfg).stem, "reuse_threshold": vb.PER_FRAME if thr is None else thr,
                          "attention": attention, "conv": s.get("conv", 0.0), "head": s.get("head", 0.0),

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mod_vision.report import markdown_table, write_csv  # noqa: E402
-from mod_vision.video_bench import PER_FRAME, make_clips, profile, run_clip  # noqa: E402
+from mod_vision.video_bench import PER_FRAME, profile, run_clip  # noqa: E402
 
 AGREE_CONF, AGREE_IOU = 0.25, 0.7
 
@@ -53,6 +53,20 @@ def parse_args(argv=None):
     p.add_argument("--name", default="default")
     p.add_argument("--out", default="runs/video_reuse")
     return p.parse_args(argv)
+
+
+def make_clips(folder: Path, args) -> list[tuple[str, Path, Path]]:
+    from mod_vision.data import make_sample_video
+
+    clips = []
+    for i, bg in enumerate(args.backgrounds):
+        for noise in args.noise:
+            name = f"{bg}-noise{noise:g}"
+            video, gt = make_sample_video(folder / f"{name}.mp4", frames=args.frames, size=tuple(args.size),
+                                          textured=bg == "textured", objects=args.objects, noise=noise,
+                                          seed=args.seed + i)  # fmt: skip
+            clips.append((name, video, gt))
+    return clips
 
 
 def coco_predictions(frames: list[dict], gt: dict) -> list[dict]:
@@ -107,7 +121,8 @@ def main(argv=None) -> Path:
         for mname, model in models.items():
             for cname, video, _ in clips:
                 for thr in configs:
-                    runs.setdefault((mname, cname, thr), []).append(run_clip(model, video, args, thr))
+                    runs.setdefault((mname, cname, thr), []).append(
+                        run_clip(model, video, args.imgsz, thr, args.capacity, args.refresh))
         print(f"pass {rep + 1}/{args.reps} done", flush=True)
 
     rows = []
@@ -140,7 +155,7 @@ def main(argv=None) -> Path:
     if args.profile:
         for mname, model in models.items():
             for thr in (None, args.thresholds[0]):
-                shares = profile(model, clips[0][1], args, thr)
+                shares = profile(model, clips[0][1], args.imgsz, thr, capacity=args.capacity, refresh=args.refresh)
                 profiles.append({"model": mname, "reuse_threshold": PER_FRAME if thr is None else thr,
                                  **{f"{k} share": v for k, v in shares.items()}})  # fmt: skip
     report = [
