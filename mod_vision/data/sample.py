@@ -112,6 +112,48 @@ def _annotation(ann_id: int, image_id: int, cls: int, poly: np.ndarray, w: int, 
     }
 
 
+MARKER = ".mod_vision_sample"  # in every root the generator writes: the proof that it may delete and rewrite it
+MARKER_TEXT = "written by mod_vision's sample-data generator (mod_vision.data.make_sample_data), which may replace it\n"
+YAML_HEADER = "# mod_vision sample data"  # the first line of the sample.yaml it writes
+# what the generator writes at the top of its root; Ultralytics adds its label caches inside labels/
+WRITTEN = {MARKER, "sample.yaml", "images", "labels", "annotations"} | {
+    f"{split}_{kind}.txt" for split in ("train", "val") for kind in ("flat", "textured")
+}
+
+
+def check_sample_root(root: Path) -> None:
+    """Refuse a root the generator may not replace: a file, or a folder that holds anything it did not write.
+
+    A folder may be replaced when it does not exist, is empty, or holds the generator's marker (or, for sample data
+    generated before the marker existed, a sample.yaml whose first line is the generator's header) and nothing beyond
+    the files and folders the generator writes. Anything else (the working directory, a dataset, a project) is someone
+    else's work."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"sample data root {root} is a file, not a folder: give a new or empty folder as root=")
+    entries = {p.name for p in root.iterdir()}
+    if not entries:
+        return
+    yaml = root / "sample.yaml"
+    first_line = ""
+    if yaml.is_file():
+        with open(yaml, errors="replace") as f:
+            first_line = f.readline(200)
+    if MARKER not in entries and not first_line.startswith(YAML_HEADER):
+        raise FileExistsError(
+            f"sample data root {root} exists and was not written by the sample-data generator (no {MARKER} in it): "
+            f"it is not deleted; give a new or empty folder as root="
+        )
+    others = sorted(entries - WRITTEN)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise FileExistsError(
+            f"sample data root {root} holds files the sample-data generator did not write ({shown}): it is not "
+            f"deleted; move them out, or give a new or empty folder as root="
+        )
+
+
 def make_sample_data(
     root: str | Path = SAMPLE_ROOT,
     n_train: int = 400,
@@ -132,6 +174,9 @@ def make_sample_data(
     Image ids are numeric file stems, unique across splits, so Ultralytics' COCO json predictions match the json's ids.
     Each json image entry also records its `background` ('flat' or 'textured'); `val_flat.txt` and `val_textured.txt`
     list the val images of each kind, for evaluating the two cases apart.
+
+    An existing `root` is replaced only when the generator wrote it (see `check_sample_root`); otherwise a
+    FileExistsError names it and nothing is touched.
     """
     from ultralytics.data.converter import convert_coco
     from ultralytics.utils import LOGGER
@@ -139,13 +184,21 @@ def make_sample_data(
     if scenes:
         size, max_objects, radii = SCENES["size"], SCENES["max_objects"], SCENES["radii"]
     root = Path(root).resolve()
+    check_sample_root(root)  # before anything is written or logged
     start = time.perf_counter()
     LOGGER.info(
         f"Generating the mod_vision sample data in {root}: {n_train} train and {n_val} val images of shapes on flat and "
         f"textured backgrounds, with COCO json and Ultralytics labels (seed {seed})..."
     )
-    if root.exists():
-        shutil.rmtree(root)
+    # what is inside goes, the folder itself stays (it may be the working directory, or a mount point)
+    for entry in root.iterdir() if root.exists() else ():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    # written first, so that a generation stopped halfway still leaves a folder the next run may replace
+    (root / MARKER).write_text(MARKER_TEXT)
     rng = np.random.default_rng(seed)
     textures = _textures()
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]

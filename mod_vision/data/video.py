@@ -18,6 +18,8 @@ import numpy as np
 
 from .sample import CLASSES, _annotation, _background, _shape_polygon, _textures
 
+DESCRIPTION = "mod_vision sample video"  # the ground truth's info.description: the proof that the generator wrote it
+
 
 @dataclass
 class Mover:
@@ -69,6 +71,7 @@ def make_sample_video(
     seed: int = 0,
 ) -> tuple[Path, Path]:
     """Write an mp4 (OpenCV's mp4v) at `path` and its COCO ground truth beside it (`<stem>.json`); return both paths.
+    Files already there are replaced only when this generator wrote them (`check_video_paths`).
 
     Args:
         size: (width, height) in pixels.
@@ -83,6 +86,7 @@ def make_sample_video(
         raise ValueError(f"objects must be 1-6 moving shapes, got {objects}")
     if scene_cut is not None and not 0 < scene_cut < frames:
         raise ValueError(f"scene_cut must be a frame index in 1..{frames - 1}, got {scene_cut}")
+    check_video_paths(path)
     rng = np.random.default_rng(seed)
     textures = _textures() if textured else []
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,10 +117,33 @@ def make_sample_video(
                        "background": "textured" if textured else "flat"})  # fmt: skip
     writer.release()
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]
-    info = {"description": "mod_vision sample video", "seed": seed, "noise": noise, "scene_cut": scene_cut, "fps": fps}
+    info = {"description": DESCRIPTION, "seed": seed, "noise": noise, "scene_cut": scene_cut, "fps": fps}
     gt = path.with_suffix(".json")
     gt.write_text(json.dumps({"info": info, "images": images, "annotations": annotations, "categories": categories}))
     return path, gt
+
+
+def check_video_paths(path: Path) -> None:
+    """Refuse to overwrite what the generator did not write: the video and its `<stem>.json` may be replaced only when
+    that json is the generator's own ground truth (its info.description); a path that is a folder, or a json path
+    (which the ground truth would overwrite), is refused too."""
+    gt = path.with_suffix(".json")
+    if path.suffix.lower() == ".json":
+        raise ValueError(f"sample video path {path} is a .json path, where its ground truth goes: give a video path")
+    if path.is_dir():
+        raise FileExistsError(f"sample video path {path} is a folder: give a video file path, e.g. {path / 'clip.mp4'}")
+    if not (path.exists() or gt.exists()):
+        return
+    try:
+        ours = json.loads(gt.read_text()).get("info", {}).get("description") == DESCRIPTION
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        taken = " and ".join(str(p) for p in (path, gt) if p.exists())
+        raise FileExistsError(
+            f"{taken} exists and was not written by the sample-video generator: it is not overwritten; "
+            f"give another path="
+        )
 
 
 def _visible(poly: np.ndarray, w: int, h: int, min_pixels: float = 16.0) -> np.ndarray | None:
