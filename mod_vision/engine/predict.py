@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
 
 import cv2
@@ -14,7 +16,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 from ..cfg import split_extra_args, with_extra_defaults
 from ..heatmap import depth_image, reuse_image, routing_maps, save_image_heatmaps
 from ..nn.reuse import TokenReuse, reusing
-from ..nn.routing import join_images, record_routing, routed_blocks
+from ..nn.routing import join_images, record_routing, routed_blocks, set_policy
 from .export import apply_or_check_routing, exported_token_share
 from .results import STATIC, RoutedResults, capacities_that_ran, routing_mode
 
@@ -38,11 +40,49 @@ class RoutedPredictorMixin:
 
     def setup_source(self, source, *args, **kwargs):
         # Called on every predict() call, also when Ultralytics reuses this predictor with new arguments.
-        source = without_unreadable_videos(source)
+        source = self.without_unreadable_videos(source)
         super().setup_source(source, *args, **kwargs)  # a stream that cannot be opened: its error names the URL
         self.exported = apply_or_check_routing(self.model, self.args)
+        self.set_policy()
         self._heatmap_stems, self._warned_no_routing = {}, False
         self.token_cache = self.new_token_cache()  # a new source starts with an empty cache
+
+    def set_policy(self) -> None:
+        """`routing=`: how this predict call's routed blocks rank tokens (None: the learned scorer, "topk"); the
+        ranking of an exported graph is fixed, so asking it for another is refused, not ignored."""
+        policy = getattr(self.args, "routing", None)
+        if self.exported:
+            if policy not in (None, "topk"):
+                raise ValueError(
+                    f"routing={policy} needs the PyTorch checkpoint: an exported graph ranks tokens by its scorer "
+                    f"(top-k); predict with the .pt, or without routing="
+                )
+            return
+        set_policy(self.model, policy or "topk")
+
+    def stream_inference(self, *args, **kwargs):
+        try:
+            yield from super().stream_inference(*args, **kwargs)
+        finally:  # routing= is this call's, not a lasting change to the model (as in validation)
+            if self.model is not None:
+                set_policy(self.model, "topk")
+
+    def without_unreadable_videos(self, source):
+        """The source, or for a folder (or list of files) holding a video OpenCV cannot open, which would stop
+        Ultralytics' loader before the first image: an Ultralytics loader over the other files, each such video left
+        out with a warning naming it. Ultralytics' loader reads images one by one and skips unreadable ones with a
+        warning; a list of paths handed to it as a list would be opened all at once instead, and one unreadable image
+        would stop the run."""
+        files = without_unreadable_videos(source)
+        if files is source:
+            return source
+        from ultralytics.data.loaders import LoadImagesAndVideos, SourceTypes
+
+        loader = LoadImagesAndVideos(
+            files, batch=self.args.batch, vid_stride=self.args.vid_stride, channels=getattr(self.model, "channels", 3)
+        )
+        loader.source_type = SourceTypes()  # files, as Ultralytics types a folder
+        return loader
 
     def new_token_cache(self) -> TokenReuse | None:
         """The token-reuse cache for this source (`token_reuse=True`), or None."""
@@ -150,26 +190,31 @@ class RoutedPredictorMixin:
 
 
 def without_unreadable_videos(source):
-    """A folder (or list of files) with a video OpenCV cannot open would stop Ultralytics' loader before the first image:
-    such videos are left out with a warning naming each, and the rest is returned as a list of files. Anything else
-    (one file, a stream, a glob, an array) is returned unchanged; so is a source whose files are all unreadable, for
-    Ultralytics to report."""
-    from ultralytics.data.utils import VID_FORMATS
+    """For a folder (or list of files) holding a video OpenCV cannot open, the list of its other files, each such video
+    left out with a warning naming it; any other source (one file, a stream, a glob, an array, a folder without such
+    a video) is returned unchanged, and so is one whose media files are all unreadable videos, for Ultralytics to
+    report."""
+    from ultralytics.data.utils import IMG_FORMATS, VID_FORMATS
 
     if isinstance(source, (str, Path)) and Path(source).is_dir():
-        files = sorted(str(f) for f in Path(source).iterdir() if f.is_file())
+        # the files Ultralytics' loader takes from a folder
+        files = sorted(glob.glob(os.path.join(glob.escape(str(Path(source).absolute())), "*.*")))
     elif isinstance(source, (list, tuple)) and source and all(isinstance(f, (str, Path)) for f in source):
         files = [str(f) for f in source]
+        if not all(Path(f).is_file() for f in files):  # URLs, globs: Ultralytics' own business
+            return source
     else:
         return source
+    suffix = lambda f: f.rsplit(".", 1)[-1].lower()  # noqa: E731
     broken = []
     for f in files:
-        if f.rsplit(".", 1)[-1].lower() in VID_FORMATS:
+        if suffix(f) in VID_FORMATS:
             cap = cv2.VideoCapture(f)
             if not (cap.isOpened() and cap.read()[0]):
                 broken.append(f)
             cap.release()
-    if not broken or len(broken) == len(files):
+    media = [f for f in files if suffix(f) in IMG_FORMATS | VID_FORMATS]
+    if not broken or len(broken) == len(media):
         return source
     for f in broken:
         LOGGER.warning(f"skipping {f}: OpenCV cannot read it as a video")

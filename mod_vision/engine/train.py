@@ -107,6 +107,7 @@ class MoDDetectionTrainer(DetectionTrainer):
         except BaseException:  # a run that never starts must not keep its folder locked
             self.release_run_lock()
             raise
+        self.check_capacity_warmup()
         for event, fn in (
             ("on_train_batch_start", training_capacity_callback),
             ("on_fit_epoch_end", routing_plot_epoch),
@@ -114,6 +115,15 @@ class MoDDetectionTrainer(DetectionTrainer):
         ):
             if fn not in self.callbacks[event]:
                 self.add_callback(event, fn)
+
+    def check_capacity_warmup(self) -> None:
+        """A ramp longer than the run never reaches the capacity the model is validated and saved with: said at start."""
+        warmup, epochs = self.args.capacity_warmup or 0, self.args.epochs
+        if warmup > epochs and RANK in {-1, 0}:
+            LOGGER.warning(
+                f"capacity_warmup={warmup} is longer than epochs={epochs}: training stops {epochs / warmup:.0%} of the "
+                f"way down the ramp from capacity 1.0, never at the capacity it is validated and saved with"
+            )
 
     def check_resume(self, overrides):
         # The first thing BaseTrainer.__init__ does before it creates the run folder and writes args.yaml into it: the
