@@ -35,6 +35,7 @@ plus mod_vision's:
   router_aux=0.1            weight of the loss that trains the routers' predictors (for dynamic mode)
   router_rank=1.0           weight of the loss that teaches the routers' scorers to rank object tokens first (default 0: off)
   dynamic_capacity=[0.05,1] val/predict: per image, as many tokens as the predictors find on objects, within bounds
+  routing=random            val/predict: how routed blocks rank tokens: topk (learned, default), object or random
   save_heatmap=True         predict: also write routing heatmaps (what the heatmap mode does)
   token_reuse=True          predict on video/frames/streams: compute only the tokens whose input changed
   reuse_threshold=0.1       token reuse: relative input change above which a token is recomputed
@@ -76,12 +77,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def check_sizes(mode: str, args: dict) -> None:
-    """imgsz and batch, checked before a model or data loads (Ultralytics would fail deep inside torch or its loader)."""
+    """imgsz and batch, checked before a model or data loads (Ultralytics would fail deep inside torch or its loader,
+    or try to allocate tens of GB for one huge image)."""
+    from .model import MAX_IMGSZ
+
     if "imgsz" in args:
         v = args["imgsz"]
         sizes = list(v) if isinstance(v, (list, tuple)) else [v]
         if not 1 <= len(sizes) <= 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in sizes):
             raise SystemExit(f"mod-vision {mode}: imgsz must be a positive integer or [height, width], got imgsz={v!r}")
+        if max(sizes) > MAX_IMGSZ:
+            raise SystemExit(
+                f"mod-vision {mode}: imgsz={v!r} is above the limit of {MAX_IMGSZ} px per side; "
+                f"give imgsz <= {MAX_IMGSZ}"
+            )
     # train also takes batch=-1 (auto) and fractions of GPU memory: Ultralytics checks those
     if "batch" in args and mode != "train":
         v = args["batch"]
@@ -90,7 +99,8 @@ def check_sizes(mode: str, args: dict) -> None:
 
 
 def run(argv: list[str]):
-    """Run one mode and return what it returns (metrics, results, export path...)."""
+    """Run one mode and return what it returns (metrics, results, export path...). A request that cannot be carried
+    out as given (`UsageError`, or a generator refusing its output path) ends as one line: SystemExit."""
     if not argv or argv[0] in {"help", "-h", "--help"}:
         print(HELP)
         return None
@@ -98,7 +108,10 @@ def run(argv: list[str]):
     if mode == "sample-data":
         from .data import make_sample_data
 
-        path = make_sample_data(**args)
+        try:
+            path = make_sample_data(**args)
+        except (FileExistsError, ValueError) as e:
+            raise SystemExit(f"mod-vision sample-data: {e}") from e
         print(f"sample data written: {path}")
         return path
     if mode == "sample-video":
@@ -106,10 +119,23 @@ def run(argv: list[str]):
 
         if "size" in args:
             args["size"] = tuple(args["size"])
-        video, gt = make_sample_video(args.pop("path", "clip.mp4"), **args)
+        try:
+            video, gt = make_sample_video(args.pop("path", "clip.mp4"), **args)
+        except (FileExistsError, ValueError) as e:
+            raise SystemExit(f"mod-vision sample-video: {e}") from e
         print(f"sample video written: {video} (ground truth {gt})")
         return video, gt
 
+    from .model import UsageError
+
+    try:
+        return run_model_mode(mode, args)
+    except UsageError as e:
+        raise SystemExit(f"mod-vision {mode}: {e}") from e
+
+
+def run_model_mode(mode: str, args: dict):
+    """The modes that load a model."""
     from . import MoDYOLO
     from .data import sample_data_yaml
 
@@ -135,7 +161,11 @@ def run(argv: list[str]):
         from .nn.tasks import MODEL_DIR
 
         defaults = MODEL_DIR.parent / "train-sample.yaml"
-        args = {**YAML.load(defaults), **args, "data": str(sample_data_yaml())}
+        try:
+            data = sample_data_yaml()
+        except FileExistsError as e:  # a folder in the way that the generator did not write
+            raise SystemExit(f"mod-vision train: no data= given and the sample data cannot be generated: {e}") from e
+        args = {**YAML.load(defaults), **args, "data": str(data)}
         print(f"mod-vision train: no data= given, training on the sample data {args['data']} with {defaults.name}")
     if mode in {"val", "sweep"} and "data" not in args and not model.overrides.get("data"):
         raise SystemExit(
@@ -152,10 +182,14 @@ def run(argv: list[str]):
             args["save_heatmap"] = True
         args.setdefault("stream", True)  # a generator keeps memory flat on long videos
         args.setdefault("save", mode == "predict")  # as `yolo predict` does: annotated images/videos in the run folder
-        for _ in model.predict(**args):
-            pass
+        predicted = sum(1 for _ in model.predict(**args))
         if mode == "heatmap":
             folder = model.predictor.save_dir / "heatmaps"
+            if not predicted:
+                raise SystemExit(
+                    f"mod-vision heatmap: no routing heatmaps written: nothing was predicted, no image or frame of "
+                    f"source={args.get('source')} could be read (see the warnings above)"
+                )
             if not folder.is_dir():
                 print("no routing heatmaps written: this model reports no routing (it has no routed blocks)")
                 return None

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from torch import nn
 from ultralytics.engine.model import Model
 
-from .cfg import EXTRA_ARGS, apply_routing, check_extra_args
+from .cfg import EXTRA_ARGS, apply_routing, check_bounds, check_extra_args
 from .defaults import DEFAULT_CAPACITIES
 from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
 from .engine.results import routing_mode
@@ -18,6 +18,13 @@ from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
 from .nn.routing import routed_blocks
 from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, find_model_yaml, load_model_yaml
+
+
+MAX_IMGSZ = 8192  # px per side: the largest imgsz accepted (train/val/predict/export and the CLI)
+
+
+class UsageError(ValueError):
+    """A request that cannot be carried out as given; the `mod-vision` CLI prints it as one line."""
 
 
 def routed_capacities(model) -> list[float]:
@@ -34,8 +41,10 @@ class MoDYOLO(Model):
         >>> results = model.predict("bus.jpg", capacity=0.25)  # a compute budget chosen at predict time
         >>> results[0].token_share
 
-    The routing that runs is the one set last, by `set_capacity()`, or by `capacity=` / `dynamic_capacity=` given to
-    predict or val (which set it on the model, as set_capacity does). A static capacity ends dynamic mode.
+    The model's routing is its default: `set_capacity()` and `set_dynamic()` set it (the one set last runs; a static
+    capacity ends dynamic mode), and a checkpoint keeps the one it was trained with. The routing arguments of one
+    predict or val call (`capacity=`, `dynamic_capacity=`, `routing=`) apply to that call only: the model's default is
+    back when the call returns (for `stream=True`, when its generator finishes or is closed).
     """
 
     _spec = None  # the mod_vision model spec being built by _new
@@ -47,6 +56,7 @@ class MoDYOLO(Model):
         # Ultralytics' YAML loader knows neither cfg/models/ nor names with a scale letter ('modvit-det-s.yaml'): it
         # reads the resolved file (for the task), the model class gets mod_vision's spec (see _smart_load), and the
         # name asked for stays the model's name, as Ultralytics records it for a YOLO YAML.
+        check_not_stock_yaml(cfg)
         self._spec = load_model_yaml(cfg)
         try:
             super()._new(str(find_model_yaml(cfg)[0]), task=task, verbose=verbose)
@@ -61,32 +71,42 @@ class MoDYOLO(Model):
         return cls
 
     def predict(self, source=None, stream: bool = False, predictor=None, **kwargs):
-        kwargs.update(self._routing_for_call(kwargs))
-        with self._extra_args_known():
-            return super().predict(source, stream, predictor, **kwargs)
+        check_imgsz(kwargs.get("imgsz"), "predict")
+        with self._routing_for_call(kwargs) as restore:
+            with self._extra_args_known():
+                out = super().predict(source, stream, predictor, **kwargs)
+        # a generator has not run yet: its predictor sets the call's routing on the model when it starts
+        return restored_after(out, restore) if stream and restore else out
 
     def val(self, validator=None, **kwargs):
-        kwargs.update(self._routing_for_call(kwargs))
-        return super().val(validator, **kwargs)
+        check_imgsz(kwargs.get("imgsz"), "val")
+        with self._routing_for_call(kwargs):
+            return super().val(validator, **kwargs)
 
-    def _routing_for_call(self, kwargs: dict) -> dict:
-        """Check mod_vision's keys of a predict/val call and set the routing they ask for on this model; return the
-        routing now in force, in full, for the predictor or validator to run (it runs a copy of the model)."""
+    @contextmanager
+    def _routing_for_call(self, kwargs: dict):
+        """Check mod_vision's keys of a predict/val call and put the routing that call runs, in full, in `kwargs`
+        (the predictor or validator sets it on the model it runs, which may be a copy); the model's own routing is
+        restored on exit. Yields the restoring function (None for a model without routed blocks)."""
         check_extra_args({k: v for k, v in kwargs.items() if k in EXTRA_ARGS})
         capacity, dynamic = kwargs.get("capacity"), kwargs.get("dynamic_capacity")
         if capacity is not None and dynamic:
             raise ValueError(
                 f"capacity={capacity} (static top-k) and dynamic_capacity={dynamic} (per-image k) were both given; "
-                f"give one: the routing that runs is the one set last"
+                f"give one"
             )
         if not isinstance(self.model, nn.Module) or not routed_blocks(self.model):
-            return {}  # an exported file checks them against its metadata; a dense model has no routing to set
-        apply_routing(self.model, SimpleNamespace(capacity=capacity, dynamic_capacity=dynamic))
-        blocks = routed_blocks(self.model)
-        return {
-            "capacity": [b.capacity for b in blocks],
-            "dynamic_capacity": list(blocks[0].dynamic) if routing_mode(self.model) == "dynamic" else False,
-        }
+            yield None  # an exported file checks them against its metadata; a dense model has no routing to set
+            return
+        restore = routing_restorer(self.model)
+        try:
+            apply_routing(self.model, SimpleNamespace(capacity=capacity, dynamic_capacity=dynamic))
+            blocks = routed_blocks(self.model)
+            kwargs["capacity"] = [b.capacity for b in blocks]
+            kwargs["dynamic_capacity"] = list(blocks[0].dynamic) if routing_mode(self.model) == "dynamic" else False
+            yield restore
+        finally:
+            restore()
 
     @contextmanager
     def _extra_args_known(self):
@@ -100,6 +120,14 @@ class MoDYOLO(Model):
             self.overrides = overrides
 
     def train(self, trainer=None, **kwargs):
+        check_imgsz(kwargs.get("imgsz"), "train")
+        resume = kwargs.get("resume")
+        if resume is True:
+            check_resumable(self.ckpt, self.ckpt_path or self.model_name)
+        elif isinstance(resume, (str, Path)) and Path(resume).is_file():
+            from ultralytics.nn.tasks import torch_safe_load
+
+            check_resumable(torch_safe_load(resume)[0], resume)
         # Ultralytics rebuilds a YAML-built model from its YAML path inside the trainer; pass on the capacities set
         # on this one so they are not silently reset.
         if not self.ckpt and kwargs.get("capacity") is None and self.model.yaml.get("capacities"):
@@ -148,15 +176,24 @@ class MoDYOLO(Model):
         the graph, `capacity=` fixes the capacities exported, and they are written to the file's metadata."""
         from .engine.export import MoDExporter
 
+        check_imgsz(kwargs.get("imgsz"), "export")
         self._check_is_pytorch_model()
         custom = {"imgsz": self.model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
         args = {**self.overrides, **custom, **kwargs, "mode": "export"}  # Model.export's precedence
         return MoDExporter(overrides=args, _callbacks=self.callbacks)(model=self.model)
 
     def set_capacity(self, capacity) -> MoDYOLO:
-        """Set routed-block capacity globally (float) or per routed block (list or {index: capacity}); this ends
-        dynamic mode (the routing that runs is the one set last)."""
+        """Set the model's default routed-block capacity, globally (float) or per routed block (list or
+        {index: capacity}); this ends dynamic mode (the routing that runs is the one set last)."""
         self.model.set_capacity(capacity)
+        return self
+
+    def set_dynamic(self, bounds) -> MoDYOLO:
+        """Make dynamic per-image k the model's default (what `dynamic_capacity=` does for one call): each image takes
+        as many tokens as its predictors find on objects, within `bounds` = [min, max] capacities; None or False
+        returns to static top-k at the set capacities."""
+        self._check_is_pytorch_model()
+        self.model.set_dynamic(check_bounds(bounds, "dynamic_capacity"))
         return self
 
     @property
@@ -175,6 +212,80 @@ class MoDYOLO(Model):
                 "predictor": MoDSegmentationPredictor,
             },
         }
+
+
+def routing_restorer(model):
+    """A function that puts back the routing (capacity, dynamic bounds and threshold, policy) each routed block of
+    `model` has now."""
+    saved = [(b, b.capacity, b.dynamic, b.threshold, b.policy) for b in routed_blocks(model)]
+
+    def restore() -> None:
+        for b, capacity, dynamic, threshold, policy in saved:
+            b.capacity, b.dynamic, b.threshold, b.policy = capacity, dynamic, threshold, policy
+
+    return restore
+
+
+def restored_after(results, restore):
+    """Yield from a predict generator, then (finished, failed or closed) restore the model's routing."""
+    try:
+        yield from results
+    finally:
+        restore()
+
+
+def check_resumable(ckpt: dict | None, name) -> None:
+    """Refuse a resume that Ultralytics would turn into a new training from scratch settings (after a warning) or
+    fail late on: resume continues an unfinished training from its weights/last.pt. Raised before any run folder is
+    made."""
+    if not ckpt:
+        raise UsageError(
+            f"resume=True continues an unfinished training from its weights/last.pt; {name} is a model YAML, there is "
+            f"no training to resume: train without resume=True"
+        )
+    if ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None:
+        epochs = (ckpt.get("train_args") or {}).get("epochs")
+        done = f"its training to {epochs} epochs is finished" if epochs else "it holds no training state"
+        raise UsageError(
+            f"{name} cannot be resumed: {done}, nothing to resume. Start a new training from its weights without "
+            f"resume=True (model={name})"
+        )
+
+
+def check_imgsz(imgsz, mode: str) -> None:
+    """Refuse an imgsz above MAX_IMGSZ on either side before anything is allocated (one image at imgsz=100000 needs
+    tens of GB before the model sees it)."""
+    sizes = imgsz if isinstance(imgsz, (list, tuple)) else [imgsz]
+    if any(isinstance(x, (int, float)) and not isinstance(x, bool) and x > MAX_IMGSZ for x in sizes):
+        raise UsageError(
+            f"{mode}: imgsz={imgsz!r} is above the limit of {MAX_IMGSZ} px per side; give imgsz <= {MAX_IMGSZ}"
+        )
+
+
+def stock_ultralytics_yaml(cfg) -> str | None:
+    """The Ultralytics class that loads `cfg` when it names a model YAML Ultralytics ships (yolo11n.yaml,
+    rtdetr-l.yaml, ...) and is not a file on disk; else None. mod_vision's own YAMLs are named hybrid*/modvit*."""
+    import re
+
+    import ultralytics
+
+    path = Path(str(cfg))
+    if path.suffix not in {".yaml", ".yml"} or path.exists():
+        return None
+    shipped = {f.stem for f in (Path(ultralytics.__file__).parent / "cfg" / "models").rglob("*.y*ml")}
+    unscaled = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", path.stem)  # yolo11n -> yolo11, as Ultralytics reads it
+    if path.stem not in shipped and unscaled not in shipped:
+        return None
+    return "RTDETR" if path.stem.startswith("rtdetr") else "YOLO"
+
+
+def check_not_stock_yaml(cfg) -> None:
+    cls = stock_ultralytics_yaml(cfg)
+    if cls:
+        raise UsageError(
+            f"{cfg} is a stock Ultralytics model, not a mod_vision one: load it with ultralytics.{cls}('{cfg}'). "
+            f"MoDYOLO builds mod_vision's routed models, e.g. MoDYOLO('hybrid11p-det.yaml')"
+        )
 
 
 def _build_from_spec(cls, spec: dict, cfg_dict: dict, **kwargs):

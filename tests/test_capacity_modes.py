@@ -57,7 +57,7 @@ def test_dynamic_compute_at_predict_and_val(det_run, sample_yaml, tmp_path):
     shares = [r.token_share for r in results]
     assert all(0.1 - 1e-6 <= s <= 0.9 + 1e-6 for s in shares)
     # the same image alone gets the same share: padding in a batch does not change an image's compute
-    alone = model.predict(images[0], imgsz=96, verbose=False)[0].token_share
+    alone = model.predict(images[0], imgsz=96, verbose=False, dynamic_capacity=[0.1, 0.9])[0].token_share
     assert alone == pytest.approx(shares[0])
     metrics = model.val(data=str(sample_yaml), imgsz=96, batch=4, project=str(tmp_path), dynamic_capacity=[0.1, 0.9])
     assert 0.1 - 1e-6 <= metrics.token_share <= 0.9 + 1e-6
