@@ -14,6 +14,8 @@ from types import SimpleNamespace
 from ultralytics.cfg import cfg2dict
 from ultralytics.utils import DEFAULT_CFG_DICT
 
+from .nn.policies import POLICIES
+
 EXTRA_ARGS = {
     # (float | list | dict | None) capacity of every routed block (or one per routed block) at train/val/predict/export
     # time; None keeps the model's own. At val/predict it is set on the model, as set_capacity() does, and ends dynamic
@@ -60,9 +62,10 @@ EXTRA_ARGS = {
     # (bool) predict: write routing heatmaps (per-block selected tokens, depth map, compute share) to save_dir/heatmaps,
     # as images for images and as <stem>_depth.mp4 for videos and streams
     "save_heatmap": False,
-    # ("topk" | "object" | "random" | None) val: how routed blocks rank tokens: by the learned scorer (default), by the
-    # object predictor (trained on ground-truth object cover), or at random, the control that keeps each block's k and
-    # learned gate, so learned-against-random AP is one command
+    # ("topk" | "object" | "random" | "none" | None) val/predict: how routed blocks rank tokens: by the learned scorer
+    # (default), by the object predictor (trained on ground-truth object cover), at random (the control that keeps each
+    # block's k and learned gate, seeded by `seed`), or "none": no token is processed, every routed block's compute
+    # removed (the control that shows what the routed blocks carry)
     "routing": None,
     # (int) train: also save save_dir/routing_val_batch0_epoch<E>.jpg every this many epochs (0: only at the end);
     # needs plots=True
@@ -165,8 +168,8 @@ def check_extra_args(args: dict) -> dict:
             _check_number(key, value, "epochs between routing heatmaps; 0: only at the end", integer=True)
         elif key == "save_heatmap" and not isinstance(value, bool):
             raise ValueError(f"save_heatmap must be True or False, got {value!r}")
-        elif key == "routing" and value not in (None, "topk", "object", "random"):
-            raise ValueError(f"routing must be 'topk', 'object', 'random' or None, got {value!r}")
+        elif key == "routing" and value not in (None, *POLICIES):
+            raise ValueError(f"routing must be one of {', '.join(map(repr, POLICIES))} or None, got {value!r}")
         elif key == "token_reuse" and not isinstance(value, bool):
             raise ValueError(f"token_reuse must be True or False, got {value!r}")
         elif key in {"reuse_threshold", "reuse_refresh", "reuse_max_change"}:
@@ -207,6 +210,17 @@ def has_no_routing(model, key: str, value) -> bool:
         return False
     LOGGER.warning(f"{key}={value} ignored: this model has no routed blocks (a dense model), it always runs in full")
     return True
+
+
+def apply_policy(model, policy: str | None, seed: int = 0) -> None:
+    """Set the routing policy of every routed block (`routing=`; None: "topk"). A control ("random", "none") on a model
+    without routed blocks is an error: there is nothing to randomise or remove. "random" draws from a generator seeded
+    by `seed`, so its numbers can be reproduced."""
+    from .nn.routing import routed_blocks, set_policy
+
+    if policy not in (None, "topk") and not routed_blocks(model):
+        raise ValueError(f"routing={policy!r} needs a routed model; this one has no routed blocks (a dense model)")
+    set_policy(model, policy or "topk", seed)
 
 
 def apply_capacity(model, capacity) -> None:

@@ -6,6 +6,7 @@ from ultralytics.nn.modules import Detect, Segment
 
 from mod_vision import MoDYOLO
 from mod_vision.nn import MoDA2C2f, MoDViTStage, PatchEmbed, RoutedBlock, record_routing, routed_blocks
+from mod_vision.nn.head import RoutedDetect
 from mod_vision.nn.tasks import MODEL_DIR, load_model_yaml
 
 YAMLS = sorted(p.name for p in MODEL_DIR.glob("*.yaml"))
@@ -17,7 +18,7 @@ def test_all_shipped_yamls_are_found():
         for arch in ("modvit", "hybrid", "hybrid11", "hybrid11p", "hybrid12")
         for task in ("det", "seg")
         for dense in ("", "-dense")
-    } | {"modvit-det-deep.yaml", "modvit-seg-deep.yaml"} | {
+    } | {"modvit-det-deep.yaml", "modvit-seg-deep.yaml", "modnext-det.yaml", "modnext-det-dense.yaml"} | {
         f"modvit-{task}-{vit}.yaml" for task in ("det", "seg") for vit in ("vits", "vits-dense", "dinov2s")  # timm weights
     }
 
@@ -28,7 +29,8 @@ def test_every_routed_yaml_names_a_dense_twin_with_the_same_weights_but_routers(
     twin_name = load_model_yaml(name)["dense_twin"]
     routed, twin = MoDYOLO(name).model, MoDYOLO(twin_name).model
     assert not twin.capacities()
-    shapes = {k: v.shape for k, v in routed.state_dict().items() if not any(t in k for t in (".router.", ".predictor.", "_extra_state"))}
+    routing = (".router.", ".routers.", ".predictor.", "_extra_state")
+    shapes = {k: v.shape for k, v in routed.state_dict().items() if not any(t in k for t in routing)}
     assert shapes == {k: v.shape for k, v in twin.state_dict().items()}
 
 
@@ -54,6 +56,14 @@ def test_yaml_builds_with_correct_channels_and_heads(name):
         y = model(torch.zeros(1, 3, 64, 96))[0]
         y = y[0] if isinstance(y, (tuple, list)) else y
         assert y.shape[:2] == (1, 4 + 80 + (32 if "-seg" in name else 0))
+        return
+    if name.startswith("modnext"):  # every stage, patch merge and head level routed; none in the dense twin
+        assert isinstance(head, RoutedDetect)
+        kinds = [type(m).__name__ for m in model.model]
+        assert kinds.count("MoDDown") == 3 and kinds.count("MoDNeXt") == 5
+        assert len(routed_blocks(model)) == (0 if name.endswith("-dense.yaml") else 3 + 5 + 3)
+        model.eval()
+        assert model(torch.zeros(1, 3, 64, 96))[0].shape == (1, 4 + 80, 8 * 12 + 4 * 6 + 2 * 3)
         return
     stage = next(m for m in model.modules() if isinstance(m, MoDViTStage))
     dim = stage.pos_embed.shape[1]

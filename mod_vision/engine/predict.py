@@ -13,7 +13,7 @@ from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.models.yolo.segment import SegmentationPredictor
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 
-from ..cfg import split_extra_args, with_extra_defaults
+from ..cfg import apply_policy, split_extra_args, with_extra_defaults
 from ..heatmap import depth_image, reuse_image, routing_maps, save_image_heatmaps
 from ..nn.reuse import TokenReuse, reusing
 from ..nn.routing import join_images, record_routing, routed_blocks, set_policy
@@ -58,7 +58,7 @@ class RoutedPredictorMixin:
                     f"(top-k); predict with the .pt, or without routing="
                 )
             return
-        set_policy(self.model, policy or "topk")
+        apply_policy(self.model, policy, self.args.seed)
 
     def stream_inference(self, *args, **kwargs):
         try:

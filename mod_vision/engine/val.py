@@ -9,7 +9,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
-from ..cfg import EXTRA_ARGS, split_extra_args
+from ..cfg import EXTRA_ARGS, apply_policy, split_extra_args
 from ..nn.routing import record_routing, set_policy, token_share
 from .routing_metrics import RoutingQuality
 from .coco_eval import COCO_METRICS, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
@@ -57,7 +57,7 @@ class RoutedValidatorMixin:
         try:
             with record_routing() as self.routing_record:
                 return super().__call__(trainer, model)
-        finally:  # routing="random" is this validation's control, not a lasting change to the model
+        finally:  # routing="random" or "none" is this validation's control, not a lasting change to the model
             if getattr(self, "policy_model", None) is not None:
                 set_policy(self.policy_model, "topk")
                 self.policy_model = None
@@ -81,7 +81,7 @@ class RoutedValidatorMixin:
         self.backgrounds = {}  # image file name -> background kind, where the COCO json records one (sample data)
         if not self.exported:
             self.policy_model = model
-            set_policy(model, getattr(self.args, "routing", None) or "topk")
+            apply_policy(model, getattr(self.args, "routing", None), self.args.seed)
         if self.anno_json:
             self.map_to_coco_json()
 

@@ -48,21 +48,34 @@ class TokenABlock(ABlock):
 
 
 def pointwise(conv: Conv, t: torch.Tensor) -> torch.Tensor:
-    """An Ultralytics 1x1 `Conv` applied to (B, K, C) tokens. Once fused (inference: the BatchNorm folded into the
-    convolution) it is a matmul on the tokens; before, it runs as a (B, C, K, 1) map so its BatchNorm trains as usual."""
-    if hasattr(conv, "bn"):
-        return conv(t.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
-    return conv.act(F.linear(t, conv.conv.weight.flatten(1), conv.conv.bias))
+    """An Ultralytics 1x1 `Conv` applied to (B, K, C) tokens: a matmul on the tokens, then (before fusion, in training
+    and unfused eval) its BatchNorm over all B*K tokens, then its activation.
+
+    The BatchNorm runs on the (B*K, C) rows rather than on a (B, C, K, 1) view of the tokens: on the CPU, torch's
+    BatchNorm2d backward returns wrong gradients when its input or its output gradient has the strides of such a view
+    (its forward is right), and training then stalls."""
+    y = F.linear(t, conv.conv.weight.flatten(1), conv.conv.bias)
+    bn = getattr(conv, "bn", None)
+    if bn is not None:
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+        y = F.batch_norm(y.reshape(-1, y.shape[-1]), bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                         bn.training or not bn.track_running_stats, bn.momentum or 0.0, bn.eps).view_as(y)
+    return conv.act(y)
 
 
-class ABlockPair(nn.Module):
-    """A2C2f's unit, two ABlocks on a (B, C, H, W) map, with a depthwise position term; routed when given a capacity."""
+class TokenStage(nn.Module):
+    """Token layers on a (B, C, H, W) map after a dense depthwise position term; routed when it has a router.
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2, capacity: float | None = None,
-                 router_hidden: int = 0, gate: str = "sigmoid"):
+    The depthwise k x k convolution runs on every token as a residual conditional position encoding (CPVT) and local
+    mixing: cheap, and a token the router skips still gets it. The layers, the stage's heavy per-token work, run on the
+    tokens the router picks, with one gather and one scatter for all of them."""
+
+    def __init__(self, dim: int, layers: list[nn.Module], capacity: float | None = None, router_hidden: int = 0,
+                 gate: str = "sigmoid", kernel: int = 7):
         super().__init__()
-        self.pe = Conv(dim, dim, 7, 1, 3, g=dim, act=False)
-        self.blocks = nn.ModuleList(TokenABlock(dim, num_heads, mlp_ratio) for _ in range(2))
+        self.pe = Conv(dim, dim, kernel, 1, kernel // 2, g=dim, act=False)
+        self.blocks = nn.ModuleList(layers)
         self.router = None if capacity is None else TokenRouter(dim, capacity, router_hidden, gate)
 
     def run(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,7 +90,86 @@ class ABlockPair(nn.Module):
             out = self.router(t, self.run, (h, w), layers=self.blocks)
         else:
             out = reuse_step(t, None, None, self.blocks, None)[0] if reuses_tokens(self) else self.run(t)
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        return as_map(out, h, w)
+
+
+def as_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, H*W, C) tokens as a (B, C, H, W) map without a copy: a channels-last view, which convolutions take as it is
+    and which the next routed layer flattens back to tokens without a copy."""
+    return tokens.view(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+class ABlockPair(TokenStage):
+    """A2C2f's unit, two ABlocks on a (B, C, H, W) map, with a depthwise 7x7 position term; routed when given a capacity."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2, capacity: float | None = None,
+                 router_hidden: int = 0, gate: str = "sigmoid"):
+        super().__init__(dim, [TokenABlock(dim, num_heads, mlp_ratio) for _ in range(2)], capacity, router_hidden, gate)
+
+
+class TokenMLP(nn.Module):
+    """A pointwise MLP with a residual on (B, K, C) tokens (ConvNeXt's per-token half): expand, SiLU, project back."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = Conv(dim, hidden, 1)
+        self.fc2 = Conv(hidden, dim, 1, act=False)
+
+    def forward(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return t + pointwise(self.fc2, pointwise(self.fc1, t))
+
+
+class MoDNeXt(TokenStage):
+    """A ConvNeXt-style stage whose MLPs are routed: a dense depthwise k x k term, then `n` pointwise MLPs on the tokens
+    the router picks (`capacity` in (0, 1]) or on all tokens (`capacity: null`, the dense twin).
+
+    Nearly all of its FLOPs are in the MLPs, so a skipped token skips nearly all of its work. YAML:
+    `[-1, 2, MoDNeXt, [256, {capacity: 0.25, mlp_ratio: 4, kernel: 7}]]` (input and output widths are equal).
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, mlp_ratio: float = 4.0, kernel: int = 7,
+                 capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid"):
+        if c1 != c2:
+            raise ValueError(f"MoDNeXt keeps its width: input {c1} and output {c2} channels differ (merge with MoDDown)")
+        super().__init__(c2, [TokenMLP(c2, mlp_ratio) for _ in range(n)], capacity, router_hidden, gate, kernel)
+
+
+class MoDDown(nn.Module):
+    """A 2x2 patch merge to the next stride whose linear map (4 * c1 -> c2, BN, SiLU) runs only on routed tokens.
+
+    Every output token gets a parameter-free base, its 2x2 mean with the channels tiled to c2, so a skipped token keeps
+    its colour; a routed token adds the gated merge. The router scores the 2x2 patch. `capacity: null` merges every
+    token (the dense twin)."""
+
+    def __init__(self, c1: int, c2: int, capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid"):
+        super().__init__()
+        self.c2 = c2
+        self.merge = Conv(4 * c1, c2, 1)
+        self.router = None if capacity is None else TokenRouter(4 * c1, capacity, router_hidden, gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, h, w = x.shape[1:]
+        if h % 2 or w % 2:  # odd grids are padded, as a stride-2 convolution's ceil division would
+            x = F.pad(x, (0, w % 2, 0, h % 2))
+        gh, gw = x.shape[2] // 2, x.shape[3] // 2
+        tokens = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)  # (B, N, 4C): channel 4c + 2i + j is pixel (i, j)
+        mean = tokens.unflatten(-1, (c, 4)).mean(-1)  # (B, N, C), the 2x2 mean
+        base = mean.repeat(1, 1, -(-self.c2 // c))[..., : self.c2]
+        if self.router is None:
+            out = base + pointwise(self.merge, tokens)
+        else:
+            out = self.router.add_to(base, tokens, lambda t, attn_mask=None: pointwise(self.merge, t), (gh, gw))
+        return as_map(out, gh, gw)
+
+
+class UpAdd(nn.Module):
+    """FPN's top-down merge: the coarse map upsampled (nearest) to the fine map's size and added to it. YAML:
+    `[[-1, 4], 1, UpAdd, []]` (coarse, fine), both of the fine map's width."""
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        coarse, fine = xs
+        return fine + F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
 
 
 class MoDA2C2f(A2C2f):

@@ -25,10 +25,10 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .policies import check_policy, ranking
 from .reuse import index_mask, reuse_step, reuses_tokens
 
 GATES = ("sigmoid", "unit", "none")
-POLICIES = ("topk", "object", "random")
 
 
 def check_capacity(capacity: float) -> float:
@@ -62,6 +62,7 @@ def route_tokens(
     gate: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
     inputs: torch.Tensor | None = None,
+    delta: bool = False,
 ) -> torch.Tensor:
     """Run `block` on the tokens `index` of each image and scatter its gated update back; the rest pass unchanged.
 
@@ -72,7 +73,10 @@ def route_tokens(
         gate: (B, K) multiplier of each chosen token's update, or None for 1.
         valid: (B, K) bool, which chosen tokens are real (dynamic mode pads images to the batch's largest k); padded
             ones are hidden from attention as keys (the block must accept `attn_mask`) and keep their value.
-        inputs: (B, N, C) what the block reads instead of x (x plus a position term, say); the update is still added to x.
+        inputs: (B, N, C') what the block reads instead of x (x plus a position term, say), or a function of `index`
+            that returns the (B, K, C') rows to read; the update is still added to x.
+        delta: `block` returns the update itself, not the token's new value: a layer that changes width (a patch merge,
+            a head) reads `inputs` of another width and adds to a base `x` of its output width.
 
     Whole rows of the flattened (B*N, C) tokens are gathered and scattered (ONNX Gather/ScatterND): every export runtime
     has them, and they move B*K rows rather than a B*K*C index.
@@ -81,12 +85,17 @@ def route_tokens(
     rows = (index + torch.arange(b, device=x.device).unsqueeze(1) * n).flatten()
     flat = x.reshape(-1, c)
     selected = flat.index_select(0, rows).view(b, -1, c)
-    read = selected if inputs is None else inputs.reshape(-1, c).index_select(0, rows).view(b, -1, c)
+    if inputs is None:
+        read = selected
+    elif callable(inputs):
+        read = inputs(index)
+    else:
+        read = inputs.reshape(b * n, -1).index_select(0, rows).view(b, index.shape[1], -1)
     out = block(read) if valid is None else block(read, attn_mask=valid[:, None, None, :])
-    if gate is None and inputs is None:
+    if gate is None and inputs is None and not delta:
         new = out  # not selected + (out - selected): exact, so capacity 1 without a gate is the plain block bit for bit
     else:
-        update = out - read
+        update = out if delta else out - read
         new = selected + (update if gate is None else gate.unsqueeze(-1) * update)
     if valid is not None:
         new = torch.where(valid.unsqueeze(-1), new, selected)
@@ -359,12 +368,14 @@ class TokenRouter(nn.Module):
             "none": no gate (the scorer then gets no gradient from the task loss).
         policy: "topk" (the scorer's best k), "object" (the k tokens the object predictor, trained on ground-truth
             object cover, rates highest: Focus-DETR's foreground selection) or "random" (k random tokens: the control
-            that shows what a ranking is worth). The gate always uses the scorer's scores.
+            that shows what a ranking is worth). The gate always uses the scorer's scores. "none" processes no token:
+            the block's routed compute removed, the control that shows what the routed blocks carry.
 
     Dynamic mode (`dynamic=(min, max)` capacities) lets each image choose its k: the tokens its object predictor (the
     MoD paper's auxiliary predictor, trained by `router_aux_loss` on detached tokens) scores above `threshold`, clamped
     to the bounds; the scorer's ranking decides which. Batches pad to the largest k; padded tokens are masked out of
-    attention and keep their value, so an image's output does not depend on its batch-mates.
+    attention and keep their value, so an image's output does not depend on its batch-mates. It is an inference mode: a
+    router in training mode runs its static capacity.
     """
 
     def __init__(
@@ -378,6 +389,7 @@ class TokenRouter(nn.Module):
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         self.policy = policy
+        self.random_source: torch.Generator | None = None  # the "random" policy's generator (`set_policy`)
         self.dynamic: tuple[float, float] | None = None
         self.threshold = 0.0  # logit 0 is probability 0.5, the auxiliary loss's decision boundary
         self.skip_constant = True  # the "never padding" policy: constant cells rank last (see `select`)
@@ -397,9 +409,7 @@ class TokenRouter(nn.Module):
 
     @policy.setter
     def policy(self, value: str) -> None:
-        if value not in POLICIES:
-            raise ValueError(f"routing policy must be one of {POLICIES}, got {value!r}")
-        self._policy = value
+        self._policy = check_policy(value)
 
     # The capacity travels in the state_dict, so it survives what rebuilds a model from its weights: Ultralytics'
     # trainer (YAML + load), EMA copies and resume. float64 keeps it exact through .half() and the EMA's averaging.
@@ -417,25 +427,57 @@ class TokenRouter(nn.Module):
         `padding` (B, N) levels (`padding_levels`: 1 one-colour cell, 2 letterbox fill) rank after every real token,
         fill last, so they run only when k exceeds the real tokens; dynamic mode never counts them as wanted."""
         n = scores.shape[1]
-        ranking = {"random": torch.rand_like(scores), "object": predicted}.get(self.policy, scores)
+        ranked = ranking(self.policy, scores, predicted, self.random_source)
         if padding is not None and self.skip_constant:
             # a margin far beyond any score, finite so every runtime's TopK takes it
-            ranking = ranking - padding.to(ranking.dtype) * 1e4
+            ranked = ranked - padding.to(ranked.dtype) * 1e4
             if predicted is not None:
                 predicted = predicted.masked_fill(padding > 0, -1e4)
-        if self.dynamic is None:
+        if self.dynamic is None or self.training:  # dynamic k is an inference mode: training runs its capacity
             # While tracing, n is a tensor: k stays in the graph only for exports with dynamic shapes; a constant k lets
             # a runtime plan fixed shapes and fuse the block's matmuls.
             k = tokens_for(self.capacity, n if self.export_dynamic_shapes or not torch.is_tensor(n) else int(n))
-            return topk_raster(ranking, k), None
+            return topk_raster(ranked, k), None
         lo, hi = (tokens_for(c, n) for c in self.dynamic)
         want = (predicted > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
         k = int(want.max())
-        top = ranking.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
+        top = ranked.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
         valid = torch.arange(k, device=scores.device) < want[:, None]
         index, order = top.sort(dim=1)
         valid = valid.gather(1, order)
         return index, None if bool(valid.all()) else valid
+
+    def decide(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> Decision | None:
+        """Which of the (B, N, C) tokens `x` to process and how much each update counts, recorded in the active
+        routing record; None under the "none" policy (the routed compute removed: nothing is processed)."""
+        record = active_record()
+        if self.policy == "none":
+            if record is not None:
+                empty = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
+                record.add(BlockRouting(empty, None, x.shape[1], grid))
+            return None
+        scores = self.scorer(x)
+        want_pred = self.dynamic is not None or self.policy == "object" or (record is not None and record.keep_predictions)
+        predicted = self.predictor(x.detach()) if want_pred else None
+        index, valid = self.select(scores, predicted, current_padding(grid))
+        if record is not None:
+            record.add(
+                BlockRouting(
+                    index.detach(),
+                    valid,
+                    x.shape[1],
+                    grid,
+                    None if not record.keep_scores else scores if self.training else scores.detach(),  # rank loss
+                    None if predicted is None or not record.keep_predictions
+                    else predicted if self.training else predicted.detach(),  # the aux loss trains only in training
+                )
+            )
+        gate = None
+        if self.gate != "none":
+            gate = scores.gather(1, index).sigmoid()
+            if self.gate == "unit":
+                gate = gate / gate.detach()
+        return Decision(index, valid, gate, scores)
 
     def forward(
         self,
@@ -449,38 +491,41 @@ class TokenRouter(nn.Module):
 
         `layers` are the block's transformer layers, for token reuse across video frames (nn/reuse.py): under an active
         `TokenReuse`, only the routed tokens whose input changed are computed."""
-        scores = self.scorer(x)
-        record = active_record()
-        want_pred = self.dynamic is not None or self.policy == "object" or (record is not None and record.keep_predictions)
-        predicted = self.predictor(x.detach()) if want_pred else None
-        index, valid = self.select(scores, predicted, current_padding(grid))
-        reuse = reuses_tokens(self)
-        if reuse:
+        decision = self.decide(x, grid)
+        if decision is None:
+            return x
+        if reuses_tokens(self):
             if not layers or inputs is not None:
                 raise ValueError("token reuse needs the routed block's transformer layers (layers=) and no inputs=")
-            # the gate of every token, as in the routed path below: sigmoid(score), or exactly 1 ("unit", "none")
-            out, _, computed = reuse_step(x, index, valid, layers, scores.sigmoid() if self.gate == "sigmoid" else None)
-        if record is not None:
-            record.add(
-                BlockRouting(
-                    index.detach(),
-                    valid,
-                    x.shape[1],
-                    grid,
-                    None if not record.keep_scores else scores if self.training else scores.detach(),  # rank loss
-                    None if predicted is None or not record.keep_predictions
-                    else predicted if self.training else predicted.detach(),  # the aux loss trains only in training
-                    computed if reuse else None,
-                )
-            )
-        if reuse:
+            # the gate of every token, as in the routed path: sigmoid(score), or exactly 1 ("unit", "none")
+            gate = decision.scores.sigmoid() if self.gate == "sigmoid" else None
+            out, _, computed = reuse_step(x, decision.index, decision.valid, layers, gate)
+            record = active_record()
+            if record is not None:
+                record.blocks[-1].computed = computed
             return out
-        gate = None
-        if self.gate != "none":
-            gate = scores.gather(1, index).sigmoid()
-            if self.gate == "unit":
-                gate = gate / gate.detach()
-        return route_tokens(x, index, block, gate, valid, inputs)
+        return route_tokens(x, decision.index, block, decision.gate, decision.valid, inputs)
+
+    def add_to(self, base: torch.Tensor, features: torch.Tensor, update: Callable[[torch.Tensor], torch.Tensor],
+               grid: tuple[int, int] | None = None, read: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> torch.Tensor:
+        """For a layer that changes width: `base` (B, N, C_out) plus the gated `update` of the routed tokens of
+        `features` (B, N, C_in), which the scorer reads; the other tokens output `base`. `read`, a function of the
+        (B, K) index, gives what `update` reads instead of the features' rows (their neighbourhoods, say)."""
+        decision = self.decide(features, grid)
+        if decision is None:
+            return base
+        return route_tokens(base, decision.index, update, decision.gate, decision.valid, read or features, delta=True)
+
+
+@dataclass
+class Decision:
+    """What a router decided for one forward of its block."""
+
+    index: torch.Tensor  # (B, K) tokens to process, raster order
+    valid: torch.Tensor | None  # (B, K) bool, which of them are real (dynamic mode), or None: all
+    gate: torch.Tensor | None  # (B, K) multiplier of their updates, or None: 1
+    scores: torch.Tensor  # (B, N) the scorer's scores
 
 
 class RoutedBlock(Block):
@@ -575,11 +620,14 @@ def set_dynamic(model: nn.Module, bounds: tuple[float, float] | None, threshold:
         b.dynamic, b.threshold = bounds, float(threshold)
 
 
-def set_policy(model: nn.Module, policy: str) -> None:
-    """Rank tokens by the scorer ("topk"), by the object predictor ("object") or at random ("random", the control), in
-    every routed block."""
+def set_policy(model: nn.Module, policy: str, seed: int = 0) -> None:
+    """Set how every routed block ranks its tokens (nn/policies.py): "topk", "object", "random" (one generator for the
+    model, seeded by `seed`) or "none"."""
+    source = None
+    if check_policy(policy) == "random":
+        source = torch.Generator(device=next(native_model(model).parameters()).device).manual_seed(seed)
     for b in routed_blocks(model):
-        b.policy = policy
+        b.policy, b.random_source = policy, source
 
 
 # ----------------------------------------------------------------------------------------------------------------------

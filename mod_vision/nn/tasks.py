@@ -25,7 +25,8 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 from ultralytics.utils import LOGGER, YAML
 
-from .blocks import MoDA2C2f
+from .blocks import MoDA2C2f, MoDDown, MoDNeXt, UpAdd
+from .head import RoutedDetect
 from .routing import (
     TokenRouter,
     record_routing,
@@ -40,8 +41,12 @@ from .vit import MoDViTStage, PatchEmbed
 
 # Layers named in YAMLs. A layer listed in REPEATED gets the (depth-scaled) repeat count as its third argument,
 # like Ultralytics' C2f/C3k2, instead of being repeated as an nn.Sequential.
-MOD_LAYERS = {"PatchEmbed": PatchEmbed, "MoDViTStage": MoDViTStage, "MoDA2C2f": MoDA2C2f}
-REPEATED = {MoDViTStage, MoDA2C2f}
+MOD_LAYERS = {"PatchEmbed": PatchEmbed, "MoDViTStage": MoDViTStage, "MoDA2C2f": MoDA2C2f, "MoDNeXt": MoDNeXt,
+              "MoDDown": MoDDown, "UpAdd": UpAdd, "RoutedDetect": RoutedDetect}
+REPEATED = {MoDViTStage, MoDA2C2f, MoDNeXt}
+# What Ultralytics parses in a layer's place (see the module docstring): a 1x1 Conv with the layer's channel argument,
+# unless named here. UpAdd outputs its last input's channels, as CBFuse does; RoutedDetect is parsed as Detect.
+STAND_INS = {UpAdd: "CBFuse", RoutedDetect: "Detect"}
 
 _upstream_parse_model = ul_tasks.parse_model
 
@@ -66,21 +71,30 @@ def parse_model(d: dict, ch: int, verbose: bool = True):
         return _upstream_parse_model(d, ch, verbose)
     d = copy.deepcopy(d)
     nb = len(d["backbone"])
-    for i, (_, args) in ours.items():
+    for i, (cls, args) in ours.items():
         row = d["backbone"][i] if i < nb else d["head"][i - nb]
-        row[2], row[3] = "Conv", [args[0], 1, 1]
+        stand_in = STAND_INS.get(cls, "Conv")
+        row[2], row[3] = stand_in, {"Conv": [args[0], 1, 1] if args else [], "CBFuse": [[0]], "Detect": args[:1]}[stand_in]
     model, save = _upstream_parse_model(d, ch, verbose=False)
     for i, (cls, args) in ours.items():
         stand_in = model[i]
-        repeats = len(stand_in) if isinstance(stand_in, nn.Sequential) else 1
-        conv = (stand_in[0] if repeats > 1 else stand_in).conv
-        c1, c2, rest = conv.in_channels, conv.out_channels, list(args[1:])
-        kw = rest.pop() if rest and isinstance(rest[-1], dict) else {}  # YAML `[384, 2, {gate: unit}]` keywords
-        if cls in REPEATED:
-            layer = cls(c1, c2, repeats, *rest, **kw)
+        kw = args[-1] if args and isinstance(args[-1], dict) else {}  # YAML `[384, 2, {gate: unit}]` keywords
+        if cls is UpAdd:
+            layer = UpAdd()
+        elif cls is RoutedDetect:
+            ch_in = [seq[0].conv.in_channels for seq in stand_in.cv2]
+            layer = RoutedDetect(stand_in.nc, stand_in.reg_max, False, ch_in, **kw)
         else:
-            layer = nn.Sequential(*(cls(c1 if j == 0 else c2, c2, *rest, **kw) for j in range(repeats)))
-            layer = layer[0] if repeats == 1 else layer
+            repeats = len(stand_in) if isinstance(stand_in, nn.Sequential) else 1
+            conv = (stand_in[0] if repeats > 1 else stand_in).conv
+            c1, c2, rest = conv.in_channels, conv.out_channels, list(args[1:])
+            if kw:
+                rest.pop()
+            if cls in REPEATED:
+                layer = cls(c1, c2, repeats, *rest, **kw)
+            else:
+                layer = nn.Sequential(*(cls(c1 if j == 0 else c2, c2, *rest, **kw) for j in range(repeats)))
+                layer = layer[0] if repeats == 1 else layer
         layer.i, layer.f, layer.type = stand_in.i, stand_in.f, f"{cls.__module__}.{cls.__name__}"
         layer.np = sum(p.numel() for p in layer.parameters())
         model[i] = layer
@@ -161,6 +175,8 @@ class RoutedModelMixin:
         self.max_stride = None if any(isinstance(m, PatchEmbed) for m in self.modules()) else int(self.stride.max())
         if self.yaml.get("capacities"):
             self.set_capacity(self.yaml["capacities"])
+        if self.yaml.get("dynamic_capacity"):  # the YAML's default budget at val/predict: per image
+            self.set_dynamic(self.yaml["dynamic_capacity"])
 
     def routed_blocks(self) -> list[TokenRouter]:
         return routed_blocks(self)

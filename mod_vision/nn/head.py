@@ -1,0 +1,95 @@
+"""`RoutedDetect`: Ultralytics' Detect head whose per-position work runs only on the positions its routers pick.
+
+Detect's branches are 3x3 convolutions on every position of every level, a third of a small detector's time and all of
+it spent on background too. Here the box and class branches run on the routed positions only: each routed position
+gathers its 3x3 neighbourhood (so the first layer of each branch is Detect's 3x3 convolution, computed where it is
+needed), then pointwise layers. Focus-DETR and Sparse DETR run their heavy stage on selected foreground tokens the same
+way. A position that is not routed outputs the level's learned background: a box distribution and class logits that the
+loss pulls towards "nothing here". The outputs keep Detect's layout, so Ultralytics' loss, decoding, NMS and exporters
+see a Detect head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from ultralytics.nn.modules import Conv
+from ultralytics.nn.modules.head import Detect
+
+from .blocks import pointwise
+from .routing import TokenRouter
+
+
+def tokenwise(layers: nn.Sequential, t: torch.Tensor) -> torch.Tensor:
+    """A stack of 1x1 convolutions (Ultralytics `Conv`s, then a plain `nn.Conv2d`) applied to (B, K, C) tokens."""
+    for m in layers:
+        t = pointwise(m, t) if isinstance(m, Conv) else F.linear(t, m.weight.flatten(1), m.bias)
+    return t
+
+
+def neighbourhoods(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, K, 9C): the 3x3 neighbourhood of each position `index` (B, K) of the (B, C, H, W) map, zero beyond its
+    border, in the order of a 3x3 convolution's unfolded input (channel-major, then row, then column)."""
+    b, c, h, w = x.shape
+    rows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(-1, c)  # a channels-last row table with a zero border
+    offsets = torch.tensor([dy * (w + 2) + dx for dy in range(3) for dx in range(3)], device=x.device)
+    corner = index // w * (w + 2) + index % w  # the top-left of each neighbourhood in the padded table
+    at = corner[..., None] + offsets + (torch.arange(b, device=x.device) * (h + 2) * (w + 2))[:, None, None]
+    return rows.index_select(0, at.flatten()).view(b, index.shape[1], 9, c).transpose(2, 3).reshape(b, -1, 9 * c)
+
+
+class RoutedDetect(Detect):
+    """Detect whose box and class branches run on routed positions (`capacity` in (0, 1]) or on all (None, the dense twin).
+
+    YAML: `[[15, 12, 9], 1, RoutedDetect, [nc, {capacity: 0.25}]]`, Detect's arguments then mod_vision's keywords.
+    """
+
+    def __init__(self, nc: int = 80, reg_max: int = 16, end2end: bool = False, ch: tuple[int, ...] = (),
+                 capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid"):
+        if end2end:
+            raise ValueError("RoutedDetect has no one-to-one (end2end) branch; use end2end=False")
+        super().__init__(nc, reg_max, False, ch)
+        c2, c3 = max((16, ch[0] // 4, self.reg_max * 4)), max(ch[0], min(self.nc, 100))  # Detect's widths
+        # the first layer of each branch reads a 3x3 neighbourhood: Detect's 3x3 convolution, as a linear map
+        self.cv2 = nn.ModuleList(
+            nn.Sequential(Conv(9 * x, c2, 1), Conv(c2, c2, 1), nn.Conv2d(c2, 4 * reg_max, 1)) for x in ch
+        )
+        self.cv3 = nn.ModuleList(nn.Sequential(Conv(9 * x, c3, 1), Conv(c3, c3, 1), nn.Conv2d(c3, nc, 1)) for x in ch)
+        self.routers = nn.ModuleList(
+            nn.Identity() if capacity is None else TokenRouter(x, capacity, router_hidden, gate) for x in ch
+        )
+        self.background = nn.Parameter(torch.zeros(self.nl, self.no))
+
+    def forward_head(self, x: list[torch.Tensor], box_head=None, cls_head=None) -> dict[str, torch.Tensor]:
+        if box_head is None or cls_head is None:
+            return {}
+        boxes, scores = [], []
+        for i, (feat, router) in enumerate(zip(x, self.routers)):
+            b, _, h, w = feat.shape
+
+            def branches(t, attn_mask=None, i=i):
+                return torch.cat([tokenwise(box_head[i], t), tokenwise(cls_head[i], t)], -1)
+
+            def read(index, feat=feat):
+                return neighbourhoods(feat, index)
+
+            base = self.background[i].expand(b, h * w, self.no)
+            if isinstance(router, nn.Identity):
+                out = base + branches(read(torch.arange(h * w, device=feat.device).expand(b, -1)))
+            else:
+                out = router.add_to(base, feat.flatten(2).transpose(1, 2), branches, (h, w), read)
+            out = out.transpose(1, 2)  # (B, no, N), Detect's layout
+            boxes.append(out[:, : 4 * self.reg_max])
+            scores.append(out[:, 4 * self.reg_max :])
+        return {"boxes": torch.cat(boxes, -1), "scores": torch.cat(scores, -1), "feats": x}
+
+    def bias_init(self):
+        """Detect's bias priors, and a background that starts at them: no object, Detect's class prior."""
+        super().bias_init()
+        with torch.no_grad():
+            for i, (a, b) in enumerate(zip(self.cv2, self.cv3)):
+                self.background[i, : 4 * self.reg_max] = a[-1].bias
+                self.background[i, 4 * self.reg_max :] = b[-1].bias
+                a[-1].bias.zero_()
+                b[-1].bias.zero_()
