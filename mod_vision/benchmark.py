@@ -27,7 +27,7 @@ from torch import nn
 
 from .defaults import DEFAULT_CAPACITIES
 from .flops import gflops
-from .nn.routing import routed_blocks, set_capacity
+from .nn.routing import routed_blocks, set_static
 from .nn.blocks import MoDA2C2f
 from .nn.vit import MoDViTStage
 from .report import markdown_table, write_csv
@@ -46,7 +46,7 @@ class Row:
 
     def prepare(self) -> None:
         if self.capacity is not None:
-            set_capacity(self.net, self.capacity)
+            set_static(self.net, self.capacity)  # a row times its capacity, not a per-image budget
 
 
 def backbone_of(model: nn.Module) -> nn.Sequential:

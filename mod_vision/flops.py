@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
 from .defaults import DEFAULT_CAPACITIES as CAPACITIES
-from .nn.routing import routed_blocks, set_capacity
+from .nn.routing import routed_blocks, routing_kept, set_static
 
 # torch < 2.15 has no FLOP formula for CPU flash attention, so it counted 0; the formula is flash attention's (a
 # backport of torch 2.15's registration, for the torch 2.14 that the [export] extra installs)
@@ -39,16 +39,13 @@ def gflops(model: torch.nn.Module, imgsz: int | tuple[int, int] = 640, ch: int =
 
 def capacity_table(model: torch.nn.Module, imgsz=640, capacities=CAPACITIES) -> list[tuple[float, float]]:
     """[(capacity, GFLOPs)] with every routed block set to each capacity; the model's capacities are restored."""
-    saved = [b.capacity for b in routed_blocks(model)]
-    if not saved:  # a dense model has one cost
+    if not routed_blocks(model):  # a dense model has one cost
         return []
     table = []
-    try:
+    with routing_kept(model):
         for c in capacities:
-            set_capacity(model, c)
+            set_static(model, c)
             table.append((c, gflops(model, imgsz)))
-    finally:
-        set_capacity(model, saved)
     return table
 
 
@@ -60,12 +57,11 @@ def compute_line(model: torch.nn.Module, imgsz: int | tuple[int, int]) -> str:
     size = "x".join(map(str, (imgsz, imgsz) if isinstance(imgsz, int) else imgsz))
     if not caps:
         return f"routing-aware GFLOPs at {size}: {gflops(model, imgsz):.2f} (no routed blocks)"
-    now = gflops(model, imgsz)
-    try:
-        set_capacity(model, 1.0)
+    with routing_kept(model):
+        set_static(model, caps)
+        now = gflops(model, imgsz)
+        set_static(model, 1.0)
         full = gflops(model, imgsz)
-    finally:
-        set_capacity(model, caps)
     shown = ", ".join(f"{c:g}" for c in dict.fromkeys(caps))
     return (f"routing-aware GFLOPs at {size}: {now:.2f} at capacity {shown} ({full:.2f} with every token processed); "
             f"Ultralytics' summary figure scales a small input and undercounts attention")

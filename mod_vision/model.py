@@ -160,7 +160,10 @@ class MoDYOLO(Model):
         table = capacity_table(self.model, imgsz)
         if verbose:
             caps = ", ".join(f"{c:g}" for c in routed_capacities(self.model)) or "dense: no routed blocks"
-            LOGGER.info(f"routing-aware GFLOPs at {imgsz}: {now:.2f} (capacities: {caps})")
+            routing = f"capacities: {caps}"
+            if routing_mode(self.model) == "dynamic":
+                routing = f"per-image budget {list(routed_blocks(self.model)[0].dynamic)}, on a zero image"
+            LOGGER.info(f"routing-aware GFLOPs at {imgsz}: {now:.2f} ({routing})")
             for c, g in table:
                 LOGGER.info(f"  capacity {c:<6g} {g:8.2f} GFLOPs")
         return {"summary": out, "gflops": now, "capacity_gflops": dict(table)}

@@ -110,6 +110,8 @@ class ABlockPair(TokenStage):
 class TokenMLP(nn.Module):
     """A pointwise MLP with a residual on (B, K, C) tokens (ConvNeXt's per-token half): expand, SiLU, project back."""
 
+    per_token = True  # each token's output depends on that token alone (token reuse caches only its update)
+
     def __init__(self, dim: int, mlp_ratio: float = 4.0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
@@ -138,15 +140,22 @@ class MoDNeXt(TokenStage):
 class MoDDown(nn.Module):
     """A 2x2 patch merge to the next stride whose linear map (4 * c1 -> c2, BN, SiLU) runs only on routed tokens.
 
-    Every output token gets a parameter-free base, its 2x2 mean with the channels tiled to c2, so a skipped token keeps
-    its colour; a routed token adds the gated merge. The router scores the 2x2 patch. `capacity: null` merges every
-    token (the dense twin)."""
+    Every output token gets a cheap dense base, so a skipped token still carries what its patch held: `base="depthwise"`
+    a learned depthwise 2x2 merge (each input channel to c2 / c1 output channels, 4 MACs per output channel), or
+    `base="mean"` the parameter-free 2x2 mean with the channels tiled to c2. A routed token adds the gated full merge.
+    The router scores the 2x2 patch. `capacity: null` merges every token (the dense twin)."""
 
-    def __init__(self, c1: int, c2: int, capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid"):
+    def __init__(self, c1: int, c2: int, capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid",
+                 base: str = "depthwise"):
         super().__init__()
+        if base not in ("depthwise", "mean"):
+            raise ValueError(f"MoDDown base must be 'depthwise' or 'mean', got {base!r}")
+        if base == "depthwise" and c2 % c1:
+            raise ValueError(f"MoDDown's depthwise base needs c2 ({c2}) to be a multiple of c1 ({c1}); use base='mean'")
         self.c2 = c2
         self.merge = Conv(4 * c1, c2, 1)
         self.router = None if capacity is None else TokenRouter(4 * c1, capacity, router_hidden, gate)
+        self.base = Conv(c1, c2, 2, 2, 0, g=c1, act=False) if base == "depthwise" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c, h, w = x.shape[1:]
@@ -154,8 +163,10 @@ class MoDDown(nn.Module):
             x = F.pad(x, (0, w % 2, 0, h % 2))
         gh, gw = x.shape[2] // 2, x.shape[3] // 2
         tokens = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)  # (B, N, 4C): channel 4c + 2i + j is pixel (i, j)
-        mean = tokens.unflatten(-1, (c, 4)).mean(-1)  # (B, N, C), the 2x2 mean
-        base = mean.repeat(1, 1, -(-self.c2 // c))[..., : self.c2]
+        if getattr(self, "base", None) is not None:  # checkpoints from before the depthwise base have none
+            base = self.base(x).flatten(2).transpose(1, 2)
+        else:
+            base = tokens.unflatten(-1, (c, 4)).mean(-1).repeat(1, 1, -(-self.c2 // c))[..., : self.c2]
         if self.router is None:
             out = base + pointwise(self.merge, tokens)
         else:

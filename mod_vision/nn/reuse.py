@@ -182,9 +182,10 @@ class TimmLayer:
 
 
 def attention_layer(block: nn.Module):
-    """The reuse view of one transformer block: itself when it has `qkv` and `finish` (nn/blocks.TokenABlock), a
-    `TimmLayer` for timm's Block."""
-    if hasattr(block, "qkv") and callable(getattr(block, "finish", None)):
+    """The reuse view of one transformer block: itself when it has `qkv` and `finish` (nn/blocks.TokenABlock) or when
+    it works on each token alone (`per_token`, nn/blocks.TokenMLP: nothing to cache but its update), a `TimmLayer` for
+    timm's Block."""
+    if getattr(block, "per_token", False) or (hasattr(block, "qkv") and callable(getattr(block, "finish", None))):
         return block
     if isinstance(block, Block):
         return TimmLayer(block)
@@ -260,7 +261,12 @@ def reuse_route(
         t = read
         mask = None if valid is None else valid[:, None, None, :]
         every = index.shape[1] == n and valid is None  # raster-ordered, so the index is every token in order
-        for j, layer in enumerate(layers):
+        attention = 0  # attention layers seen, each with its keys and values in the cache
+        for layer in layers:
+            if getattr(layer, "per_token", False):  # needs no other token: the computed tokens alone
+                t = layer(t, None)
+                continue
+            j, attention = attention, attention + 1
             q, k, v = layer.qkv(t)  # (B, heads, m, d)
             if j == len(cache.kv):  # token-major, so that rows are gathered and scattered contiguously
                 cache.kv.append((k.new_zeros(b, n, *k.shape[1::2]), v.new_zeros(b, n, *v.shape[1::2])))

@@ -606,6 +606,26 @@ def stage_summary(model: nn.Module) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def set_static(model: nn.Module, capacity: float | list[float] | dict[int, float]) -> list[float]:
+    """Static top-k at `capacity` (as `set_capacity`), ending dynamic mode: what a FLOP count or a timing at a given
+    capacity runs. Returns the capacities now in force."""
+    set_dynamic(model, None)
+    return set_capacity(model, capacity)
+
+
+@contextmanager
+def routing_kept(model: nn.Module) -> Iterator[None]:
+    """Restore every router's capacity, dynamic bounds, threshold and policy on exit, whatever ran inside."""
+    fields = ("capacity", "dynamic", "threshold", "policy", "random_source")
+    saved = [(r, {f: getattr(r, f) for f in fields}) for r in routed_blocks(model)]
+    try:
+        yield
+    finally:
+        for r, values in saved:
+            for f, v in values.items():
+                setattr(r, f, v)
+
+
 def set_dynamic(model: nn.Module, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
     """Switch routed blocks to dynamic per-image k (the tokens their predictors score above `threshold`, clamped to
     `bounds` capacities), or back to static top-k with `bounds=None`."""

@@ -1,0 +1,151 @@
+"""The MoDNeXt family: routed patch merges, routed MLP stages and the routed Detect head, and the routing controls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mod_vision import MoDYOLO
+from mod_vision.nn.blocks import MoDDown, MoDNeXt
+from mod_vision.nn.head import RoutedDetect
+from mod_vision.nn.reuse import TokenReuse, reusing
+from mod_vision.nn.routing import record_routing, routed_blocks, set_capacity, set_dynamic, set_policy
+from mod_vision.nn.tasks import MoDDetectionModel
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MoDDetectionModel("modnext-det-n.yaml", nc=4, verbose=False).eval()
+
+
+def same_weights(routed: torch.nn.Module, dense: torch.nn.Module) -> None:
+    state = {k: v for k, v in routed.state_dict().items() if "router" not in k}
+    dense.load_state_dict(state)
+
+
+def test_patch_merge_is_a_2x2_stride_2_merge_on_a_depthwise_base():
+    torch.manual_seed(0)
+    dense = MoDDown(8, 16, capacity=None).eval()
+    x = torch.randn(2, 8, 10, 12)
+    merged = dense.merge(F.pixel_unshuffle(x, 2))  # the 1x1 conv over the stacked 2x2 pixels
+    assert torch.allclose(dense(x), dense.base(x) + merged, atol=1e-6)
+    assert dense(torch.randn(1, 8, 9, 11)).shape == (1, 16, 5, 6)  # odd grids round up, as a strided conv
+
+
+@pytest.mark.parametrize("layer", ["down", "stage", "head"])
+def test_routed_layer_at_capacity_1_without_gate_is_its_dense_twin(layer):
+    torch.manual_seed(0)
+    if layer == "down":
+        routed, dense, x = MoDDown(8, 16, 1.0, gate="none"), MoDDown(8, 16, None), torch.randn(2, 8, 6, 8)
+    elif layer == "stage":
+        routed, dense, x = MoDNeXt(16, 16, 2, capacity=1.0, gate="none"), MoDNeXt(16, 16, 2, capacity=None), torch.randn(2, 16, 5, 7)
+    else:
+        routed, dense = RoutedDetect(4, 16, False, (16, 32), 1.0, gate="none"), RoutedDetect(4, 16, False, (16, 32), None)
+        x = [torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)]
+    same_weights(routed.eval(), dense.eval())
+    with torch.no_grad():
+        a, b = routed(x), dense(x)
+    if layer == "head":
+        a, b = a[1], b[1]  # the raw outputs (dict) beside the decoded ones
+        assert torch.allclose(a["boxes"], b["boxes"], atol=1e-5) and torch.allclose(a["scores"], b["scores"], atol=1e-5)
+    else:
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_token_no_router_picks_costs_no_merge_and_no_mlp():
+    """At capacity 1/N only one token per image is merged or run through the MLPs: every other output token is its
+    dense part alone (the depthwise base, the position term)."""
+    torch.manual_seed(0)
+    down = MoDDown(8, 16, capacity=1e-6).eval()
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad(), record_routing() as rec:
+        out = down(x)
+    picked = rec.blocks[0].index[0].item()
+    base = down.base(x).flatten(2)[0]
+    changed = (out.flatten(2)[0] != base).any(0)
+    assert changed.nonzero().flatten().tolist() == [picked]
+
+
+def test_the_head_outputs_its_background_where_nothing_is_routed():
+    torch.manual_seed(0)
+    head = RoutedDetect(4, 16, False, (16,), 0.25).eval()
+    head.stride = torch.tensor([8.0])
+    head.bias_init()
+    with torch.no_grad(), record_routing() as rec:
+        raw = head([torch.randn(1, 16, 4, 4)])[1]
+    out = torch.cat([raw["boxes"], raw["scores"]], 1)[0].T  # (N, no)
+    routed = rec.blocks[0].mask()[0]
+    assert routed.sum() == 4  # ceil(0.25 * 16)
+    assert torch.equal(out[~routed], head.background[0].expand(12, -1))
+    assert not torch.equal(out[routed], head.background[0].expand(4, -1))
+
+
+def test_routing_none_removes_every_routed_layer_and_detects_nothing(model):
+    x = torch.rand(1, 3, 96, 128)
+    set_policy(model, "none")
+    try:
+        with torch.no_grad(), record_routing() as rec:
+            y = model(x)[0]
+    finally:
+        set_policy(model, "topk")
+    assert len(rec) == len(routed_blocks(model)) == 11
+    assert float(rec.token_share()[0]) == 0.0
+    # no routed head position: every anchor of a level scores that level's background
+    head = model.model[-1]
+    per_level = y[0, 4:].split([h * w for h, w in ((12, 16), (6, 8), (3, 4))], dim=1)
+    for level, scores in enumerate(per_level):
+        assert torch.allclose(scores, head.background[level, 64:].sigmoid()[:, None].expand_as(scores))
+    with torch.no_grad():
+        assert not torch.equal(model(x)[0], y)  # routed, the same model computes something
+
+
+def test_random_policy_is_seeded(model):
+    x = torch.rand(1, 3, 96, 128)
+    set_dynamic(model, None)
+    indices = []
+    try:
+        for seed in (0, 0, 1):
+            set_policy(model, "random", seed)
+            with torch.no_grad(), record_routing() as rec:
+                model(x)
+            indices.append(torch.cat([e.index.flatten() for e in rec.blocks]))
+    finally:
+        set_policy(model, "topk")
+        set_dynamic(model, (0.02, 1.0))
+    assert torch.equal(indices[0], indices[1])
+    assert not torch.equal(indices[0], indices[2])
+
+
+def test_the_yaml_sets_a_per_image_budget_that_training_does_not_use(model):
+    assert all(r.dynamic == (0.02, 1.0) for r in routed_blocks(model))
+    x = torch.rand(2, 3, 64, 64)
+    train = MoDDetectionModel("modnext-det-n.yaml", nc=4, verbose=False).train()
+    set_capacity(train, 0.5)
+    with record_routing() as rec:
+        train(x)
+    # static top-k at the training capacity in every block, whatever the (untrained) predictors say
+    assert all(e.valid is None and e.index.shape[1] == -(-e.tokens // 2) for e in rec.blocks)
+
+
+def test_a_still_frame_reuses_every_mlp_stage(model):
+    """Token reuse on the MLP stages: a repeated frame recomputes no stage token and gives the same detections."""
+    x = torch.rand(1, 3, 96, 128)
+    stages = [r for m in model.modules() if isinstance(m, MoDNeXt) for r in [m.router]]
+    cache = TokenReuse(threshold=0.05)
+    outs = []
+    for _ in range(2):
+        cache.begin(x)
+        with torch.no_grad(), reusing(cache), record_routing() as rec:
+            outs.append(model(x)[0])
+        by_router = dict(zip(routed_blocks(model), rec.blocks))
+        computed = [int(by_router[r].processed().sum()) for r in stages]
+    assert all(c == 0 for c in computed)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_routing_none_on_a_dense_model_is_one_clear_error(tmp_path):
+    dense = MoDYOLO("modnext-det-dense-n.yaml")
+    with pytest.raises(ValueError, match=r"routing='none' needs a routed model; this one has no routed blocks"):
+        dense.predict(torch.rand(1, 3, 64, 64), routing="none", verbose=False)

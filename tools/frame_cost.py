@@ -1,0 +1,159 @@
+"""What a frame costs: forward time of a flat, a sparse and a busy frame, against YOLO11n, and where a flat frame's time goes.
+
+Each frame is letterboxed as the predictor letterboxes it and run through the model's forward at batch 1 with the
+model's default routing (a checkpoint keeps the budget it was trained with: per image for modnext-det), every frame and
+model timed round-robin in one run. Frames: `flat` (one grey), `sparse` (two small shapes on a flat field), `busy`
+(40 shapes on a photograph). YOLO11n has random weights: its forward does not depend on them.
+
+    python tools/frame_cost.py runs/.../best.pt --imgsz 640 1280 --threads 2 --runs 7 --out docs/routing_carries/frame_cost.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+
+def frames(size: tuple[int, int] = (720, 1280)) -> dict[str, np.ndarray]:
+    """BGR frames of one size: flat, sparse and busy (seeded, the sample data's shapes and textures)."""
+    from mod_vision.data.sample import _shape_polygon, _textures
+
+    h, w = size
+    rng = np.random.default_rng(0)
+    flat = np.full((h, w, 3), 96, np.uint8)
+    sparse = flat.copy()
+    busy = np.ascontiguousarray(cv2.resize(_textures()[4], (w, h)))  # a photograph
+    for img, n, radius in ((sparse, 2, 0.04), (busy, 40, 0.05)):
+        for _ in range(n):
+            r = radius * min(h, w)
+            cls, cx, cy = int(rng.integers(4)), rng.uniform(r, w - r), rng.uniform(r, h - r)
+            poly = _shape_polygon(cls, cx, cy, r, rng.uniform(0, 2 * np.pi))
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            cv2.fillPoly(img, [np.round(poly).astype(np.int32)], color, lineType=cv2.LINE_AA)
+    return {"flat": flat, "sparse": sparse, "busy": busy}
+
+
+def letterboxed(img: np.ndarray, imgsz: int, stride: int = 32) -> torch.Tensor:
+    """The (1, 3, H, W) input the predictor makes of one BGR image (Ultralytics' LetterBox, auto=False: square)."""
+    from ultralytics.data.augment import LetterBox
+
+    out = LetterBox((imgsz, imgsz), auto=False, stride=stride)(image=img)
+    return torch.from_numpy(np.ascontiguousarray(out[..., ::-1].transpose(2, 0, 1))).float().unsqueeze(0) / 255
+
+
+def parts_of(model) -> dict[str, list[torch.nn.Module]]:
+    """The modules whose time makes up what a flat frame still spends: the dense stem, the dense position (depthwise)
+    terms, the routers' scorers and predictors, the head; the rest of the forward is everything else."""
+    from mod_vision.nn.blocks import TokenStage
+    from mod_vision.nn.routing import TokenRouter
+
+    layers = list(model.model)
+    return {
+        "stem (dense, stride 4)": [m for m in layers[:2] if not any(isinstance(s, TokenRouter) for s in m.modules())],
+        "position terms (dense depthwise)": [m.pe for m in model.modules() if isinstance(m, TokenStage)],
+        "routers (scorers, predictors)": [p for r in model.modules() if isinstance(r, TokenRouter)
+                                          for p in (r.scorer, r.predictor)],  # fmt: skip
+        "head (all of it)": [layers[-1]],
+    }
+
+
+def timed(fn, runs: int) -> float:
+    start = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    return (time.perf_counter() - start) / runs
+
+
+def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str = "yolo11n.yaml") -> tuple[list, list]:
+    from ultralytics import YOLO
+
+    from mod_vision import MoDYOLO
+    from mod_vision.nn.routing import record_routing
+
+    torch.set_num_threads(threads)
+    ours = MoDYOLO(weights).model.float().eval().fuse(verbose=False)
+    peer = YOLO(yolo).model.float().eval().fuse(verbose=False)
+    rows, parts_rows = [], []
+    for size in imgsz:
+        inputs = {k: letterboxed(v, size) for k, v in frames().items()}
+        shares = {}
+        with torch.inference_mode():
+            for k, x in inputs.items():
+                with record_routing() as rec:
+                    ours(x)
+                shares[k] = float(rec.token_share()[0]) if len(rec) else None
+            for x in inputs.values():  # warm-up
+                ours(x), peer(x)
+            times = defaultdict(list)
+            for _ in range(runs):  # round-robin: every (model, frame) once per round
+                for k, x in inputs.items():
+                    times[("ours", k)].append(timed(lambda: ours(x), 1))
+                    times[("yolo", k)].append(timed(lambda: peer(x), 1))
+        ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
+        for k in inputs:
+            rows.append({"imgsz": size, "frame": k, "token share": f"{shares[k]:.3f}" if shares[k] is not None else "",
+                         "ms (ours)": f"{ms[('ours', k)]:.1f}", "ms (YOLO11n)": f"{ms[('yolo', k)]:.1f}",
+                         "vs busy (ours)": f"{ms[('ours', k)] / ms[('ours', 'busy')]:.2f}",
+                         "speed vs YOLO11n": f"{ms[('yolo', k)] / ms[('ours', k)]:.2f}x"})  # fmt: skip
+        parts_rows.append(flat_profile(ours, inputs["flat"], size, runs, ms[("ours", "flat")]))
+    return rows, parts_rows
+
+
+def flat_profile(model, x: torch.Tensor, size: int, runs: int, total_ms: float) -> dict:
+    """ms per part of a flat frame's forward (forward hooks; a part's time includes what it calls)."""
+    spent = defaultdict(float)
+    hooks = []
+    for name, modules in parts_of(model).items():
+        for m in modules:
+            def pre(mod, inp, name=name):
+                mod._frame_cost_t0 = time.perf_counter()
+
+            def post(mod, inp, out, name=name):
+                spent[name] += time.perf_counter() - mod._frame_cost_t0
+
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        with torch.inference_mode():
+            for _ in range(runs):
+                model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    row = {"imgsz": size, "flat frame, ms": f"{total_ms:.1f}"}
+    row.update({k: f"{1000 * v / runs:.1f}" for k, v in spent.items()})
+    return row
+
+
+def main(argv=None) -> Path | None:
+    from mod_vision.report import markdown_table
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("weights", help="a routed checkpoint (its default routing runs)")
+    p.add_argument("--imgsz", nargs="+", type=int, default=[640, 1280])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--out", default=None, help="write the tables to this markdown file")
+    a = p.parse_args(argv)
+    rows, parts = measure(a.weights, a.imgsz, a.threads, a.runs)
+    command = "python tools/frame_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join([f"```\n{command}\n```", "", markdown_table(rows, list(rows[0])), "",
+                      "Where a flat frame's time goes (ms; forward hooks, a part includes what it calls):", "",
+                      markdown_table(parts, list(dict.fromkeys(k for r in parts for k in r)))])  # fmt: skip
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+        return Path(a.out)
+    return None
+
+
+if __name__ == "__main__":
+    main()
