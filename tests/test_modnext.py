@@ -25,13 +25,17 @@ def same_weights(routed: torch.nn.Module, dense: torch.nn.Module) -> None:
     dense.load_state_dict(state)
 
 
-def test_patch_merge_is_a_2x2_stride_2_merge_on_a_depthwise_base():
+def test_patch_merge_is_a_2x2_stride_2_merge_on_its_base():
     torch.manual_seed(0)
-    dense = MoDDown(8, 16, capacity=None).eval()
     x = torch.randn(2, 8, 10, 12)
-    merged = dense.merge(F.pixel_unshuffle(x, 2))  # the 1x1 conv over the stacked 2x2 pixels
-    assert torch.allclose(dense(x), dense.base(x) + merged, atol=1e-6)
-    assert dense(torch.randn(1, 8, 9, 11)).shape == (1, 16, 5, 6)  # odd grids round up, as a strided conv
+    mean = MoDDown(8, 16, capacity=None).eval()
+    merged = mean.merge(F.pixel_unshuffle(x, 2))  # the 1x1 conv over the stacked 2x2 pixels
+    assert torch.allclose(mean(x), F.avg_pool2d(x, 2).repeat(1, 2, 1, 1) + merged, atol=1e-6)
+    depthwise = MoDDown(8, 16, capacity=None, base="depthwise").eval()
+    assert torch.allclose(depthwise(x), depthwise.base(x) + depthwise.merge(F.pixel_unshuffle(x, 2)), atol=1e-6)
+    assert mean(torch.randn(1, 8, 9, 11)).shape == (1, 16, 5, 6)  # odd grids round up, as a strided conv
+    with pytest.raises(ValueError, match="multiple of c1"):
+        MoDDown(8, 12, base="depthwise")
 
 
 @pytest.mark.parametrize("layer", ["down", "stage", "head"])
@@ -63,7 +67,7 @@ def test_a_token_no_router_picks_costs_no_merge_and_no_mlp():
     with torch.no_grad(), record_routing() as rec:
         out = down(x)
     picked = rec.blocks[0].index[0].item()
-    base = down.base(x).flatten(2)[0]
+    base = F.avg_pool2d(x, 2).repeat(1, 2, 1, 1).flatten(2)[0]
     changed = (out.flatten(2)[0] != base).any(0)
     assert changed.nonzero().flatten().tolist() == [picked]
 
@@ -129,20 +133,25 @@ def test_the_yaml_sets_a_per_image_budget_that_training_does_not_use(model):
     assert all(e.valid is None and e.index.shape[1] == -(-e.tokens // 2) for e in rec.blocks)
 
 
-def test_a_still_frame_reuses_every_mlp_stage(model):
-    """Token reuse on the MLP stages: a repeated frame recomputes no stage token and gives the same detections."""
+def test_token_reuse_covers_every_routed_layer(model):
+    """Under token reuse the first frame is the plain forward; a repeated frame recomputes no token in any routed layer
+    (merges, MLP stages, head) and gives the same detections; a local change recomputes some tokens, not all."""
     x = torch.rand(1, 3, 96, 128)
-    stages = [r for m in model.modules() if isinstance(m, MoDNeXt) for r in [m.router]]
+    with torch.no_grad(), record_routing() as plain_rec:
+        plain = model(x)[0]
     cache = TokenReuse(threshold=0.05)
-    outs = []
-    for _ in range(2):
-        cache.begin(x)
+    outs, shares = [], []
+    moved = x.clone()
+    moved[..., 40:56, 48:64] = 1 - moved[..., 40:56, 48:64]
+    for frame in (x, x, moved):
+        cache.begin(frame)
         with torch.no_grad(), reusing(cache), record_routing() as rec:
-            outs.append(model(x)[0])
-        by_router = dict(zip(routed_blocks(model), rec.blocks))
-        computed = [int(by_router[r].processed().sum()) for r in stages]
-    assert all(c == 0 for c in computed)
-    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+            outs.append(model(frame)[0])
+        shares.append(float(rec.token_share()[0]))
+    assert torch.allclose(outs[0], plain, atol=1e-4)
+    assert shares[0] == pytest.approx(float(plain_rec.token_share()[0]))
+    assert shares[1] == 0.0 and torch.allclose(outs[1], plain, atol=1e-4)
+    assert 0.0 < shares[2] < shares[0]
 
 
 def test_routing_none_on_a_dense_model_is_one_clear_error(tmp_path):

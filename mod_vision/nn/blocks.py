@@ -140,13 +140,14 @@ class MoDNeXt(TokenStage):
 class MoDDown(nn.Module):
     """A 2x2 patch merge to the next stride whose linear map (4 * c1 -> c2, BN, SiLU) runs only on routed tokens.
 
-    Every output token gets a cheap dense base, so a skipped token still carries what its patch held: `base="depthwise"`
-    a learned depthwise 2x2 merge (each input channel to c2 / c1 output channels, 4 MACs per output channel), or
-    `base="mean"` the parameter-free 2x2 mean with the channels tiled to c2. A routed token adds the gated full merge.
-    The router scores the 2x2 patch. `capacity: null` merges every token (the dense twin)."""
+    Every output token gets a cheap dense base, so a skipped token still carries what its patch held: `base="mean"` the
+    parameter-free 2x2 mean with the channels tiled to c2, or `base="depthwise"` a learned depthwise 2x2 merge (each
+    input channel to c2 / c1 output channels; trained on the sample data it gave lower AP, docs/routing_carries.md). A
+    routed token adds the gated full merge. The router scores the 2x2 patch. `capacity: null` merges every token (the
+    dense twin)."""
 
     def __init__(self, c1: int, c2: int, capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid",
-                 base: str = "depthwise"):
+                 base: str = "mean"):
         super().__init__()
         if base not in ("depthwise", "mean"):
             raise ValueError(f"MoDDown base must be 'depthwise' or 'mean', got {base!r}")

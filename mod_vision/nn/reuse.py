@@ -16,7 +16,7 @@ attend to every routed token, with the cached keys and values of the unchanged o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -54,6 +54,7 @@ class BlockCache:
     scratch: torch.Tensor
     out: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer, (B, N, heads, d) each
+    delta: torch.Tensor | None = None  # (B, N, C_out) the update of a layer that changes width (`reuse_delta`)
 
     @classmethod
     def empty(cls, x: torch.Tensor) -> BlockCache:
@@ -250,13 +251,8 @@ def reuse_route(
     """
     b, n, _ = x.shape
     compute = compute & routed
-    counts = compute.sum(1)
-    m = int(counts.max())
-    if m:
-        # the computed tokens of each image first, in raster order; images with fewer are padded (masked out)
-        key = torch.arange(n, device=x.device).expand(b, n) + (~compute) * n
-        rows = key.argsort(dim=1)[:, :m]
-        real = torch.arange(m, device=x.device) < counts[:, None]
+    rows, real = computed_rows(compute)
+    if rows.shape[1]:
         read = gather_rows(x, rows)
         t = read
         mask = None if valid is None else valid[:, None, None, :]
@@ -283,6 +279,49 @@ def reuse_route(
         scatter_rows(cache.ref_norm, rows, torch.linalg.vector_norm(read, dim=-1), real)
         cache.have |= compute
     return torch.addcmul(x, cache.update, routed.unsqueeze(-1).to(x.dtype), out=cache.out)
+
+
+def computed_rows(compute: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, M) the tokens to compute of each image (`compute` (B, N) bool) first, in raster order, M the most of any
+    image, and (B, M) bool which of them are real (images with fewer are padded)."""
+    b, n = compute.shape
+    counts = compute.sum(1)
+    key = torch.arange(n, device=compute.device).expand(b, n) + (~compute) * n
+    m = int(counts.max())
+    return key.argsort(dim=1)[:, :m], torch.arange(m, device=compute.device) < counts[:, None]
+
+
+def reuse_delta(
+    base: torch.Tensor,
+    features: torch.Tensor,
+    index: torch.Tensor,
+    valid: torch.Tensor | None,
+    read: Callable[[torch.Tensor], torch.Tensor],
+    update: Callable[[torch.Tensor], torch.Tensor],
+    gate: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A width-changing routed layer (a patch merge, a head: `TokenRouter.add_to`) under the active `TokenReuse`:
+    (output, routed mask, computed mask). Of the routed tokens `index` (B, K), only those whose `features` (B, N, C)
+    moved are computed (`update(read(rows))`, gated by `gate` (B, N)); the others keep their cached update. The
+    change is tested on each token's own features, which the layer reads with its neighbours (the head's 3x3)."""
+    state = active_reuse()
+    b, n, _ = features.shape
+    cache = state.next_block(features)
+    routed = index_mask(index, valid, n)
+    compute = (cache.moved(features, state.threshold, index) | ~cache.have | state.full[:, None]) & routed
+    if cache.delta is None or cache.delta.shape != base.shape:
+        cache.delta = torch.zeros_like(base)
+    rows, real = computed_rows(compute)
+    if rows.shape[1]:
+        new = update(read(rows))
+        if gate is not None:
+            new = gather_rows(gate, rows).unsqueeze(-1) * new
+        scatter_rows(cache.delta, rows, new, real)
+        own = gather_rows(features, rows)
+        scatter_rows(cache.ref, rows, own, real)
+        scatter_rows(cache.ref_norm, rows, torch.linalg.vector_norm(own, dim=-1), real)
+        cache.have |= compute
+    return torch.addcmul(base, cache.delta, routed.unsqueeze(-1).to(base.dtype)), routed, compute
 
 
 def reuse_step(

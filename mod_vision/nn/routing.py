@@ -26,7 +26,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .policies import check_policy, ranking
-from .reuse import index_mask, reuse_step, reuses_tokens
+from .reuse import gather_rows, index_mask, reuse_delta, reuse_step, reuses_tokens
 
 GATES = ("sigmoid", "unit", "none")
 
@@ -500,9 +500,7 @@ class TokenRouter(nn.Module):
             # the gate of every token, as in the routed path: sigmoid(score), or exactly 1 ("unit", "none")
             gate = decision.scores.sigmoid() if self.gate == "sigmoid" else None
             out, _, computed = reuse_step(x, decision.index, decision.valid, layers, gate)
-            record = active_record()
-            if record is not None:
-                record.blocks[-1].computed = computed
+            record_computed(computed)
             return out
         return route_tokens(x, decision.index, block, decision.gate, decision.valid, inputs)
 
@@ -515,7 +513,20 @@ class TokenRouter(nn.Module):
         decision = self.decide(features, grid)
         if decision is None:
             return base
+        if reuses_tokens(self):
+            gate = decision.scores.sigmoid() if self.gate == "sigmoid" else None
+            rows = read or (lambda index: gather_rows(features, index))
+            out, _, computed = reuse_delta(base, features, decision.index, decision.valid, rows, update, gate)
+            record_computed(computed)
+            return out
         return route_tokens(base, decision.index, update, decision.gate, decision.valid, read or features, delta=True)
+
+
+def record_computed(computed: torch.Tensor) -> None:
+    """Under token reuse: which routed tokens the block call just recorded computed on this frame."""
+    record = active_record()
+    if record is not None:
+        record.blocks[-1].computed = computed
 
 
 @dataclass
