@@ -140,6 +140,8 @@ def test_routing_quality_tool_compares_learned_and_random_at_each_capacity(det_r
     assert [r.split("|")[2].strip() for r in rows] == ["learned", "random", "learned", "random"]
     shares = [float(r.split("|")[4]) for r in rows]
     assert shares[0] == shares[1] == 1.0 and shares[2] == shares[3] < 0.5  # the control keeps k
+    (removed,) = [line for line in text.splitlines() if "none (routed compute removed)" in line]
+    assert float(removed.split("|")[4]) == 0.0  # no router processed a token
     assert out.read_text().strip() == text.strip()
 
 

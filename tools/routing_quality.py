@@ -1,7 +1,7 @@
 """Where a routed model spends its tokens, against the random-ranking control: one val per capacity and ranking.
 
-For each capacity, val with the learned ranking and with `routing="random"` (same k, the learned gate kept, tokens
-picked at random), and report COCO box AP, the token share, and per background kind (the sample data records flat and
+At the model's own budget, then for each capacity with the learned ranking and with `routing="random"` (same k, the
+learned gate kept, tokens picked at random), and with `routing="none"` (no token processed by any router), report COCO box AP, the token share, and per background kind (the sample data records flat and
 textured) the object lift, object recall and padding share, as the mean over routed blocks and the worst block.
 
 Usage:
@@ -48,20 +48,24 @@ def main(argv=None) -> str:
     if not routed_blocks(model.model):
         p.error(f"{a.weights} has no routed blocks: nothing to measure")
     rows = []
-    for capacity in a.capacities:
-        for ranking in a.rankings:
-            m = model.val(data=a.data, imgsz=a.imgsz, batch=a.batch, capacity=capacity, routing=ranking, plots=False,
-                          verbose=False, device="cpu")  # fmt: skip
-            row = {"capacity": f"{capacity:g}", "ranking": {"topk": "learned"}.get(ranking, ranking),
-                   "box AP": f"{100 * m.coco.get('metrics/coco_AP(B)', m.box.map):.2f}",
-                   "token share": f"{m.token_share:.3f}"}  # fmt: skip
-            for kind in ("flat", "textured", "all"):
-                blocks = m.routing.get(kind)
-                if blocks:
-                    row[f"lift {kind}"] = summarize(blocks, "object_lift", min)
-                    row[f"recall {kind}"] = summarize(blocks, "object_recall", min)
-            row["padding share (worst block)"] = summarize(m.routing.get("all", []), "padding_share", max)
-            rows.append(row)
+    # the model's own budget (per image for modnext-det), every capacity and ranking asked for, then the routed compute
+    # removed (routing="none": every router processes no token)
+    runs = [(None, "topk"), *((c, r) for c in a.capacities for r in a.rankings), (None, "none")]
+    for capacity, ranking in runs:
+        m = model.val(data=a.data, imgsz=a.imgsz, batch=a.batch, capacity=capacity, routing=ranking, plots=False,
+                      verbose=False, device="cpu")  # fmt: skip
+        shown = "-" if ranking == "none" else "model's own" if capacity is None else f"{capacity:g}"
+        ranked = {"topk": "learned", "none": "none (routed compute removed)"}.get(ranking, ranking)
+        row = {"capacity": shown, "ranking": ranked,
+               "box AP": f"{100 * m.coco.get('metrics/coco_AP(B)', m.box.map):.2f}",
+               "token share": f"{m.token_share:.3f}"}  # fmt: skip
+        for kind in ("flat", "textured", "all"):
+            blocks = m.routing.get(kind)
+            if blocks:
+                row[f"lift {kind}"] = summarize(blocks, "object_lift", min)
+                row[f"recall {kind}"] = summarize(blocks, "object_recall", min)
+        row["padding share (worst block)"] = summarize(m.routing.get("all", []), "padding_share", max)
+        rows.append(row)
     command = "python tools/routing_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = "\n".join([f"```\n{command}\n```", "", "lift and recall: mean over routed blocks (worst block)", "",
                       markdown_table(rows)])  # fmt: skip

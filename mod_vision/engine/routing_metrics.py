@@ -15,9 +15,8 @@ from collections import defaultdict
 
 import torch
 
-from ..nn.routing import BlockRouting, object_tokens
+from ..nn.routing import LETTERBOX_FILL, BlockRouting, object_tokens
 
-PAD_VALUE = 114 / 255  # Ultralytics' letterbox fill
 
 
 def object_cover(grid: tuple[int, int], boxes: torch.Tensor, image_index: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -40,7 +39,7 @@ def object_cover(grid: tuple[int, int], boxes: torch.Tensor, image_index: torch.
 def padding_cells(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(B, h*w) bool: cells of the grid over `image` (B, 3, H, W in [0, 1]) that are mostly letterbox padding; the part
     of a cell beyond the image (a patch embedding pads further) counts as padding too."""
-    pad = ((image - PAD_VALUE).abs() < 0.5 / 255).all(1, keepdim=True).float()
+    pad = ((image - LETTERBOX_FILL).abs() < 0.5 / 255).all(1, keepdim=True).float()
     h, w = grid
     pad = torch.nn.functional.pad(pad, (0, max(0, w * -(-image.shape[-1] // w) - image.shape[-1]),
                                         0, max(0, h * -(-image.shape[-2] // h) - image.shape[-2])), value=1.0)  # fmt: skip

@@ -28,6 +28,7 @@ from ultralytics.utils import LOGGER, YAML
 from .blocks import MoDA2C2f, MoDDown, MoDNeXt, UpAdd
 from .head import RoutedDetect
 from .routing import (
+    LETTERBOX_FILL,
     TokenRouter,
     record_routing,
     routed_blocks,
@@ -207,7 +208,7 @@ class RoutedModelMixin:
         if s and isinstance(x, torch.Tensor) and x.ndim == 4:
             ph, pw = -x.shape[-2] % s, -x.shape[-1] % s
             if ph or pw:
-                x = torch.nn.functional.pad(x, (0, pw, 0, ph), value=114 / 255)  # Ultralytics' letterbox grey
+                x = torch.nn.functional.pad(x, (0, pw, 0, ph), value=LETTERBOX_FILL)
         if not isinstance(x, torch.Tensor):
             return super().predict(x, *args, **kwargs)
         with routing_input(x):  # routers rank constant cells (padding) last
