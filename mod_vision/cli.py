@@ -126,12 +126,19 @@ def run(argv: list[str]):
         print(f"sample video written: {video} (ground truth {gt})")
         return video, gt
 
+    from .data import DatasetNotFound
     from .model import UsageError
 
     try:
         return run_model_mode(mode, args)
-    except UsageError as e:
-        raise SystemExit(f"mod-vision {mode}: {e}") from e
+    except (UsageError, DatasetNotFound) as e:
+        raise SystemExit(f"mod-vision {mode}: {one_line(e)}") from e
+
+
+def one_line(error: Exception) -> str:
+    """An error's message on one line (a dataset error carries Ultralytics' message and the data YAML's help on
+    lines of their own)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def run_model_mode(mode: str, args: dict):

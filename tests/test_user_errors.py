@@ -304,3 +304,37 @@ def test_capacity_warmup_longer_than_epochs_is_a_warning(sample_yaml, tmp_path, 
     line = f"capacity_warmup={warmup} is longer than epochs=1: training stops 33% of the way down the ramp"
     assert (line in caplog.text) is warned
     assert ("is longer than epochs" in caplog.text) is warned
+
+
+# --- val and sweep without COCO on disk say how to get it, as train does -------------------------------------------
+
+
+@pytest.fixture
+def coco_nowhere(tmp_path) -> Path:
+    """The repository's data/coco.yaml, its `path` pointing at a folder that does not exist."""
+    from mod_vision.nn.tasks import MODEL_DIR
+
+    data = tmp_path / "coco.yaml"
+    src = (MODEL_DIR.parents[1] / "data" / "coco.yaml").read_text()
+    data.write_text(src.replace("path: ../datasets/coco", f"path: {tmp_path / 'nowhere'}"))
+    return data
+
+
+@pytest.mark.parametrize("mode", ["val", "sweep", "train"])
+def test_cli_without_coco_on_disk_says_how_to_get_it_in_one_line(coco_nowhere, tmp_path, monkeypatch, mode):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run([mode, "model=modvit-det.yaml", f"data={coco_nowhere}", "imgsz=64"])
+    text = str(e.value.code)
+    assert text.startswith(f"mod-vision {mode}: Dataset '{coco_nowhere}'") and "\n" not in text
+    assert f"missing path '{tmp_path / 'nowhere'}" in text
+    assert "COCO was not found. Download train2017, val2017 and the 2017 annotations from cocodataset.org" in text
+    assert not (tmp_path / "runs").exists()  # nothing made: no run folder for a run that cannot start
+
+
+def test_val_api_without_coco_on_disk_raises_file_not_found_with_the_help(coco_nowhere):
+    from mod_vision.data import DatasetNotFound
+
+    with pytest.raises(DatasetNotFound, match=r"(?s)images not found.*COCO was not found\. Download"):
+        MoDYOLO("modvit-det.yaml").val(data=str(coco_nowhere), imgsz=64)
+    assert issubclass(DatasetNotFound, FileNotFoundError)  # what Ultralytics raises for a missing dataset

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
 from ..cfg import EXTRA_ARGS, apply_policy, split_extra_args
+from ..data import with_missing_help
 from ..nn.routing import record_routing, set_policy, token_share
 from .routing_metrics import RoutingQuality
 from .coco_eval import COCO_METRICS, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
@@ -54,6 +56,8 @@ class RoutedValidatorMixin:
         self._is_custom_json = value
 
     def __call__(self, trainer=None, model=None):
+        if trainer is None:  # a trainer's validator gets the trainer's data, checked there
+            self.check_dataset()
         try:
             with record_routing() as self.routing_record:
                 return super().__call__(trainer, model)
@@ -61,6 +65,19 @@ class RoutedValidatorMixin:
             if getattr(self, "policy_model", None) is not None:
                 set_policy(self.policy_model, "topk")
                 self.policy_model = None
+
+    def check_dataset(self) -> None:
+        """A data YAML whose images are missing raises `DatasetNotFound` with the YAML's `missing_help` (how to get
+        COCO), as the trainer does. Ultralytics' validator checks the data inline in its `__call__`, after the model
+        loads and with no method to override, so the same check runs here first; a dataset on disk passes unchanged and
+        Ultralytics' own check then runs as before."""
+        data = self.args.data
+        if self.args.task == "classify" or not str(data).endswith((".yaml", ".yml")):
+            return  # Ultralytics' other data forms (ndjson, classify folders) are converted and checked by it alone
+        try:
+            check_det_dataset(data, split=self.args.split)
+        except FileNotFoundError as e:
+            raise with_missing_help(e, data) from e
 
     def preprocess(self, batch):
         if self.routing_record is not None:
