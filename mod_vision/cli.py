@@ -153,6 +153,10 @@ def run_model_mode(mode: str, args: dict):
     if mode not in MODES:
         raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: {', '.join(MODES)}, benchmark, sample-data, sample-video, help")
     check_sizes(mode, args)
+    if args.get("cfg"):
+        from .model import find_cfg_yaml
+
+        args["cfg"] = find_cfg_yaml(args["cfg"])
     if mode in {"predict", "heatmap"} and "model" not in args:
         raise SystemExit(
             f"mod-vision {mode} needs model=, a trained checkpoint such as model=runs/detect/train/weights/best.pt "

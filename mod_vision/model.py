@@ -17,7 +17,7 @@ from .engine.results import routing_mode
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
 from .nn.routing import routed_blocks
-from .nn.tasks import MoDDetectionModel, MoDSegmentationModel, find_model_yaml, load_model_yaml
+from .nn.tasks import MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, find_model_yaml, load_model_yaml
 
 
 MAX_IMGSZ = 8192  # px per side: the largest imgsz accepted (train/val/predict/export and the CLI)
@@ -121,6 +121,8 @@ class MoDYOLO(Model):
 
     def train(self, trainer=None, **kwargs):
         check_imgsz(kwargs.get("imgsz"), "train")
+        if kwargs.get("cfg"):
+            kwargs["cfg"] = find_cfg_yaml(kwargs["cfg"])
         resume = kwargs.get("resume")
         if resume is True:
             check_resumable(self.ckpt, self.ckpt_path or self.model_name)
@@ -253,6 +255,18 @@ def check_resumable(ckpt: dict | None, name) -> None:
             f"{name} cannot be resumed: {done}, nothing to resume. Start a new training from its weights without "
             f"resume=True (model={name})"
         )
+
+
+def find_cfg_yaml(cfg: str | Path) -> str:
+    """A `cfg=` file (training defaults, e.g. cfg/recipe-routed.yaml): as given where it exists relative to the working
+    directory, else in the repository's cfg/ folder, so the name the README gives works from any directory, as model
+    YAML names do ('cfg/recipe-routed.yaml' or 'recipe-routed.yaml')."""
+    path = Path(cfg)
+    candidates = [path, MODEL_DIR.parents[1] / path, MODEL_DIR.parent / path.name]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise UsageError(f"cfg={cfg} not found; looked in {', '.join(dict.fromkeys(str(p) for p in candidates))}")
+    return str(found)
 
 
 def check_imgsz(imgsz, mode: str) -> None:

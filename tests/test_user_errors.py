@@ -338,3 +338,49 @@ def test_val_api_without_coco_on_disk_raises_file_not_found_with_the_help(coco_n
     with pytest.raises(DatasetNotFound, match=r"(?s)images not found.*COCO was not found\. Download"):
         MoDYOLO("modvit-det.yaml").val(data=str(coco_nowhere), imgsz=64)
     assert issubclass(DatasetNotFound, FileNotFoundError)  # what Ultralytics raises for a missing dataset
+
+
+# --- cfg= named as the README names it works from any working directory ----------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("cfg", ["cfg/recipe-routed.yaml", "recipe-routed.yaml"])
+def test_train_cfg_from_another_directory_is_the_repos_recipe(sample_yaml, tmp_path, monkeypatch, cfg):
+    from ultralytics.utils import YAML
+
+    from mod_vision.cfg import EXTRA_ARGS
+    from mod_vision.nn.tasks import MODEL_DIR
+
+    monkeypatch.chdir(tmp_path)
+    recipe = YAML.load(MODEL_DIR.parent / "recipe-routed.yaml")
+    assert recipe["capacity_warmup"] != EXTRA_ARGS["capacity_warmup"]  # so the recipe's value shows it was read
+    seen = {}
+
+    def stop(trainer):  # the settings the run would train with; no epoch needed
+        seen.update(warmup=trainer.args.capacity_warmup, lr_mult=trainer.args.router_lr_mult)
+        raise _Stop
+
+    model = MoDYOLO("modvit-det.yaml")
+    model.add_callback("on_pretrain_routine_start", stop)
+    with pytest.raises(_Stop):
+        model.train(cfg=cfg, data=str(sample_yaml), imgsz=64, epochs=1, device="cpu", workers=0, plots=False,
+                    project=str(tmp_path / "runs"), name="recipe")  # fmt: skip
+    assert seen == {"warmup": recipe["capacity_warmup"], "lr_mult": recipe["router_lr_mult"]}
+
+
+def test_cli_cfg_that_exists_nowhere_is_one_line_naming_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^mod-vision train: cfg=cfg/nothere\.yaml not found; looked in "
+                                         r"cfg/nothere\.yaml, \S+/cfg/nothere\.yaml$"):  # fmt: skip
+        run(["train", "model=modvit-det.yaml", "cfg=cfg/nothere.yaml", "data=x.yaml"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_cfg_from_another_directory_reaches_the_data_check(coco_nowhere, tmp_path, monkeypatch):
+    """The recipe is found (an unresolved cfg= fails first, in Ultralytics' check_yaml): the run stops at the data."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^mod-vision train: Dataset .*COCO was not found"):
+        run(["train", "model=modvit-det.yaml", "cfg=cfg/recipe-routed.yaml", f"data={coco_nowhere}"])
