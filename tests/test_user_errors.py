@@ -384,3 +384,25 @@ def test_cli_cfg_from_another_directory_reaches_the_data_check(coco_nowhere, tmp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=r"^mod-vision train: Dataset .*COCO was not found"):
         run(["train", "model=modvit-det.yaml", "cfg=cfg/recipe-routed.yaml", f"data={coco_nowhere}"])
+
+
+# --- output noise ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_training_progress_header_has_one_padded_column_per_loss(sample_yaml, tmp_path, task):
+    from mod_vision.engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
+
+    cls = MoDSegmentationTrainer if task == "segment" else MoDDetectionTrainer
+    model = "modvit-seg.yaml" if task == "segment" else "modvit-det.yaml"
+    trainer = cls(overrides=dict(model=model, data=str(sample_yaml), epochs=1, imgsz=64, project=str(tmp_path), name="h"))
+    trainer.release_run_lock()
+    losses = ("box_loss", *(("seg_loss",) if task == "segment" else ()), "cls_loss", "dfl_loss")  # Ultralytics' own
+    trainer.loss_names = (*losses, "router_aux", "router_rank")
+    header = trainer.progress_string().lstrip("\n")
+    # Ultralytics prints each value in 11 characters: the header has one 11-character column per value, each padded
+    assert len(header) == 11 * (4 + len(trainer.loss_names))
+    columns = [header[i : i + 11] for i in range(0, len(header), 11)]
+    assert all(c.startswith(" ") for c in columns), columns
+    assert [c.strip() for c in columns] == ["Epoch", "GPU_mem", *losses, "aux_loss", "rank_loss", "Instances", "Size"]
+    assert trainer.loss_names[-2:] == ("router_aux", "router_rank")  # results.csv's names are kept

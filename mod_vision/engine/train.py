@@ -89,6 +89,18 @@ class MoDDetectionTrainer(DetectionTrainer):
         except (FileNotFoundError, RuntimeError) as e:
             raise with_missing_help(e, self.args.data) from e
 
+    def progress_string(self):
+        # Ultralytics prints each column of the training progress in 11 characters ('%11s' header, '%11.4g' values,
+        # formatted inside its training loop): a name of 11 or more runs into its neighbour ('router_auxrouter_rank').
+        # The header shows the routing losses as Ultralytics names its own ('box_loss'); results.csv keeps
+        # train/router_aux and train/router_rank.
+        names = self.loss_names
+        self.loss_names = tuple(PROGRESS_NAMES.get(n, n[:10]) for n in names)
+        try:
+            return super().progress_string()
+        finally:
+            self.loss_names = names
+
     def get_validator(self):
         return self.validator_class(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
 
@@ -193,6 +205,8 @@ def training_capacity_callback(trainer) -> None:
     if hasattr(trainer, "set_training_capacity"):
         trainer.set_training_capacity()
 
+
+PROGRESS_NAMES = {"router_aux": "aux_loss", "router_rank": "rank_loss"}  # loss name -> its progress header column
 
 # Ultralytics' plot_results draws the results.csv columns whose names hold "loss" or "metric"; these say so in the copy
 # it plots, so results.png shows routing too (results.csv keeps its names).
