@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,8 +94,14 @@ def peak_memory_mb(net: nn.Module, x: torch.Tensor) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with native_stderr_silenced():  # the profiler's native library prints 'USDT: profiler_start' (and _stop) there
+        prof.start()
+    try:
         net(x)
+    finally:
+        with native_stderr_silenced():
+            prof.stop()
     deltas = sorted(
         (e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
         for e in prof.events()
@@ -103,6 +111,23 @@ def peak_memory_mb(net: nn.Module, x: torch.Tensor) -> float:
         cur += d
         peak = max(peak, cur)
     return peak / 2**20
+
+
+@contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 to /dev/null for the duration: silences what native code writes to stderr, which Python's
+    sys.stderr and logging do not reach. Kept around the profiler's start and stop only, so no warning of the
+    measured forward is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def round_robin(calls: list, runs: int, warmup: int) -> list[list[float]]:
