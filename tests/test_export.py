@@ -279,3 +279,26 @@ def test_a_routing_record_of_an_exported_model_is_refused_with_the_reason(export
     with pytest.raises(ValueError, match="exported models do not return their routing"):
         with record_routing(backend):
             pass
+
+
+def test_onnx_export_without_onnxslim_skips_simplify_with_one_warning(tmp_path, monkeypatch, capsys):
+    """Without the [export] extra's onnxslim, Ultralytics' simplify=True would try to pip-install it: the export runs
+    with simplify=False instead, and says so once."""
+    import sys
+
+    import ultralytics.engine.exporter as exporter
+
+    from mod_vision import MoDYOLO
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "onnxslim", None)  # not importable
+    asked = []
+    check = exporter.check_requirements
+    monkeypatch.setattr(exporter, "check_requirements", lambda req, *a, **k: asked.append(str(req)) or check(req, *a, **k))
+    f = MoDYOLO("modvit-det.yaml").export(format="onnx", imgsz=64)
+    assert str(f).endswith(".onnx") and (tmp_path / f).is_file()
+    assert asked and not any("onnxslim" in r for r in asked)  # never requested, so never auto-installed
+    out = capsys.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if "onnxslim" in line]
+    assert lines == ["WARNING ⚠️ onnx export: onnxslim is not installed, exporting without ONNX graph simplification "
+                     "(simplify=False); mod_vision's export extra installs it: pip install -e '.[export]'"]

@@ -164,10 +164,27 @@ class MoDExporter(Exporter):
         for b in routed_blocks(model):  # k computed in the graph (from N) only where the input shape may change
             b.export_dynamic_shapes = bool(self.args.dynamic)
         self.routed = len(routed_blocks(model))
+        self._check_simplify(fmt)
         f = super().__call__(model)
         if f and self.routed:
             self._check_export(Path(f), fmt)
         return f
+
+    def _check_simplify(self, fmt: str) -> None:
+        """Without onnxslim (mod_vision's [export] extra installs it), ONNX-based exports run with simplify=False and
+        one warning: Ultralytics' default simplify=True would otherwise try to pip-install it (AutoUpdate)."""
+        from importlib.util import find_spec
+
+        from ultralytics.engine.exporter import export_formats
+
+        formats = export_formats()
+        uses = {f: "simplify" in a for f, a in zip(formats["Argument"], formats["Arguments"])}
+        if self.args.simplify and uses.get(fmt) and find_spec("onnxslim") is None:
+            self.args.simplify = False
+            LOGGER.warning(
+                f"{fmt} export: onnxslim is not installed, exporting without ONNX graph simplification (simplify=False); "
+                f"mod_vision's export extra installs it: pip install -e '.[export]'"
+            )
 
     def run_callbacks(self, event: str):
         if event == "on_export_start":
