@@ -136,6 +136,7 @@ def test_routing_quality_tool_compares_learned_and_random_at_each_capacity(det_r
         [str(det_run / "weights" / "best.pt"), str(sample_yaml), "--imgsz", "96", "--capacities", "1.0", "0.25",
          "--out", str(out)]  # fmt: skip
     )
+    assert "box AP: COCO box AP (faster-coco-eval) x 100" in text.splitlines()  # the sample data names a COCO json
     rows = [line for line in text.splitlines() if line.startswith(("| 1 |", "| 0.25 |"))]
     assert [r.split("|")[2].strip() for r in rows] == ["learned", "random", "learned", "random"]
     shares = [float(r.split("|")[4]) for r in rows]

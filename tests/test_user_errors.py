@@ -406,3 +406,44 @@ def test_training_progress_header_has_one_padded_column_per_loss(sample_yaml, tm
     assert all(c.startswith(" ") for c in columns), columns
     assert [c.strip() for c in columns] == ["Epoch", "GPU_mem", *losses, "aux_loss", "rank_loss", "Instances", "Size"]
     assert trainer.loss_names[-2:] == ("router_aux", "router_rank")  # results.csv's names are kept
+
+
+# --- a failed COCO evaluation fails; without a COCO json the AP is Ultralytics', named so -----------------------------
+
+
+def test_a_failed_coco_evaluation_raises_instead_of_passing_as_a_warning(det_run, sample_yaml, tmp_path, monkeypatch):
+    import mod_vision.engine.val as val
+    from mod_vision.engine.coco_eval import COCOEvalError
+
+    def broken(*args, **kwargs):
+        raise ValueError("no 'annotations' list")
+
+    monkeypatch.setattr(val, "coco_evaluate", broken)
+    json_file = sample_yaml.parent / "annotations" / "instances_val.json"
+    with pytest.raises(COCOEvalError, match=rf"^COCO bbox evaluation against {json_file} failed: ValueError: no "
+                                            rf"'annotations' list\. The data YAML names this json for COCO metrics"):  # fmt: skip
+        MoDYOLO(det_run / "weights" / "best.pt").val(data=str(sample_yaml), imgsz=IMGSZ, batch=8, plots=False,
+                                                     project=str(tmp_path))  # fmt: skip
+
+
+def test_box_ap_is_cocos_with_a_coco_json_and_ultralytics_named_so_without(det_run, sample_yaml, tmp_path):
+    from ultralytics.utils import YAML
+
+    from mod_vision.engine.coco_eval import COCOEvalError, box_ap
+
+    model = MoDYOLO(det_run / "weights" / "best.pt")
+    kw = dict(imgsz=IMGSZ, batch=8, plots=False, project=str(tmp_path))
+    coco = model.val(data=str(sample_yaml), **kw)
+    assert coco.coco_json == sample_yaml.parent / "annotations" / "instances_val.json"
+    assert box_ap(coco) == (coco.coco["metrics/coco_AP(B)"], "COCO box AP (faster-coco-eval)")
+    assert box_ap(coco, "AP50") == (coco.coco["metrics/coco_AP50(B)"], "COCO box AP50 (faster-coco-eval)")
+    coco.coco.clear()  # as a COCO evaluation that did not run would leave it
+    with pytest.raises(COCOEvalError, match="has no metrics/coco_AP\\(B\\): its COCO evaluation did not run"):
+        box_ap(coco)
+
+    plain = tmp_path / "no_coco.yaml"
+    YAML.save(plain, {k: v for k, v in YAML.load(sample_yaml).items() if k not in {"coco_json", "yaml_file"}})
+    m = model.val(data=str(plain), **kw)
+    assert m.coco_json is None and m.coco == {}
+    assert box_ap(m) == (float(m.box.map), "Ultralytics box mAP50-95")
+    assert box_ap(m, "AP50") == (float(m.box.map50), "Ultralytics box mAP50")

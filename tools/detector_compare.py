@@ -84,18 +84,20 @@ def evaluate(weights: Path, args, splits: dict[str, str]) -> dict:
     """Box AP (and mask AP for a segment model) on the val split, and box AP on each background kind's val list of
     `splits` (`background_splits`)."""
     from mod_vision import MoDYOLO
+    from mod_vision.engine.coco_eval import box_ap
 
     model = MoDYOLO(str(weights))
 
-    def box_ap(data):
-        m = model.val(data=data, imgsz=args.imgsz, batch=args.batch, plots=False, device="cpu", verbose=False)
-        return m, m.coco.get("metrics/coco_AP(B)", float(m.box.map))
+    def val(data):
+        return model.val(data=data, imgsz=args.imgsz, batch=args.batch, plots=False, device="cpu", verbose=False)
 
-    m, ap = box_ap(args.data)
-    out = {"box_AP": ap, "box_AP50": m.coco.get("metrics/coco_AP50(B)", float(m.box.map50)), "token_share": m.token_share}
+    m = val(args.data)
+    # COCO's AP where the data names a COCO json (a failed COCO evaluation raises), else Ultralytics' mAP, named
+    (ap, metric), (ap50, _) = box_ap(m), box_ap(m, "AP50")
+    out = {"box_AP": ap, "box_AP50": ap50, "box_AP_metric": metric, "token_share": m.token_share}
     if "metrics/coco_AP(M)" in m.coco:  # a segment model: its masks are scored against the same json
         out["mask_AP"] = m.coco["metrics/coco_AP(M)"]
-    return {**out, **{f"box_AP_{kind}": box_ap(path)[1] for kind, path in splits.items()}}
+    return {**out, **{f"box_AP_{kind}": box_ap(val(path))[0] for kind, path in splits.items()}}
 
 
 def latency(arms: list[str], imgsz: int, threads: int, runs: int) -> dict[str, float]:
@@ -111,6 +113,12 @@ def latency(arms: list[str], imgsz: int, threads: int, runs: int) -> dict[str, f
     with torch.inference_mode():
         times = round_robin([(None, lambda n=n: n(x)) for n in nets], runs=runs, warmup=3)
     return {a: 1000 * statistics.median(t) for a, t in zip(arms, times)}
+
+
+def ap_metric(results: list[dict]) -> str:
+    """The metric the box AP columns hold, as the evaluations recorded it (COCO's, or Ultralytics' mAP without a COCO
+    json). Results saved before it was recorded say so: then a failed COCO evaluation fell back to Ultralytics' mAP."""
+    return " / ".join(sorted({r.get("box_AP_metric", "box AP (metric not recorded)") for r in results})) or "-"
 
 
 def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Path:
@@ -136,7 +144,7 @@ def report(results: list[dict], lat: dict, run: Path, args, command: str) -> Pat
         rows.append(row)
     text = [f"# {args.name}", "", "```", command, "```", "",
             f"data `{args.data}`, {args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, extra (mod arms) "
-            f"{args.extra or '-'}; box AP: COCO mAP50-95 x 100 on the data's val split (faster-coco-eval); latency: "
+            f"{args.extra or '-'}; box AP: {ap_metric(results)} x 100 on the data's val split; latency: "
             f"batch 1, {args.threads} CPU threads, median of {args.runs} round-robin runs, random weights.", "",
             markdown_table(rows, list(dict.fromkeys(k for r in rows for k in r)))]  # fmt: skip
     path = run / "results.md"

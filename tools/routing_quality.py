@@ -42,12 +42,13 @@ def main(argv=None) -> str:
     a = p.parse_args(argv)
 
     from mod_vision import MoDYOLO
+    from mod_vision.engine.coco_eval import box_ap  # COCO's AP, or Ultralytics' mAP named so; a failed COCO eval raises
     from mod_vision.nn import routed_blocks
 
     model = MoDYOLO(a.weights)
     if not routed_blocks(model.model):
         p.error(f"{a.weights} has no routed blocks: nothing to measure")
-    rows = []
+    rows, metrics = [], set()
     # the model's own budget (per image for modnext-det), every capacity and ranking asked for, then the routed compute
     # removed (routing="none": every router processes no token)
     runs = [(None, "topk"), *((c, r) for c in a.capacities for r in a.rankings), (None, "none")]
@@ -57,7 +58,7 @@ def main(argv=None) -> str:
         shown = "-" if ranking == "none" else "model's own" if capacity is None else f"{capacity:g}"
         ranked = {"topk": "learned", "none": "none (routed compute removed)"}.get(ranking, ranking)
         row = {"capacity": shown, "ranking": ranked,
-               "box AP": f"{100 * m.coco.get('metrics/coco_AP(B)', m.box.map):.2f}",
+               "box AP": f"{100 * box_ap(m)[0]:.2f}",
                "token share": f"{m.token_share:.3f}"}  # fmt: skip
         for kind in ("flat", "textured", "all"):
             blocks = m.routing.get(kind)
@@ -66,8 +67,10 @@ def main(argv=None) -> str:
                 row[f"recall {kind}"] = summarize(blocks, "object_recall", min)
         row["padding share (worst block)"] = summarize(m.routing.get("all", []), "padding_share", max)
         rows.append(row)
+        metrics.add(box_ap(m)[1])
     command = "python tools/routing_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = "\n".join([f"```\n{command}\n```", "", "lift and recall: mean over routed blocks (worst block)", "",
+    text = "\n".join([f"```\n{command}\n```", "", f"box AP: {' / '.join(sorted(metrics))} x 100",
+                      "lift and recall: mean over routed blocks (worst block)", "",
                       markdown_table(rows)])  # fmt: skip
     print(text)
     if a.out:

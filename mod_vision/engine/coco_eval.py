@@ -35,6 +35,28 @@ def coco_evaluate(anno: str | Path | dict, predictions: list[dict], iou_type: st
     return {k: float(ev.stats_as_dict[v]) for k, v in COCO_METRICS.items()}
 
 
+class COCOEvalError(RuntimeError):
+    """COCO evaluation against the json a data YAML names failed: the run has no COCO metrics to report."""
+
+
+# what a validation without a COCO json reports instead: Ultralytics' box mAP (its own matcher and interpolation),
+# named as such wherever it is shown
+ULTRALYTICS_BOX_AP = {"AP": ("map", "Ultralytics box mAP50-95"), "AP50": ("map50", "Ultralytics box mAP50")}
+
+
+def box_ap(metrics, which: str = "AP") -> tuple[float, str]:
+    """(value, name of the metric) of a validation's box AP ('AP' or 'AP50'): COCO's, from faster-coco-eval, when the
+    data named a COCO json; else Ultralytics' mAP, named so, never under COCO's name. A validation against a COCO json
+    without COCO metrics raises instead of falling back."""
+    if getattr(metrics, "coco_json", None):
+        key = f"metrics/coco_{which}(B)"
+        if key not in metrics.coco:
+            raise COCOEvalError(f"the validation against {metrics.coco_json} has no {key}: its COCO evaluation did not run")
+        return float(metrics.coco[key]), f"COCO box {which} (faster-coco-eval)"
+    attr, name = ULTRALYTICS_BOX_AP[which]
+    return float(getattr(metrics.box, attr)), name
+
+
 def coco_json_for(data: dict, split: str) -> Path | None:
     """The COCO annotation json a data YAML names for a split (`coco_json: {val: ...}`), resolved against its path.
 

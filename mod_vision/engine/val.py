@@ -14,7 +14,7 @@ from ..cfg import EXTRA_ARGS, apply_policy, split_extra_args
 from ..data import with_missing_help
 from ..nn.routing import record_routing, set_policy, token_share
 from .routing_metrics import RoutingQuality
-from .coco_eval import COCO_METRICS, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
+from .coco_eval import COCO_METRICS, COCOEvalError, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
 from .export import apply_or_check_routing, exported_token_share
 from .results import DYNAMIC, STATIC, capacities_that_ran, routing_mode
 
@@ -23,7 +23,8 @@ class RoutedValidatorMixin:
     """COCO AP/AP50/AP75/APs/APm/APl against the json annotations, plus `routing/token_share` in the stats.
 
     `model.val()` returns Ultralytics' metrics object with more attributes: `coco` ({'metrics/coco_AP(B)': ...}, masks
-    as (M)), `token_share` (mean share of routed-block tokens processed; None for dense models), `capacity_mode`
+    as (M); a failed COCO evaluation raises COCOEvalError), `coco_json` (the json scored against, None without
+    one: then `coco` is empty and `coco_eval.box_ap` gives Ultralytics' mAP, named so), `token_share` (mean share of routed-block tokens processed; None for dense models), `capacity_mode`
     ("static" or "dynamic"; None for dense models) and `capacity` (per routed block, the capacity that ran: the set one
     in static mode, the mean measured share over the images in dynamic mode). An exported model's share is exact, from
     the capacities in its metadata (static top-k), and asking it for another capacity raises, as predict does.
@@ -94,6 +95,7 @@ class RoutedValidatorMixin:
         self.metrics.capacity_mode = STATIC if self.exported else routing_mode(model)
         self.metrics.capacity = self.exported["capacity"] if self.exported else capacities_that_ran(model, [], 1)[0]
         self.metrics.coco, self.metrics.token_share, self.metrics.routing = {}, None, {}
+        self.metrics.coco_json = self.anno_json  # None: no COCO metrics asked for (coco_eval.box_ap says which AP ran)
         self.routing_quality = RoutingQuality()
         self.backgrounds = {}  # image file name -> background kind, where the COCO json records one (sample data)
         if not self.exported:
@@ -176,9 +178,14 @@ class RoutedValidatorMixin:
         for iou_type, suffix in self.iou_types.items():
             try:  # the full COCO table once, at the final validation; each epoch's line below is enough in training
                 coco = coco_evaluate(self.anno_json, self.jdict, iou_type, img_ids=ids, verbose=not self.training)
-            except Exception as e:  # a metric failure must not lose the Ultralytics metrics already computed
-                LOGGER.warning(f"COCO {iou_type} evaluation against {self.anno_json} failed: {e}")
-                continue
+            except Exception as e:
+                # the data asks for COCO metrics: a run without them must not pass as one with them (tools would
+                # report Ultralytics' mAP where COCO AP was asked for)
+                raise COCOEvalError(
+                    f"COCO {iou_type} evaluation against {self.anno_json} failed: {type(e).__name__}: {e}. The data "
+                    f"YAML names this json for COCO metrics: fix the json, or remove its coco_json entry to validate "
+                    f"with Ultralytics' mAP only"
+                ) from e
             coco = {f"metrics/coco_{k}({suffix})": v for k, v in coco.items()}
             stats.update(coco)
             self.metrics.coco.update(coco)  # Model.val() returns self.metrics, not the stats dict
