@@ -19,7 +19,10 @@ from tests.conftest import IMGSZ
 pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 
 BOX_ATOL, BOX_RTOL, RAW_ATOL = 1e-2, 1e-3, 5e-3
-MATCH_CONF = 0.05
+# The session's tiny models are barely trained (2 epochs on 24 images): the detect model's most confident boxes score
+# about 0.003. Detections above MATCH_CONF are compared, predicted from PREDICT_CONF, so that a partner scoring a little
+# lower in the other runtime is still there.
+MATCH_CONF, PREDICT_CONF = 0.002, 0.001
 RUNTIME_FORMATS = ["onnx", "openvino", "torchscript", "litert"]
 # task -> its session run: the MoD-ViT detector and segmenter, and the multi-stride hybrid (a detector)
 RUNS = {"detect": lambda d, s, h: d, "segment": lambda d, s, h: s, "hybrid": lambda d, s, h: h}
@@ -110,7 +113,9 @@ def box_iou(a, b):
 
 
 def assert_same_detections(ref, out, masks: bool):
-    """Every confident detection of one result has a same-class partner in the other (boxes and masks overlap)."""
+    """Every confident detection of one result has a same-class partner in the other (boxes and masks overlap), and
+    there are confident detections to compare (an image without any in either runtime proves nothing alone)."""
+    assert sum(int((r.boxes.conf > MATCH_CONF).sum()) for r in ref) > 0, "no detection above MATCH_CONF to compare"
     for r, o in zip(ref, out):
         for a, b in ((r, o), (o, r)):
             keep = a.boxes.conf > MATCH_CONF
@@ -150,7 +155,7 @@ def test_runtime_matches_pytorch(export, det_run, seg_run, hybrid_run, images, s
         assert_raw_close(b, a, protos=i == 1)
 
     # final detections (and masks) after NMS, through mod_vision's predictor
-    kw = dict(imgsz=IMGSZ, conf=0.01, verbose=False)
+    kw = dict(imgsz=IMGSZ, conf=PREDICT_CONF, verbose=False)
     kind = "segment" if task == "segment" else "detect"
     ref, out = MoDYOLO(pt).predict(images, **kw), MoDYOLO(f, task=kind).predict(images, **kw)
     assert_same_detections(ref, out, masks=task == "segment")
