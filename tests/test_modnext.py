@@ -158,3 +158,13 @@ def test_routing_none_on_a_dense_model_is_one_clear_error(tmp_path):
     dense = MoDYOLO("modnext-det-dense-n.yaml")
     with pytest.raises(ValueError, match=r"routing='none' needs a routed model; this one has no routed blocks"):
         dense.predict(torch.rand(1, 3, 64, 64), routing="none", verbose=False)
+
+
+def test_the_object_predictor_reads_each_token_with_its_image_mean():
+    from mod_vision.nn.routing import ObjectPredictor, Scorer
+
+    torch.manual_seed(0)
+    predictor = ObjectPredictor(32, 16)
+    x = torch.randn(2, 50, 32)
+    joined = torch.cat([x, x.mean(1, keepdim=True).expand_as(x)], -1)  # the definition: [token, image mean]
+    assert torch.allclose(predictor(x), Scorer.forward(predictor, joined), atol=1e-6)

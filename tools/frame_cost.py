@@ -108,10 +108,13 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
 
 
 def flat_profile(model, x: torch.Tensor, size: int, runs: int, total_ms: float) -> dict:
-    """ms per part of a flat frame's forward (forward hooks; a part's time includes what it calls)."""
+    """ms per part of a flat frame's forward (forward hooks; a part's time includes what it calls), and per top-level
+    layer (`L<i> <type>`)."""
     spent = defaultdict(float)
     hooks = []
-    for name, modules in parts_of(model).items():
+    parts = parts_of(model)
+    parts.update({f"L{m.i} {type(m).__name__}": [m] for m in model.model})
+    for name, modules in parts.items():
         for m in modules:
             def pre(mod, inp, name=name):
                 mod._frame_cost_t0 = time.perf_counter()
@@ -144,9 +147,13 @@ def main(argv=None) -> Path | None:
     a = p.parse_args(argv)
     rows, parts = measure(a.weights, a.imgsz, a.threads, a.runs)
     command = "python tools/frame_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    by_part = [{k: v for k, v in r.items() if not k.startswith("L")} for r in parts]
+    by_layer = [{k: v for k, v in r.items() if k == "imgsz" or k.startswith("L")} for r in parts]
     text = "\n".join([f"```\n{command}\n```", "", markdown_table(rows, list(rows[0])), "",
                       "Where a flat frame's time goes (ms; forward hooks, a part includes what it calls):", "",
-                      markdown_table(parts, list(dict.fromkeys(k for r in parts for k in r)))])  # fmt: skip
+                      markdown_table(by_part, list(dict.fromkeys(k for r in by_part for k in r))), "",
+                      "The same, per top-level layer (L<index> <type>):", "",
+                      markdown_table(by_layer, list(dict.fromkeys(k for r in by_layer for k in r)))])  # fmt: skip
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import torch
 
 import mod_vision  # noqa: F401  (registers the layers)
 from mod_vision.flops import gflops
+from mod_vision.nn.routing import set_static
 from mod_vision.nn.tasks import MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, load_model_yaml
 from mod_vision.report import markdown_table
 
@@ -25,6 +26,8 @@ def row(name: str, scale: str, imgsz: int) -> dict:
     cls = MoDSegmentationModel if "-seg" in name else MoDDetectionModel
     model = cls(d, verbose=False).eval()
     caps = model.capacities()
+    if caps:  # the YAML's capacities as static top-k: a per-image budget has no fixed cost
+        set_static(model, caps)
     return {
         "model": name.replace(".yaml", f"-{scale}" if scale else ""),
         "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,

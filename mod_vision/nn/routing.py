@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -351,7 +352,15 @@ class ObjectPredictor(Scorer):
         super().__init__(2 * dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(torch.cat([x, x.mean(1, keepdim=True).expand_as(x)], -1))
+        # the first layer on [token, mean] is split in two, so the mean's half runs once per image and no (B, N, 2C)
+        # copy is made: this runs on every token of every routed layer in dynamic mode
+        first, *rest = self.net
+        dim = x.shape[-1]
+        w = first.weight
+        h = F.linear(x, w[:, :dim]) + F.linear(x.mean(1, keepdim=True), w[:, dim:], first.bias)
+        for m in rest:
+            h = m(h)
+        return h.squeeze(-1)
 
 
 class TokenRouter(nn.Module):
