@@ -168,3 +168,17 @@ def test_the_object_predictor_reads_each_token_with_its_image_mean():
     x = torch.randn(2, 50, 32)
     joined = torch.cat([x, x.mean(1, keepdim=True).expand_as(x)], -1)  # the definition: [token, image mean]
     assert torch.allclose(predictor(x), Scorer.forward(predictor, joined), atol=1e-6)
+
+
+def test_frame_cost_tool_times_three_frames_against_yolo11n_and_profiles_the_flat_one(tmp_path):
+    from tests.test_dynamic_tools import _tool
+
+    out = tmp_path / "cost.md"
+    _tool("frame_cost").main(["modnext-det-n.yaml", "--imgsz", "64", "--runs", "1", "--out", str(out)])
+    text = out.read_text()
+    rows = {line.split("|")[2].strip(): line.split("|") for line in text.splitlines() if line.startswith("| 64 |")}
+    assert {"flat", "sparse", "busy"} <= set(rows)
+    # a flat frame is all constant cells: its routers take the per-image budget's minimum, never more than a busy frame
+    assert float(rows["flat"][3]) <= float(rows["busy"][3])
+    assert float(rows["busy"][6]) == pytest.approx(1.0)  # the busy frame is its own reference
+    assert "routers (scorers, predictors)" in text and "L14 RoutedDetect" in text
