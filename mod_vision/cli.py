@@ -71,9 +71,31 @@ def parse_args(argv: list[str]) -> dict:
     return out
 
 
+TRACEBACK_ENV = "MOD_VISION_TRACEBACK"  # set to 1 for the full traceback of a user error instead of its one line
+USER_ERROR = 2  # the exit code of a request that cannot be carried out as given (argparse's, and `yolo`'s)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point; returns None so that the console script exits 0."""
-    run(sys.argv[1:] if argv is None else argv)
+    """Console entry point: exit 0 on success; a user error (a bad argument, a file or data set not there, a source
+    that cannot be reached) prints one line, `mod-vision MODE: what was wrong and what is valid`, and exits 2. The full
+    traceback is shown only with MOD_VISION_TRACEBACK=1."""
+    import traceback
+
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # an exit status, not a refusal
+            raise
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            traceback.print_exception(e)
+        print(e.code, file=sys.stderr)
+        raise SystemExit(USER_ERROR) from None
+    except (ValueError, TypeError, FileNotFoundError, ConnectionError, SyntaxError, OSError) as e:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        mode = next(iter(sys.argv[1:] if argv is None else argv), "")
+        print(f"mod-vision {mode}: {one_line(e)} (MOD_VISION_TRACEBACK=1 shows where)", file=sys.stderr)
+        raise SystemExit(USER_ERROR) from None
 
 
 def check_sizes(mode: str, args: dict) -> None:
@@ -108,6 +130,7 @@ def run(argv: list[str]):
     if mode == "sample-data":
         from .data import make_sample_data
 
+        check_keys(mode, args, make_sample_data)
         try:
             path = make_sample_data(**args)
         except (FileExistsError, ValueError) as e:
@@ -117,7 +140,8 @@ def run(argv: list[str]):
     if mode == "sample-video":
         from .data import make_sample_video
 
-        if "size" in args:
+        check_keys(mode, args, make_sample_video)
+        if isinstance(args.get("size"), list):
             args["size"] = tuple(args["size"])
         try:
             video, gt = make_sample_video(args.pop("path", "clip.mp4"), **args)
@@ -135,6 +159,40 @@ def run(argv: list[str]):
         raise SystemExit(f"mod-vision {mode}: {one_line(e)}") from e
 
 
+def check_keys(mode: str, args: dict, fn=None) -> None:
+    """Refuse, in one line, a key that the mode does not take: a generator's parameters (`fn`), or Ultralytics' and
+    mod_vision's arguments (Ultralytics would print its whole help and a traceback for it)."""
+    import difflib
+    import inspect
+
+    if fn is not None:
+        valid = set(inspect.signature(fn).parameters)
+    else:
+        from ultralytics.utils import DEFAULT_CFG_DICT
+
+        from .cfg import EXTRA_ARGS
+
+        valid = set(DEFAULT_CFG_DICT) | set(EXTRA_ARGS) | {"model", "data", "cfg", "capacities"}
+    for key in args:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=3)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            where = f"{fn.__name__}'s parameters: {', '.join(sorted(valid))}" if fn is not None else (
+                "Ultralytics' arguments (https://docs.ultralytics.com/usage/cfg/) and mod_vision's (mod-vision help)")
+            raise SystemExit(f"mod-vision {mode}: unknown argument '{key}'{hint}. Valid: {where}")
+
+
+def check_model_file(mode: str, args: dict) -> None:
+    """A model= that names a file (not a YAML name that cfg/models/ resolves) must exist: Ultralytics would try to
+    download it, with warnings, and then fail."""
+    from pathlib import Path
+
+    model = args.get("model")
+    if isinstance(model, str) and Path(model).suffix not in {"", ".yaml", ".yml"} and not Path(model).exists():
+        raise SystemExit(f"mod-vision {mode}: model file '{model}' not found (give a trained checkpoint such as "
+                         f"runs/detect/train/weights/best.pt, an exported model, or a model YAML)")
+
+
 def one_line(error: Exception) -> str:
     """An error's message on one line (a dataset error carries Ultralytics' message and the data YAML's help on
     lines of their own)."""
@@ -149,10 +207,19 @@ def run_model_mode(mode: str, args: dict):
     if mode == "benchmark":
         from .benchmark import benchmark
 
+        check_keys(mode, args, benchmark)
+        for key in ("imgsz", "batch", "runs", "warmup"):  # one value or a list of them, each a positive integer
+            values = args.get(key, 1)
+            values = values if isinstance(values, (list, tuple)) else [values]
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+                raise SystemExit(f"mod-vision benchmark: {key} must be a positive integer or a list of them, "
+                                 f"got {key}={args[key]!r}")
         return benchmark(**args)
     if mode not in MODES:
         raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: {', '.join(MODES)}, benchmark, sample-data, sample-video, help")
+    check_keys(mode, args)
     check_sizes(mode, args)
+    check_model_file(mode, args)
     if args.get("cfg"):
         from .model import find_cfg_yaml
 

@@ -55,11 +55,11 @@ def test_sample_data_root_that_is_a_file_is_refused_and_the_file_kept(tmp_path):
     assert file.read_text() == "a,b\n"
 
 
-def test_sample_data_cli_refusal_is_one_line_with_exit_code_1(tmp_path):
+def test_sample_data_cli_refusal_is_one_line_with_exit_code_2(tmp_path):
     folder = someones_folder(tmp_path / "mine")
     p = subprocess.run([sys.executable, "-m", "mod_vision.cli", "sample-data", f"root={folder}"], capture_output=True,
                        text=True, timeout=300)  # fmt: skip
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
         f"mod-vision sample-data: sample data root {folder} exists and was not written by the sample-data generator "
         f"(no {MARKER} in it): it is not deleted; give a new or empty folder as root="
@@ -447,3 +447,38 @@ def test_box_ap_is_cocos_with_a_coco_json_and_ultralytics_named_so_without(det_r
     assert m.coco_json is None and m.coco == {}
     assert box_ap(m) == (float(m.box.map), "Ultralytics box mAP50-95")
     assert box_ap(m, "AP50") == (float(m.box.map50), "Ultralytics box mAP50")
+
+
+# --- every CLI user error is one line, exit code 2 ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["train", "foo=bar"], r"^mod-vision train: unknown argument 'foo'\. Valid: Ultralytics' arguments"),
+        (["train", "epoch=3"], r"^mod-vision train: unknown argument 'epoch' \(did you mean epochs"),
+        (["val", "model=nothere.pt", "data=x.yaml"], r"^mod-vision val: model file 'nothere\.pt' not found"),
+        (["benchmark", "imgsz=abc"], r"^mod-vision benchmark: imgsz must be a positive integer or a list of them"),
+        (["sample-data", "n_train=abc", "root={tmp}/s"], r"^mod-vision sample-data: n_train must be an integer >= 1"),
+        (["sample-data", "n_train=-5", "root={tmp}/s"], r"^mod-vision sample-data: n_train must be an integer >= 1"),
+        (["sample-video", "frames=0", "path={tmp}/v.mp4"], r"^mod-vision sample-video: frames must be an integer >= 1"),
+        (["sample-video", "size=[0,0]", "path={tmp}/v.mp4"], r"^mod-vision sample-video: size must be \[width, height\]"),
+        (["sample-video", "colour=red", "path={tmp}/v.mp4"], r"^mod-vision sample-video: unknown argument 'colour'"),
+    ],
+)
+def test_cli_user_errors_are_one_line_with_exit_code_2_and_write_nothing(args, line, tmp_path):
+    import re
+
+    p = subprocess.run([sys.executable, "-m", "mod_vision.cli", *(a.format(tmp=tmp_path) for a in args)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(line, lines[0]), lines
+    assert sorted(f.name for f in tmp_path.iterdir()) == []  # no run folder, no data, no video
+
+
+def test_cli_user_error_traceback_on_request(tmp_path):
+    env = {**__import__("os").environ, "MOD_VISION_TRACEBACK": "1"}
+    p = subprocess.run([sys.executable, "-m", "mod_vision.cli", "sample-video", "frames=0", f"path={tmp_path}/v.mp4"],
+                       capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert p.returncode != 0 and "Traceback (most recent call last)" in p.stderr

@@ -178,6 +178,9 @@ def make_sample_data(
     An existing `root` is replaced only when the generator wrote it (see `check_sample_root`); otherwise a
     FileExistsError names it and nothing is touched.
     """
+    for key, value in (("n_train", n_train), ("n_val", n_val)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an integer >= 1 (images to write), got {key}={value!r}")
     from ultralytics.data.converter import convert_coco
     from ultralytics.utils import LOGGER
 

@@ -81,6 +81,11 @@ def make_sample_video(
         noise: standard deviation of Gaussian sensor noise on 8-bit pixels, new on every frame (0: none).
         scene_cut: the frame from which a new background and new shapes are shown (None: one scene).
     """
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames must be an integer >= 1, got frames={frames!r}")
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in size)):
+        raise ValueError(f"size must be [width, height] in pixels, each an integer >= 16, got size={size!r}")
     path, (w, h) = Path(path), size
     if not 1 <= objects <= 6:
         raise ValueError(f"objects must be 1-6 moving shapes, got {objects}")
