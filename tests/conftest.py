@@ -63,3 +63,17 @@ def video(tmp_path_factory, sample_yaml) -> Path:
     writer.release()
     assert path.stat().st_size > 0
     return path
+
+
+def images_with_broken_files(sample_yaml: Path, folder: Path, broken: tuple[str, ...]) -> list[str]:
+    """Fill `folder` with two sample val images and, for each name in `broken`, a file that is no image or video;
+    return the images' names, sorted."""
+    import shutil
+
+    folder.mkdir()
+    images = sorted((sample_yaml.parent / "images" / "val").glob("*.jpg"))[:2]
+    for f in images:
+        shutil.copy(f, folder / f.name)
+    for name in broken:
+        (folder / name).write_bytes(b"not a video or an image")
+    return sorted(f.name for f in images)

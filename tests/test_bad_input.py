@@ -79,14 +79,10 @@ def test_cli_help_lists_modes_and_capacity(capsys):
 
 
 def test_a_broken_video_in_a_folder_of_images_is_skipped_and_the_images_predicted(det_run, sample_yaml, tmp_path, caplog):
-    import shutil
+    from .conftest import images_with_broken_files
 
     folder = tmp_path / "mixed"
-    folder.mkdir()
-    images = sorted((sample_yaml.parent / "images" / "val").glob("*.jpg"))[:2]
-    for f in images:
-        shutil.copy(f, folder / f.name)
-    (folder / "broken.mp4").write_bytes(b"not a video")
+    images = images_with_broken_files(sample_yaml, folder, ("broken.mp4",))
     results = MoDYOLO(det_run / "weights" / "best.pt").predict(str(folder), imgsz=96, verbose=False)
-    assert sorted(Path(r.path).name for r in results) == sorted(f.name for f in images)
+    assert sorted(Path(r.path).name for r in results) == images
     assert "broken.mp4" in caplog.text and "cannot read it as a video" in caplog.text

@@ -17,7 +17,7 @@ from mod_vision.data.sample import MARKER
 from mod_vision.model import MAX_IMGSZ, UsageError
 from mod_vision.nn.routing import routed_blocks
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, images_with_broken_files
 from .test_budget import DYNAMIC, IMAGE, share
 
 TINY = dict(n_train=2, n_val=2, seed=0, size=(64, 64))
@@ -151,13 +151,7 @@ def test_resume_of_a_yaml_is_refused(tmp_path, monkeypatch):
 def unreadable_folder(sample_yaml, tmp_path) -> tuple[Path, list[str]]:
     """Two sample images, an unreadable video and an unreadable image."""
     folder = tmp_path / "mixed"
-    folder.mkdir()
-    images = sorted((sample_yaml.parent / "images" / "val").glob("*.jpg"))[:2]
-    for f in images:
-        shutil.copy(f, folder / f.name)
-    (folder / "broken.mp4").write_bytes(b"not a video")
-    (folder / "broken.jpg").write_bytes(b"not an image")
-    return folder, sorted(f.name for f in images)
+    return folder, images_with_broken_files(sample_yaml, folder, ("broken.mp4", "broken.jpg"))
 
 
 def test_an_unreadable_video_and_image_in_a_folder_are_both_skipped(det_run, unreadable_folder, caplog):
