@@ -182,3 +182,13 @@ def test_frame_cost_tool_times_three_frames_against_yolo11n_and_profiles_the_fla
     assert float(rows["flat"][3]) <= float(rows["busy"][3])
     assert float(rows["busy"][6]) == pytest.approx(1.0)  # the busy frame is its own reference
     assert "routers (scorers, predictors)" in text and "L14 RoutedDetect" in text
+
+
+def test_a_router_pickled_before_the_random_source_existed_still_routes():
+    from mod_vision.nn.routing import TokenRouter
+
+    router = TokenRouter(8, capacity=0.5)
+    del router.__dict__["random_source"]  # what unpickling an older checkpoint's router gives
+    router.policy = "random"
+    index, valid = router.select(torch.randn(2, 10), None)
+    assert index.shape == (2, 5) and valid is None

@@ -387,6 +387,9 @@ class TokenRouter(nn.Module):
     router in training mode runs its static capacity.
     """
 
+    random_source: torch.Generator | None = None  # the "random" policy's generator (`set_policy`); a class default
+    # too, so that routers pickled in checkpoints from before it existed load
+
     def __init__(
         self, dim: int, capacity: float = 0.25, hidden: int = 0, gate: str | bool = "sigmoid", policy: str = "topk"
     ):
@@ -398,7 +401,7 @@ class TokenRouter(nn.Module):
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         self.policy = policy
-        self.random_source: torch.Generator | None = None  # the "random" policy's generator (`set_policy`)
+        self.random_source = None
         self.dynamic: tuple[float, float] | None = None
         self.threshold = 0.0  # logit 0 is probability 0.5, the auxiliary loss's decision boundary
         self.skip_constant = True  # the "never padding" policy: constant cells rank last (see `select`)
