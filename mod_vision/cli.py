@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 0 on success; a user error (a bad argument, a file or data set not there, a source
     that cannot be reached) prints one line, `mod-vision MODE: what was wrong and what is valid`, and exits 2. The full
     traceback is shown only with MOD_VISION_TRACEBACK=1."""
+    import os
     import traceback
 
     try:
@@ -208,11 +209,11 @@ def run_model_mode(mode: str, args: dict):
         from .benchmark import benchmark
 
         check_keys(mode, args, benchmark)
-        for key in ("imgsz", "batch", "runs", "warmup"):  # one value or a list of them, each a positive integer
-            values = args.get(key, 1)
+        for key, least in (("imgsz", 1), ("batch", 1), ("runs", 1), ("warmup", 0)):  # one value or a list of them
+            values = args.get(key, least)
             values = values if isinstance(values, (list, tuple)) else [values]
-            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-                raise SystemExit(f"mod-vision benchmark: {key} must be a positive integer or a list of them, "
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= least for v in values):
+                raise SystemExit(f"mod-vision benchmark: {key} must be an integer >= {least} or a list of them, "
                                  f"got {key}={args[key]!r}")
         return benchmark(**args)
     if mode not in MODES:

@@ -451,7 +451,7 @@ def test_box_ap_is_cocos_with_a_coco_json_and_ultralytics_named_so_without(det_r
         (["train", "foo=bar"], r"^mod-vision train: unknown argument 'foo'\. Valid: Ultralytics' arguments"),
         (["train", "epoch=3"], r"^mod-vision train: unknown argument 'epoch' \(did you mean epochs"),
         (["val", "model=nothere.pt", "data=x.yaml"], r"^mod-vision val: model file 'nothere\.pt' not found"),
-        (["benchmark", "imgsz=abc"], r"^mod-vision benchmark: imgsz must be a positive integer or a list of them"),
+        (["benchmark", "imgsz=abc"], r"^mod-vision benchmark: imgsz must be an integer >= 1 or a list of them"),
         (["sample-data", "n_train=abc", "root={tmp}/s"], r"^mod-vision sample-data: n_train must be an integer >= 1"),
         (["sample-data", "n_train=-5", "root={tmp}/s"], r"^mod-vision sample-data: n_train must be an integer >= 1"),
         (["sample-video", "frames=0", "path={tmp}/v.mp4"], r"^mod-vision sample-video: frames must be an integer >= 1"),
@@ -474,4 +474,6 @@ def test_cli_user_error_traceback_on_request(tmp_path):
     env = {**__import__("os").environ, "MOD_VISION_TRACEBACK": "1"}
     p = subprocess.run([sys.executable, "-m", "mod_vision.cli", "sample-video", "frames=0", f"path={tmp_path}/v.mp4"],
                        capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
-    assert p.returncode != 0 and "Traceback (most recent call last)" in p.stderr
+    assert p.returncode == 2 and "Traceback (most recent call last)" in p.stderr
+    assert "ValueError: frames must be an integer >= 1, got frames=0" in p.stderr  # the cause, where it was raised
+    assert p.stderr.strip().splitlines()[-1].startswith("mod-vision sample-video: frames must be")
