@@ -16,7 +16,7 @@ from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
 from .engine.results import routing_mode
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
-from .nn.routing import routed_blocks
+from .nn.routing import routed_blocks, routing_restorer
 from .nn.tasks import MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, find_model_yaml, load_model_yaml
 
 
@@ -217,18 +217,6 @@ class MoDYOLO(Model):
                 "predictor": MoDSegmentationPredictor,
             },
         }
-
-
-def routing_restorer(model):
-    """A function that puts back the routing (capacity, dynamic bounds and threshold, policy) each routed block of
-    `model` has now."""
-    saved = [(b, b.capacity, b.dynamic, b.threshold, b.policy) for b in routed_blocks(model)]
-
-    def restore() -> None:
-        for b, capacity, dynamic, threshold, policy in saved:
-            b.capacity, b.dynamic, b.threshold, b.policy = capacity, dynamic, threshold, policy
-
-    return restore
 
 
 def restored_after(results, restore):

@@ -636,17 +636,28 @@ def set_static(model: nn.Module, capacity: float | list[float] | dict[int, float
     return set_capacity(model, capacity)
 
 
-@contextmanager
-def routing_kept(model: nn.Module) -> Iterator[None]:
-    """Restore every router's capacity, dynamic bounds, threshold and policy on exit, whatever ran inside."""
+def routing_restorer(model: nn.Module) -> Callable[[], None]:
+    """A function that puts back the routing each routed block of `model` has now: capacity, dynamic bounds and
+    threshold, policy (with its random source)."""
     fields = ("capacity", "dynamic", "threshold", "policy", "random_source")
     saved = [(r, {f: getattr(r, f) for f in fields}) for r in routed_blocks(model)]
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         for r, values in saved:
             for f, v in values.items():
                 setattr(r, f, v)
+
+    return restore
+
+
+@contextmanager
+def routing_kept(model: nn.Module) -> Iterator[None]:
+    """Restore every router's routing (`routing_restorer`) on exit, whatever ran inside."""
+    restore = routing_restorer(model)
+    try:
+        yield
+    finally:
+        restore()
 
 
 def set_dynamic(model: nn.Module, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
