@@ -192,3 +192,12 @@ def test_a_router_pickled_before_the_random_source_existed_still_routes():
     router.policy = "random"
     index, valid = router.select(torch.randn(2, 10), None)
     assert index.shape == (2, 5) and valid is None
+
+
+def test_bad_layer_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match=r"MoDNeXt keeps its width: input 16 and output 32 channels differ"):
+        MoDNeXt(16, 32)
+    with pytest.raises(ValueError, match=r"MoDDown base must be 'depthwise' or 'mean', got 'max'"):
+        MoDDown(8, 16, base="max")
+    with pytest.raises(ValueError, match=r"RoutedDetect has no one-to-one \(end2end\) branch"):
+        RoutedDetect(4, 16, True, (16,))
