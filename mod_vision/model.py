@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 from torch import nn
 from ultralytics.engine.model import Model
+from ultralytics.utils import LOGGER
 
 from .cfg import EXTRA_ARGS, apply_routing, check_bounds, check_extra_args
 from .defaults import DEFAULT_CAPACITIES
@@ -72,16 +73,46 @@ class MoDYOLO(Model):
 
     def predict(self, source=None, stream: bool = False, predictor=None, **kwargs):
         check_imgsz(kwargs.get("imgsz"), "predict")
-        with self._routing_for_call(kwargs) as restore:
-            with self._extra_args_known():
-                out = super().predict(source, stream, predictor, **kwargs)
-        # a generator has not run yet: its predictor sets the call's routing on the model when it starts
-        return restored_after(out, restore) if stream and restore else out
+        unwatch = self._static_size_watched(kwargs.get("imgsz"), "on_predict_start")
+        try:
+            with self._routing_for_call(kwargs) as restore:
+                with self._extra_args_known():
+                    out = super().predict(source, stream, predictor, **kwargs)
+        except BaseException:
+            unwatch()
+            raise
+        if stream:  # a generator has not run yet: its predictor sets the call's routing on the model when it starts
+            return restored_after(out, lambda: (restore and restore(), unwatch()))
+        unwatch()
+        return out
 
     def val(self, validator=None, **kwargs):
         check_imgsz(kwargs.get("imgsz"), "val")
-        with self._routing_for_call(kwargs):
-            return super().val(validator, **kwargs)
+        unwatch = self._static_size_watched(kwargs.get("imgsz"), "on_val_start")
+        try:
+            with self._routing_for_call(kwargs):
+                return super().val(validator, **kwargs)
+        finally:
+            unwatch()
+
+    def _static_size_watched(self, asked, event: str):
+        """For an exported file, a callback (removed by the returned function) that warns in one line when the file's
+        static input size replaced the call's imgsz: Ultralytics' predictor and validator run such a file at its
+        exported size whatever imgsz= asks, and say nothing."""
+        if asked is None or isinstance(self.model, nn.Module):
+            return lambda: None
+
+        def warn(runner):
+            ran = runner.imgsz if event == "on_predict_start" else runner.args.imgsz
+            if square(ran) != square(asked):
+                h, w = square(ran)
+                LOGGER.warning(
+                    f"imgsz={asked} ignored: {self.model_name} was exported with a static input of {h}x{w} and runs at "
+                    f"that size; export with imgsz={asked} (or dynamic=True) to run at another size"
+                )
+
+        self.add_callback(event, warn)
+        return lambda: warn in self.callbacks[event] and self.callbacks[event].remove(warn)
 
     @contextmanager
     def _routing_for_call(self, kwargs: dict):
@@ -153,8 +184,6 @@ class MoDYOLO(Model):
 
     def info(self, detailed: bool = False, verbose: bool = True, imgsz: int = 640):
         """Ultralytics' summary, then routing-aware GFLOPs at imgsz: now, and across capacities 1.0/0.5/0.25/0.125."""
-        from ultralytics.utils import LOGGER
-
         from .flops import capacity_table, gflops
 
         out = super().info(detailed=detailed, verbose=verbose)
@@ -217,6 +246,11 @@ class MoDYOLO(Model):
                 "predictor": MoDSegmentationPredictor,
             },
         }
+
+
+def square(imgsz) -> tuple[int, int]:
+    """An imgsz (one side, or [h, w]) as (h, w)."""
+    return tuple(imgsz) * (3 - len(imgsz)) if isinstance(imgsz, (list, tuple)) else (imgsz, imgsz)
 
 
 def restored_after(results, restore):

@@ -313,3 +313,42 @@ def test_onnx_export_without_onnxslim_skips_simplify_with_one_warning(tmp_path, 
     assert len(lines) == 1 and lines[0].endswith(
         "onnx export: onnxslim is not installed, exporting without ONNX graph simplification (simplify=False); "
         "mod_vision's export extra installs it: pip install -e '.[export]'"), lines
+
+
+def test_another_imgsz_on_a_static_export_is_said_once(export, images, sample_yaml):
+    """A file exported with a static size runs at that size (Ultralytics takes it from the metadata): predict and val
+    asked for another imgsz say so in one line each; asked for the exported size, or for nothing, they say nothing."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    from mod_vision import MoDYOLO
+
+    f = export("detect", "onnx")
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    try:
+        model = MoDYOLO(f)
+        res = model.predict(images[:1], imgsz=2 * IMGSZ, verbose=False)
+        assert len(res) == 1 and len(said_ignored(said)) == 1
+        assert said_ignored(said)[0].startswith(f"imgsz={2 * IMGSZ} ignored: ") and (
+            f"static input of {IMGSZ}x{IMGSZ}" in said_ignored(said)[0])
+        list(model.predict(images[:1], imgsz=2 * IMGSZ, stream=True, verbose=False))  # the generator warns too
+        model.predict(images[:1], imgsz=IMGSZ, verbose=False)
+        model.predict(images[:1], verbose=False)
+        assert len(said_ignored(said)) == 2
+        model.val(data=str(sample_yaml), imgsz=[2 * IMGSZ, IMGSZ], batch=1, plots=False, verbose=False)
+        assert len(said_ignored(said)) == 3 and said_ignored(said)[2].startswith(f"imgsz={[2 * IMGSZ, IMGSZ]} ignored")
+        model.val(data=str(sample_yaml), imgsz=IMGSZ, batch=1, plots=False, verbose=False)
+        assert len(said_ignored(said)) == 3
+        for event in ("on_predict_start", "on_val_start"):  # each call's check leaves with it
+            assert all(c.__name__ != "warn" for c in model.callbacks[event])
+    finally:
+        LOGGER.removeHandler(handler)
+
+
+def said_ignored(said: list[str]) -> list[str]:
+    """The static-size warnings among the logged lines, without Ultralytics' "WARNING" prefix."""
+    return [m.split("WARNING ⚠️ ")[-1] for m in said if " ignored: " in m and "static input" in m]
