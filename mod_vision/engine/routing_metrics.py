@@ -15,18 +15,17 @@ from collections import defaultdict
 
 import torch
 
-from ..nn.routing import LETTERBOX_FILL, BlockRouting, object_tokens
+from ..nn.routing import BlockRouting, box_extent, object_tokens, padding_levels
 
 
-
+# A share, not object_tokens' 0/1: lift weighs cells by box cover (cover > 0 is object_tokens but for zero-size boxes)
 def object_cover(grid: tuple[int, int], boxes: torch.Tensor, image_index: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(B, h*w) in [0, 1]: the share of each token cell covered by its image's boxes (normalized xywh, clipped to the
     image; overlapping boxes count once per cell up to 1, by taking the largest single-box cover)."""
     h, w = grid
     cover = torch.zeros(batch_size, h, w, device=boxes.device)
     if len(boxes):
-        lo = (boxes[:, :2] - boxes[:, 2:] / 2).clamp(0, 1) * boxes.new_tensor([w, h])
-        hi = (boxes[:, :2] + boxes[:, 2:] / 2).clamp(0, 1) * boxes.new_tensor([w, h])
+        lo, hi = box_extent(grid, boxes)
         cols, rows = torch.arange(w, device=boxes.device), torch.arange(h, device=boxes.device)
         ox = (torch.minimum(hi[:, :1], cols + 1) - torch.maximum(lo[:, :1], cols)).clamp(min=0)  # (M, W)
         oy = (torch.minimum(hi[:, 1:], rows + 1) - torch.maximum(lo[:, 1:], rows)).clamp(min=0)  # (M, H)
@@ -37,13 +36,9 @@ def object_cover(grid: tuple[int, int], boxes: torch.Tensor, image_index: torch.
 
 
 def padding_cells(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, h*w) bool: cells of the grid over `image` (B, 3, H, W in [0, 1]) that are mostly letterbox padding; the part
-    of a cell beyond the image (a patch embedding pads further) counts as padding too."""
-    pad = ((image - LETTERBOX_FILL).abs() < 0.5 / 255).all(1, keepdim=True).float()
-    h, w = grid
-    pad = torch.nn.functional.pad(pad, (0, max(0, w * -(-image.shape[-1] // w) - image.shape[-1]),
-                                        0, max(0, h * -(-image.shape[-2] // h) - image.shape[-2])), value=1.0)  # fmt: skip
-    return (torch.nn.functional.adaptive_avg_pool2d(pad, grid) > 0.5).flatten(1)
+    """(B, h*w) bool: cells of the grid over `image` (B, 3, H, W in [0, 1]) that are mostly letterbox padding, by the
+    routers' own rule (`padding_levels` 2; cells wholly beyond the image count as padding); flat cells do not count."""
+    return padding_levels(image, grid) > 1
 
 
 class RoutingQuality:

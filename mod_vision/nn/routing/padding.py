@@ -1,0 +1,104 @@
+"""Where the padding is: for each token cell of any grid over the network input, whether it is image, one flat colour
+(a patch embedding's padding) or mostly Ultralytics' letterbox fill.
+
+Routers rank padding last (the "never padding" policy) and the routing metrics count the cells this finds; both read it
+here, so they agree on what padding is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from torch import nn
+
+
+_INPUT: ContextVar[dict | None] = ContextVar("mod_vision_routing_input", default=None)
+
+
+@contextmanager
+def routing_input(image: torch.Tensor) -> Iterator[None]:
+    """Let the routers of forwards run inside the block see the network input (B, 3, H, W), to skip constant cells."""
+    token = _INPUT.set({"image": image, "cells": {}})
+    try:
+        yield
+    finally:
+        _INPUT.reset(token)
+
+
+LETTERBOX_FILL = 114 / 255  # Ultralytics' letterbox (and mosaic) fill, as the network sees it
+
+
+def constant_cells(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w) bool: the token cells of a (h, w) grid over `image` that are padding: all one colour (a flat patch of
+    exactly one value, the padding a patch embedding adds), or mostly Ultralytics' letterbox fill (a centred letterbox
+    splits its band, so a coarse cell can be half fill, half image edge). Max- and average-pooling: every export
+    runtime has them."""
+    return padding_levels(image, grid) > 0
+
+
+def padding_levels(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w) float: 0 for a real cell, 1 for a cell of one colour, 2 for a cell that is mostly letterbox fill, so
+    that when k exceeds the real cells, flat patches run before letterbox padding (see `constant_cells`)."""
+    return levels_from_pixels(pixel_extremes(image), grid)
+
+
+def token_stride(input_shape: tuple[int, int], grid: tuple[int, int]) -> int:
+    """Input pixels per token side of a token grid over an input: a power of two (Ultralytics' strides), so grids that
+    a patch embedding or strided convolutions ceil-rounded map back to their stride."""
+    return 2 ** round(math.log2(max(input_shape[0] / grid[0], input_shape[1] / grid[1])))
+
+
+BASE_CELL = 8  # padding statistics are gathered per 8x8 pixels once a forward; every token grid pools from them
+
+
+def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per 8x8 pixel cell: each channel's largest and smallest value (B, 3, H/8, W/8), and the share of its pixels that
+    are letterbox fill (B, 1, H/8, W/8); by reshaping rather than max pooling (no indices). The image is zero-padded to
+    whole cells, as a patch embedding pads.
+
+    This runs on every forward of every routed model, so it is written for speed: each reduction runs over the
+    contiguous last axis first (three times faster than reducing both cell axes at once on CPU), and the fill test
+    works in place on its own difference."""
+    b, c, h, w = image.shape
+    ph, pw = -h % BASE_CELL, -w % BASE_CELL
+    if ph or pw:
+        image = nn.functional.pad(image, (0, pw, 0, ph))
+    gh, gw = (h + ph) // BASE_CELL, (w + pw) // BASE_CELL
+    shape = (-1, gh, BASE_CELL, gw, BASE_CELL)  # rank 5 (batch and channels merged): CoreML allows no more
+    cells = image.reshape(shape)
+    fill = ((image - LETTERBOX_FILL).abs_().amax(1, keepdim=True) < 0.5 / 255).to(image.dtype).reshape(shape)
+    return (cells.amax(4).amax(2).reshape(b, c, gh, gw), cells.amin(4).amin(2).reshape(b, c, gh, gw),
+            fill.mean(4).mean(2).reshape(b, 1, gh, gw))  # fmt: skip
+
+
+def levels_from_pixels(pixels: tuple[torch.Tensor, torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    hi, lo, fill = pixels
+    stride = token_stride((hi.shape[-2] * BASE_CELL, hi.shape[-1] * BASE_CELL), grid)
+    k = max(1, stride // BASE_CELL)
+    if k > 1:
+        hi = nn.functional.max_pool2d(hi, k, k, ceil_mode=True)
+        lo = -nn.functional.max_pool2d(-lo, k, k, ceil_mode=True)
+        fill = nn.functional.avg_pool2d(fill, k, k, ceil_mode=True)
+    mostly_fill = (fill[:, 0] > 0.5).to(hi.dtype)
+    flat = ((hi - lo).amax(1) < 1 / 255).to(hi.dtype)
+    levels = torch.maximum(flat, mostly_fill) + mostly_fill  # arithmetic, not `|`: CoreML has no bitwise or
+    levels = levels[:, : grid[0], : grid[1]]
+    if levels.shape[-2:] != tuple(grid):  # a grid the image does not tile (a size the model pads further): padding
+        levels = nn.functional.pad(levels, (0, grid[1] - levels.shape[-1], 0, grid[0] - levels.shape[-2]), value=2.0)
+    return levels.flatten(1)
+
+
+def current_padding(grid: tuple[int, int] | None) -> torch.Tensor | None:
+    """`padding_levels` of the input set by `routing_input`, once per grid and forward; None without one."""
+    state = _INPUT.get()
+    if state is None or grid is None:
+        return None
+    if grid not in state["cells"]:
+        if "pixels" not in state:
+            state["pixels"] = pixel_extremes(state["image"])
+        state["cells"][grid] = levels_from_pixels(state["pixels"], grid)
+    return state["cells"][grid]

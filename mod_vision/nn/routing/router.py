@@ -1,0 +1,230 @@
+"""The router, the policy of routing: a scorer (which tokens matter), a selection policy (how many and which: static
+top-k, dynamic threshold, or the random-ranking control) and the gate.
+
+A routed block is a block plus a router: `RoutedBlock` (timm's ViT block) here, `ABlockPair` (two of YOLO12's attention
+blocks) in nn/blocks.py. Across video frames the router also applies the reuse rule (nn/reuse.py): of the tokens it
+routes, only those whose input changed are computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ..policies import check_policy, ranking
+from ..reuse import gather_rows, reuse_delta, reuse_step, reuses_tokens
+from .mechanism import check_capacity, route_tokens, tokens_for, topk_raster
+from .padding import current_padding
+from .record import BlockRouting, active_record, record_computed
+from .scorers import ObjectPredictor, Scorer
+
+
+GATES = ("sigmoid", "unit", "none")
+
+
+@dataclass
+class Decision:
+    """What a router decided for one forward of its block."""
+
+    index: torch.Tensor  # (B, K) tokens to process, raster order
+    valid: torch.Tensor | None  # (B, K) bool, which of them are real (dynamic mode), or None: all
+    gate: torch.Tensor | None  # (B, K) multiplier of their updates, or None: 1
+    scores: torch.Tensor  # (B, N) the scorer's scores
+
+
+class TokenRouter(nn.Module):
+    """Decides which tokens of each image a routed block processes, and how much each update counts.
+
+    Args:
+        dim: token width.
+        capacity: share of tokens processed in static mode, in (0, 1]; settable later (`set_capacity`).
+        hidden: 0 for a linear scorer, else the hidden width of a 2-layer MLP scorer.
+        gate: what multiplies a chosen token's update:
+            "sigmoid": sigmoid(score), as in the MoD paper; the product is what lets the task loss train the scorer.
+            "unit": exactly 1 in the forward pass with the gradient of log-sigmoid, so a pretrained dense ViT starts
+                out computing what it computed before.
+            "none": no gate (the scorer then gets no gradient from the task loss).
+        policy: "topk" (the scorer's best k), "object" (the k tokens the object predictor, trained on ground-truth
+            object cover, rates highest: Focus-DETR's foreground selection) or "random" (k random tokens: the control
+            that shows what a ranking is worth). The gate always uses the scorer's scores. "none" processes no token:
+            the block's routed compute removed, the control that shows what the routed blocks carry.
+
+    Dynamic mode (`dynamic=(min, max)` capacities) lets each image choose its k: the tokens its object predictor (the
+    MoD paper's auxiliary predictor, trained by `router_aux_loss` on detached tokens) scores above `threshold`, clamped
+    to the bounds; the scorer's ranking decides which. Batches pad to the largest k; padded tokens are masked out of
+    attention and keep their value, so an image's output does not depend on its batch-mates. It is an inference mode: a
+    router in training mode runs its static capacity.
+    """
+
+    random_source: torch.Generator | None = None  # the "random" policy's generator (`set_policy`); a class default
+    # too, so that routers pickled in checkpoints from before it existed load
+
+    def __init__(
+        self, dim: int, capacity: float = 0.25, hidden: int = 0, gate: str | bool = "sigmoid", policy: str = "topk"
+    ):
+        super().__init__()
+        self.scorer = Scorer(dim, hidden)
+        self.predictor = ObjectPredictor(dim, max(16, dim // 8))
+        self.capacity = capacity
+        self.gate = {True: "sigmoid", False: "none", None: "none"}.get(gate, gate)
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        self.policy = policy
+        self.random_source = None
+        self.dynamic: tuple[float, float] | None = None
+        self.threshold = 0.0  # logit 0 is probability 0.5, the auxiliary loss's decision boundary
+        self.skip_constant = True  # the "never padding" policy: constant cells rank last (see `select`)
+        self.export_dynamic_shapes = False  # set by the exporter: k computed in the graph from N
+
+    @property
+    def capacity(self) -> float:
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, value: float) -> None:
+        self._capacity = check_capacity(value)
+
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        self._policy = check_policy(value)
+
+    # The capacity travels in the state_dict, so it survives what rebuilds a model from its weights: Ultralytics'
+    # trainer (YAML + load), EMA copies and resume. float64 keeps it exact through .half() and the EMA's averaging.
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.capacity, dtype=torch.float64)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.capacity = round(float(state), 6)
+
+    def select(
+        self, scores: torch.Tensor, predicted: torch.Tensor | None, padding: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K) indices to process per image, in raster order, and their validity mask (None: all valid).
+
+        `padding` (B, N) levels (`padding_levels`: 1 one-colour cell, 2 letterbox fill) rank after every real token,
+        fill last, so they run only when k exceeds the real tokens; dynamic mode never counts them as wanted."""
+        n = scores.shape[1]
+        ranked = ranking(self.policy, scores, predicted, self.random_source)
+        if padding is not None and self.skip_constant:
+            # a margin far beyond any score, finite so every runtime's TopK takes it
+            ranked = ranked - padding.to(ranked.dtype) * 1e4
+            if predicted is not None:
+                predicted = predicted.masked_fill(padding > 0, -1e4)
+        if self.dynamic is None or self.training:  # dynamic k is an inference mode: training runs its capacity
+            # While tracing, n is a tensor: k stays in the graph only for exports with dynamic shapes; a constant k lets
+            # a runtime plan fixed shapes and fuse the block's matmuls.
+            k = tokens_for(self.capacity, n if self.export_dynamic_shapes or not torch.is_tensor(n) else int(n))
+            return topk_raster(ranked, k), None
+        lo, hi = (tokens_for(c, n) for c in self.dynamic)
+        want = (predicted > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
+        k = int(want.max())
+        top = ranked.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
+        valid = torch.arange(k, device=scores.device) < want[:, None]
+        index, order = top.sort(dim=1)
+        valid = valid.gather(1, order)
+        return index, None if bool(valid.all()) else valid
+
+    def decide(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> Decision | None:
+        """Which of the (B, N, C) tokens `x` to process and how much each update counts, recorded in the active
+        routing record; None under the "none" policy (the routed compute removed: nothing is processed)."""
+        record = active_record()
+        if self.policy == "none":
+            if record is not None:
+                empty = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
+                record.add(BlockRouting(empty, None, x.shape[1], grid))
+            return None
+        scores = self.scorer(x)
+        want_pred = self.dynamic is not None or self.policy == "object" or (record is not None and record.keep_predictions)
+        predicted = self.predictor(x.detach()) if want_pred else None
+        index, valid = self.select(scores, predicted, current_padding(grid))
+        if record is not None:
+            record.add(
+                BlockRouting(
+                    index.detach(),
+                    valid,
+                    x.shape[1],
+                    grid,
+                    None if not record.keep_scores else scores if self.training else scores.detach(),  # rank loss
+                    None if predicted is None or not record.keep_predictions
+                    else predicted if self.training else predicted.detach(),  # the aux loss trains only in training
+                )
+            )
+        gate = None
+        if self.gate != "none":
+            gate = scores.gather(1, index).sigmoid()
+            if self.gate == "unit":
+                gate = gate / gate.detach()
+        return Decision(index, valid, gate, scores)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        block: Callable[[torch.Tensor], torch.Tensor],
+        grid: tuple[int, int] | None = None,
+        inputs: torch.Tensor | None = None,
+        layers: Sequence[nn.Module] = (),
+    ) -> torch.Tensor:
+        """Route (B, N, C) tokens through `block` (see `route_tokens`); `grid` is their (h, w) layout, for the record.
+
+        `layers` are the block's transformer layers, for token reuse across video frames (nn/reuse.py): under an active
+        `TokenReuse`, only the routed tokens whose input changed are computed."""
+        decision = self.decide(x, grid)
+        if decision is None:
+            return x
+        if reuses_tokens(self):
+            if not layers or inputs is not None:
+                raise ValueError("token reuse needs the routed block's transformer layers (layers=) and no inputs=")
+            # the gate of every token, as in the routed path: sigmoid(score), or exactly 1 ("unit", "none")
+            gate = decision.scores.sigmoid() if self.gate == "sigmoid" else None
+            out, _, computed = reuse_step(x, decision.index, decision.valid, layers, gate)
+            record_computed(computed)
+            return out
+        return route_tokens(x, decision.index, block, decision.gate, decision.valid, inputs)
+
+    def add_to(self, base: torch.Tensor, features: torch.Tensor, update: Callable[[torch.Tensor], torch.Tensor],
+               grid: tuple[int, int] | None = None, read: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> torch.Tensor:
+        """For a layer that changes width: `base` (B, N, C_out) plus the gated `update` of the routed tokens of
+        `features` (B, N, C_in), which the scorer reads; the other tokens output `base`. `read`, a function of the
+        (B, K) index, gives what `update` reads instead of the features' rows (their neighbourhoods, say)."""
+        decision = self.decide(features, grid)
+        if decision is None:
+            return base
+        if reuses_tokens(self):
+            gate = decision.scores.sigmoid() if self.gate == "sigmoid" else None
+            rows = read or (lambda index: gather_rows(features, index))
+            out, _, computed = reuse_delta(base, features, decision.index, decision.valid, rows, update, gate)
+            record_computed(computed)
+            return out
+        return route_tokens(base, decision.index, update, decision.gate, decision.valid, read or features, delta=True)
+
+
+class RoutedBlock(Block):
+    """A timm ViT `Block` that processes only the tokens its `router` picks.
+
+    It subclasses timm's Block, so its parameter names are timm's (plus `router.*`) and timm weights load directly.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        capacity: float = 0.125,
+        router_hidden: int = 0,
+        gate: str | bool = "sigmoid",
+        **kwargs,
+    ):
+        super().__init__(dim, num_heads, **kwargs)
+        self.router = TokenRouter(dim, capacity, router_hidden, gate)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C); the whole batch is gathered and scattered at once, with no loop over images."""
+        return self.router(x, super().forward, grid, layers=(self,))
