@@ -18,8 +18,8 @@ from .nn.policies import POLICIES
 
 EXTRA_ARGS = {
     # (float | list | dict | None) capacity of every routed block (or one per routed block) at train/val/predict/export
-    # time; None keeps the model's own. At val/predict it is set on the model, as set_capacity() does, and ends dynamic
-    # mode: the budget that runs is the one set last
+    # time; None keeps the model's own. At val/predict it applies to that call only (static top-k for that call, even on
+    # a model in dynamic mode); set_capacity() sets the model's default
     "capacity": None,
     # ([min, max] | None) elastic training: each batch trains at a capacity drawn uniformly from this range, so one
     # model serves any budget in it (SparseViT's sampled sparsity)
@@ -33,13 +33,13 @@ EXTRA_ARGS = {
     # (float) weight of the ranking loss that trains each routed block's scorer (the ranking top-k uses, and the gate)
     # to rank the tokens on ground-truth boxes above the background tokens of the same image (router_rank_loss). The
     # scorer is not detached: the task gradient through the gate still flows. 0: off (the MoD gate alone trains it).
-    # Measured on the main job (docs/quality_bench.md, third edition): 1.0 ("bce") lifts the object lift at capacity
-    # 0.25 from about 2.1/1.2 to 3.1/3.0 (flat/textured) on 3 of 3 seeds; box AP -1.1 on the mean of 3 seeds, within
-    # seed noise. Off by default (nothing measured on other data); the main job (cfg/train-sample.yaml) sets 1.0
+    # Off by default (nothing measured on other data); the main job (cfg/train-sample.yaml) sets 1.0. What it changes
+    # on the main job's data (object lift and box AP, with and without it): docs/quality_bench.md, "The ranking loss
+    # (router_rank) on the main job's data"
     "router_rank": 0.0,
     # ("bce" | "pairwise") the ranking loss: balanced BCE of the scores against object cover, or pairwise logistic over
-    # (object, background) token pairs of an image, which leaves the scores' level (the gate's value) to the task; both
-    # gave the same lift, pairwise less box AP (22.4 against 26.2, one seed)
+    # (object, background) token pairs of an image, which leaves the scores' level (the gate's value) to the task. The
+    # two compared: docs/quality_bench.md, "The ranking loss (router_rank) on the main job's data"
     "router_rank_kind": "bce",
     # (bool) the ranking loss trains only the scorers' weights (their input tokens detached for it); False: it also
     # shapes the features the scorers read. The task gradient through the gate reaches both either way
