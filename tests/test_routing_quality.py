@@ -141,7 +141,7 @@ def test_routing_quality_tool_compares_learned_and_random_at_each_capacity(det_r
     out = tmp_path / "q.md"
     text = _tool("routing_quality").main(
         [str(det_run / "weights" / "best.pt"), str(sample_yaml), "--imgsz", "96", "--capacities", "1.0", "0.25",
-         "--out", str(out)]  # fmt: skip
+         "--dynamic", "0.02", "0.5", "--out", str(out)]  # fmt: skip
     )
     assert "box AP: COCO box AP (faster-coco-eval) x 100" in text.splitlines()  # the sample data names a COCO json
     rows = [line for line in text.splitlines() if line.startswith(("| 1 |", "| 0.25 |"))]
@@ -150,6 +150,8 @@ def test_routing_quality_tool_compares_learned_and_random_at_each_capacity(det_r
     assert shares[0] == shares[1] == 1.0 and shares[2] == shares[3] < 0.5  # the control keeps k
     (removed,) = [line for line in text.splitlines() if "none (routed compute removed)" in line]
     assert float(removed.split("|")[4]) == 0.0  # no router processed a token
+    (dynamic,) = [line for line in text.splitlines() if line.startswith("| per image [0.02, 0.5] |")]
+    assert 0.02 <= float(dynamic.split("|")[4]) <= 0.5  # each image's own k, within the bounds asked
     assert out.read_text().strip() == text.strip()
 
 

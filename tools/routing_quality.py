@@ -38,6 +38,8 @@ def main(argv=None) -> str:
     p.add_argument("--capacities", type=float, nargs="+", default=list(DEFAULT_CAPACITIES))
     p.add_argument("--rankings", nargs="+", default=["topk", "random"], choices=["topk", "object", "random"],
                    help="topk: the learned scorer; object: the object predictor; random: the control")
+    p.add_argument("--dynamic", type=float, nargs=2, metavar=("MIN", "MAX"), action="append", default=[],
+                   help="also a row at this per-image budget (dynamic_capacity=[MIN, MAX]); repeatable")
     p.add_argument("--out", default=None, help="write the table to this Markdown file too")
     a = p.parse_args(argv)
 
@@ -51,11 +53,13 @@ def main(argv=None) -> str:
     rows, metrics = [], set()
     # the model's own budget (per image for modnext-det), every capacity and ranking asked for, then the routed compute
     # removed (routing="none": every router processes no token)
-    runs = [(None, "topk"), *((c, r) for c in a.capacities for r in a.rankings), (None, "none")]
-    for capacity, ranking in runs:
-        m = model.val(data=a.data, imgsz=a.imgsz, batch=a.batch, capacity=capacity, routing=ranking, plots=False,
-                      verbose=False, device="cpu")  # fmt: skip
-        shown = "-" if ranking == "none" else "model's own" if capacity is None else f"{capacity:g}"
+    runs = [(None, None, "topk"), *((None, list(d), "topk") for d in a.dynamic),
+            *((c, None, r) for c in a.capacities for r in a.rankings), (None, None, "none")]
+    for capacity, dynamic, ranking in runs:
+        m = model.val(data=a.data, imgsz=a.imgsz, batch=a.batch, capacity=capacity, dynamic_capacity=dynamic,
+                      routing=ranking, plots=False, verbose=False, device="cpu")  # fmt: skip
+        shown = ("-" if ranking == "none" else f"per image {dynamic}" if dynamic else "model's own" if capacity is None
+                 else f"{capacity:g}")
         ranked = {"topk": "learned", "none": "none (routed compute removed)"}.get(ranking, ranking)
         row = {"capacity": shown, "ranking": ranked,
                "box AP": f"{100 * box_ap(m)[0]:.2f}",
