@@ -26,6 +26,10 @@ EXTRA_ARGS = {
     "capacity_range": None,
     # (int) epochs over which training capacity ramps linearly from 1.0 (dense) down to its target
     "capacity_warmup": 0,
+    # ([min, max] | None) per-image training: each routed block trains on the tokens its object predictor finds in
+    # each image, clamped to these capacities, as dynamic mode runs at val/predict, so the model learns in the regime it
+    # runs in; needs router_aux > 0 (the predictor's training). None: static (or elastic) top-k
+    "dynamic_training": None,
     # (float) weight of the auxiliary loss that trains each routed block's predictor (BCE: does this token overlap a
     # ground-truth box?), which dynamic mode thresholds. The predictor sees detached tokens, so this never changes the
     # detector; 0 leaves the predictor untrained (dynamic mode then has nothing calibrated to go on)
@@ -146,7 +150,7 @@ def check_extra_args(args: dict) -> dict:
     for key, value in args.items():
         if key == "capacity":
             check_capacity_arg(value)
-        elif key in {"capacity_range", "dynamic_capacity"}:
+        elif key in {"capacity_range", "dynamic_capacity", "dynamic_training"}:
             check_bounds(value, key)
         elif key == "capacity_warmup":
             _check_number(key, value, "epochs of the ramp from dense; 0: none")

@@ -85,3 +85,41 @@ def test_dynamic_compute_at_predict_and_val(det_run, sample_yaml, tmp_path):
     # dynamic_capacity=False returns to static top-k at the model's own capacity
     static = model.predict(images[0], imgsz=96, verbose=False, dynamic_capacity=False)[0].token_share
     assert static == pytest.approx(0.5, abs=0.02)
+
+
+def test_dynamic_training_picks_each_images_k_within_bounds(sample_yaml, runs, monkeypatch):
+    """dynamic_training=[min, max]: in training each image's k is its predictor's count, clamped, as at val/predict;
+    the saved model does not carry it."""
+    import torch
+
+    from mod_vision.nn.routing import TokenRouter, routed_blocks, tokens_for
+
+    shares, select = [], TokenRouter.select
+
+    def spy(self, scores, predicted, padding=None):
+        index, valid = select(self, scores, predicted, padding)
+        if self.training:
+            kept = valid.sum(1) if valid is not None else torch.full((scores.shape[0],), index.shape[1])
+            n = scores.shape[1]
+            shares.extend((k, tokens_for(0.05, n), tokens_for(0.95, n)) for k in kept.tolist())
+        return index, valid
+
+    monkeypatch.setattr(TokenRouter, "select", spy)
+    model, _ = _train_recording(sample_yaml, runs, "per-image", dynamic_training=[0.05, 0.95])
+    assert len(shares) == 6 * 8 * 3  # 6 batches of 8 images, 3 routed blocks
+    assert all(lo <= k <= hi for k, lo, hi in shares)
+    assert len({k for k, _, _ in shares}) > 2  # chosen per image, not one k per batch
+    assert all(b.train_dynamic is None for b in routed_blocks(MoDYOLO(model.trainer.best).model))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"capacity_range": [0.25, 1.0]}, "chooses k per image; capacity_range and capacity_warmup choose it per batch"),
+    ({"router_aux": 0}, "needs router_aux > 0"),
+    ({}, r"dynamic_training must be \[min, max\]"),
+])
+def test_dynamic_training_refuses_what_it_cannot_go_with(sample_yaml, runs, kw, match):
+    bounds = [0.5] if not kw else [0.1, 1.0]
+    with pytest.raises(ValueError, match=match):
+        MoDYOLO("modvit-det.yaml").train(data=str(sample_yaml), project=str(runs), name="bad-per-image",
+                                         dynamic_training=bounds, **kw, **TRAIN_ARGS)
+    assert not (runs / "bad-per-image").exists()  # refused before a run folder was made

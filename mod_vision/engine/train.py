@@ -6,6 +6,7 @@ import logging
 import random
 from copy import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -17,7 +18,7 @@ from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
 from ultralytics.utils.plotting import plot_results
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ..cfg import capacity_range, split_extra_args, with_extra_defaults
+from ..cfg import EXTRA_ARGS, capacity_range, check_bounds, split_extra_args, with_extra_defaults
 from ..data import with_missing_help
 from ..flops import compute_line
 from ..nn.pretrained import load_timm_backbone
@@ -25,6 +26,24 @@ from ..nn.routing import record_routing, routed_blocks, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
 from .runlock import RunLock
 from .val import MoDDetectionValidator, MoDSegmentationValidator
+
+
+def per_image_training(args) -> tuple[float, float] | None:
+    """`dynamic_training=[min, max]` checked against the arguments it cannot go with."""
+    bounds = check_bounds(getattr(args, "dynamic_training", None), "dynamic_training")
+    if bounds is None:
+        return None
+    if args.capacity_range or args.capacity_warmup:
+        raise ValueError(
+            f"dynamic_training={list(bounds)} chooses k per image; capacity_range and capacity_warmup choose it per "
+            f"batch: give one"
+        )
+    if not args.router_aux:
+        raise ValueError(
+            f"dynamic_training={list(bounds)} needs router_aux > 0: the object predictors that choose each image's "
+            f"tokens are trained by it"
+        )
+    return bounds
 
 
 class MoDDetectionTrainer(DetectionTrainer):
@@ -69,7 +88,10 @@ class MoDDetectionTrainer(DetectionTrainer):
             self._capacity_rng = random.Random(self.args.seed + max(RANK, 0))
             self._batch_in_epoch, self._epoch_seen = 0, self.epoch
             self._range = capacity_range(self.args.capacity_range)
-        if not self._target_capacities:  # a dense model
+            self._per_image = per_image_training(self.args)
+            for router in routed_blocks(model):  # the training model only: the EMA (val, checkpoints) runs as set
+                router.train_dynamic = self._per_image
+        if not self._target_capacities or self._per_image:  # a dense model, or k chosen per image
             return
         if self._epoch_seen != self.epoch:
             self._batch_in_epoch, self._epoch_seen = 0, self.epoch
@@ -114,6 +136,7 @@ class MoDDetectionTrainer(DetectionTrainer):
         # mod_vision's keys are checked before Ultralytics' __init__ locks the run folder and loads the data, and are
         # known to this trainer only
         split_extra_args(overrides)
+        per_image_training(SimpleNamespace(**{**EXTRA_ARGS, **(overrides or {})}))
         try:
             super().__init__(with_extra_defaults(cfg), overrides, _callbacks)
         except BaseException:  # a run that never starts must not keep its folder locked

@@ -57,11 +57,13 @@ class TokenRouter(nn.Module):
     MoD paper's auxiliary predictor, trained by `router_aux_loss` on detached tokens) scores above `threshold`, clamped
     to the bounds; the scorer's ranking decides which. Batches pad to the largest k; padded tokens are masked out of
     attention and keep their value, so an image's output does not depend on its batch-mates. It is an inference mode: a
-    router in training mode runs its static capacity.
+    router in training mode runs its static capacity, unless `train_dynamic=(min, max)` makes training choose k per
+    image the same way (so a model learns in the regime it runs in).
     """
 
     random_source: torch.Generator | None = None  # the "random" policy's generator (`set_policy`); a class default
     # too, so that routers pickled in checkpoints from before it existed load
+    train_dynamic: tuple[float, float] | None = None  # set by the trainer (`dynamic_training=`); a class default too
 
     def __init__(
         self, dim: int, capacity: float = 0.25, hidden: int = 0, gate: str | bool = "sigmoid", policy: str = "topk"
@@ -118,12 +120,13 @@ class TokenRouter(nn.Module):
             ranked = ranked - padding.to(ranked.dtype) * 1e4
             if predicted is not None:
                 predicted = predicted.masked_fill(padding > 0, -1e4)
-        if self.dynamic is None or self.training:  # dynamic k is an inference mode: training runs its capacity
+        bounds = self.train_dynamic if self.training else self.dynamic
+        if bounds is None or predicted is None:  # static top-k (a router in training without a predictor's output too)
             # While tracing, n is a tensor: k stays in the graph only for exports with dynamic shapes; a constant k lets
             # a runtime plan fixed shapes and fuse the block's matmuls.
             k = tokens_for(self.capacity, n if self.export_dynamic_shapes or not torch.is_tensor(n) else int(n))
             return topk_raster(ranked, k), None
-        lo, hi = (tokens_for(c, n) for c in self.dynamic)
+        lo, hi = (tokens_for(c, n) for c in bounds)
         want = (predicted > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
         k = int(want.max())
         top = ranked.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
@@ -142,7 +145,8 @@ class TokenRouter(nn.Module):
                 record.add(BlockRouting(empty, None, x.shape[1], grid))
             return None
         scores = self.scorer(x)
-        want_pred = self.dynamic is not None or self.policy == "object" or (record is not None and record.keep_predictions)
+        want_pred = ((self.train_dynamic if self.training else self.dynamic) is not None or self.policy == "object"
+                     or (record is not None and record.keep_predictions))
         predicted = self.predictor(x.detach()) if want_pred else None
         index, valid = self.select(scores, predicted, current_padding(grid))
         if record is not None:
