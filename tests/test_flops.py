@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mod_vision import MoDYOLO
 from mod_vision.flops import CAPACITIES, capacity_table, gflops
 from mod_vision.nn import MoDViTStage
+from mod_vision.nn.routing import router_spec
 
 
 def analytic_block(tokens: int, dim: int) -> int:
@@ -20,7 +21,7 @@ def analytic_block(tokens: int, dim: int) -> int:
 def test_stage_flops_match_analytic_count_at_k_tokens(capacity):
     dim, h, w, depth = 64, 10, 12, 4
     n = h * w
-    stage = MoDViTStage(dim, dim, depth=depth, routed=2, capacity=capacity).eval()
+    stage = MoDViTStage(dim, dim, depth=depth, routed=2, router=router_spec(capacity=capacity)).eval()
     k = math.ceil(capacity * n)
     expected = 2 * analytic_block(n, dim) + 2 * (analytic_block(k, dim) + 2 * n * dim)  # + linear routers on all N
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

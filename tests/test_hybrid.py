@@ -7,15 +7,15 @@ import torch
 
 from mod_vision.nn import MoDA2C2f, MoDDetectionModel, load_model_yaml, record_routing, routed_blocks, set_capacity
 from mod_vision.nn.blocks import ABlockPair
-from mod_vision.nn.routing import tokens_for
+from mod_vision.nn.routing import router_spec, tokens_for
 
 torch.manual_seed(0)
 HYBRID = "hybrid12-det-n.yaml"
 
 
 def pair_twins(capacity):
-    routed = ABlockPair(64, 2, 2.0, capacity=capacity, gate="none").eval()
-    dense = ABlockPair(64, 2, 2.0, capacity=None).eval()
+    routed = ABlockPair(64, 2, 2.0, router_spec(capacity=capacity, gate="none")).eval()
+    dense = ABlockPair(64, 2, 2.0, router_spec(capacity=None)).eval()
     dense.load_state_dict({k: v for k, v in routed.state_dict().items() if not k.startswith("router.")})
     return routed, dense
 
@@ -46,10 +46,10 @@ def test_routed_pair_is_batch_independent():
 
 
 def test_moda2c2f_keeps_a2c2f_interface_and_refuses_c3k_mode():
-    m = MoDA2C2f(64, 128, n=2, a2=True, area=4, capacity=0.5).eval()
+    m = MoDA2C2f(64, 128, n=2, a2=True, area=4, router=router_spec(capacity=0.5)).eval()
     assert m(torch.randn(1, 64, 8, 8)).shape == (1, 128, 8, 8)
     assert len(routed_blocks(m)) == 2  # one router per ABlock pair
-    dense = MoDA2C2f(64, 128, n=2, capacity=None)
+    dense = MoDA2C2f(64, 128, n=2, router=router_spec(capacity=None))
     assert not routed_blocks(dense)
     with pytest.raises(ValueError, match="needs a2=True"):
         MoDA2C2f(64, 128, n=1, a2=False)

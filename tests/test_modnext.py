@@ -10,7 +10,7 @@ from mod_vision import MoDYOLO
 from mod_vision.nn.blocks import MoDDown, MoDNeXt
 from mod_vision.nn.head import RoutedDetect
 from mod_vision.nn.reuse import TokenReuse, reusing
-from mod_vision.nn.routing import record_routing, routed_blocks, set_capacity, set_dynamic, set_policy
+from mod_vision.nn.routing import record_routing, routed_blocks, router_spec, set_capacity, set_dynamic, set_policy
 from mod_vision.nn.tasks import MoDDetectionModel
 
 
@@ -28,10 +28,10 @@ def same_weights(routed: torch.nn.Module, dense: torch.nn.Module) -> None:
 def test_patch_merge_is_a_2x2_stride_2_merge_on_its_base():
     torch.manual_seed(0)
     x = torch.randn(2, 8, 10, 12)
-    mean = MoDDown(8, 16, capacity=None).eval()
+    mean = MoDDown(8, 16, router_spec(capacity=None)).eval()
     merged = mean.merge(F.pixel_unshuffle(x, 2))  # the 1x1 conv over the stacked 2x2 pixels
     assert torch.allclose(mean(x), F.avg_pool2d(x, 2).repeat(1, 2, 1, 1) + merged, atol=1e-6)
-    depthwise = MoDDown(8, 16, capacity=None, base="depthwise").eval()
+    depthwise = MoDDown(8, 16, router_spec(capacity=None), base="depthwise").eval()
     assert torch.allclose(depthwise(x), depthwise.base(x) + depthwise.merge(F.pixel_unshuffle(x, 2)), atol=1e-6)
     assert mean(torch.randn(1, 8, 9, 11)).shape == (1, 16, 5, 6)  # odd grids round up, as a strided conv
     with pytest.raises(ValueError, match="multiple of c1"):
@@ -41,12 +41,13 @@ def test_patch_merge_is_a_2x2_stride_2_merge_on_its_base():
 @pytest.mark.parametrize("layer", ["down", "stage", "head"])
 def test_routed_layer_at_capacity_1_without_gate_is_its_dense_twin(layer):
     torch.manual_seed(0)
+    ungated, no_router = router_spec(capacity=1.0, gate="none"), router_spec(capacity=None)
     if layer == "down":
-        routed, dense, x = MoDDown(8, 16, 1.0, gate="none"), MoDDown(8, 16, None), torch.randn(2, 8, 6, 8)
+        routed, dense, x = MoDDown(8, 16, ungated), MoDDown(8, 16, no_router), torch.randn(2, 8, 6, 8)
     elif layer == "stage":
-        routed, dense, x = MoDNeXt(16, 16, 2, capacity=1.0, gate="none"), MoDNeXt(16, 16, 2, capacity=None), torch.randn(2, 16, 5, 7)
+        routed, dense, x = MoDNeXt(16, 16, 2, router=ungated), MoDNeXt(16, 16, 2, router=no_router), torch.randn(2, 16, 5, 7)
     else:
-        routed, dense = RoutedDetect(4, 16, False, (16, 32), 1.0, gate="none"), RoutedDetect(4, 16, False, (16, 32), None)
+        routed, dense = RoutedDetect(4, 16, False, (16, 32), ungated), RoutedDetect(4, 16, False, (16, 32), no_router)
         x = [torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)]
     same_weights(routed.eval(), dense.eval())
     with torch.no_grad():
@@ -62,7 +63,7 @@ def test_a_token_no_router_picks_costs_no_merge_and_no_mlp():
     """At capacity 1/N only one token per image is merged or run through the MLPs: every other output token is its
     dense part alone (the depthwise base, the position term)."""
     torch.manual_seed(0)
-    down = MoDDown(8, 16, capacity=1e-6).eval()
+    down = MoDDown(8, 16, router_spec(capacity=1e-6)).eval()
     x = torch.randn(1, 8, 6, 6)
     with torch.no_grad(), record_routing() as rec:
         out = down(x)
@@ -74,7 +75,7 @@ def test_a_token_no_router_picks_costs_no_merge_and_no_mlp():
 
 def test_the_head_outputs_its_background_where_nothing_is_routed():
     torch.manual_seed(0)
-    head = RoutedDetect(4, 16, False, (16,), 0.25).eval()
+    head = RoutedDetect(4, 16, False, (16,), router_spec(capacity=0.25)).eval()
     head.stride = torch.tensor([8.0])
     head.bias_init()
     with torch.no_grad(), record_routing() as rec:

@@ -11,7 +11,14 @@ import torch
 from mod_vision import MoDYOLO
 from mod_vision.cfg import EXTRA_ARGS, check_extra_args
 from mod_vision.nn import MoDDetectionModel, load_model_yaml, record_routing, routed_blocks
-from mod_vision.nn.routing import BlockRouting, RoutingRecord, dilate_tokens, object_tokens, router_rank_loss
+from mod_vision.nn.routing import (
+    BlockRouting,
+    RoutingRecord,
+    dilate_tokens,
+    object_tokens,
+    router_rank_loss,
+    router_spec,
+)
 from mod_vision.nn.vit import MoDViTStage
 
 from .conftest import TRAIN_ARGS
@@ -91,7 +98,7 @@ def test_the_loss_needs_the_token_grid_and_a_known_kind():
 
 
 def test_scores_carry_grad_only_in_training():
-    stage = MoDViTStage(16, 16, depth=1, routed="0:", capacity=0.5)
+    stage = MoDViTStage(16, 16, depth=1, routed="0:", router=router_spec(capacity=0.5))
     with record_routing(scores=True) as rec:
         stage.train()(torch.randn(2, 16, 4, 4))
     assert rec.blocks[0].scores.requires_grad
@@ -105,7 +112,8 @@ def test_scores_carry_grad_only_in_training():
 def test_the_loss_trains_the_scorer_to_rank_objects_first(kind):
     # tokens: per-image random background, objects = background + a fixed direction on a random 2x2 patch
     torch.manual_seed(0)
-    stage = MoDViTStage(16, 16, depth=1, routed="0:", capacity=0.125)  # k = 8 of 64 = the 4 object cells x 2 images
+    # k = 8 of 64 = the 4 object cells x 2 images
+    stage = MoDViTStage(16, 16, depth=1, routed="0:", router=router_spec(capacity=0.125))
     router = stage.blocks[0].router
     direction = torch.randn(16, 1, 1)
 

@@ -14,7 +14,7 @@ from mod_vision.data import make_sample_video
 from mod_vision.mjpeg import MJPEGServer
 from mod_vision.nn.blocks import ABlockPair
 from mod_vision.nn.reuse import TokenReuse, reusing
-from mod_vision.nn.routing import RoutedBlock, record_routing, route_tokens, topk_raster
+from mod_vision.nn.routing import RoutedBlock, record_routing, route_tokens, router_spec, topk_raster
 from mod_vision.nn.tasks import MoDDetectionModel
 
 from .conftest import IMGSZ
@@ -50,10 +50,10 @@ def test_every_routed_token_computed_is_the_routed_block(kind):
     rows included; then an identical frame computes nothing and returns the same tokens."""
     torch.manual_seed(0)
     if kind == "timm":
-        blk = RoutedBlock(64, 4, capacity=0.5).eval()
+        blk = RoutedBlock(64, 4, router_spec(capacity=0.5)).eval()
         layers, run = (blk,), super(RoutedBlock, blk).forward
     else:
-        pair = ABlockPair(64, 2, capacity=0.5).eval()
+        pair = ABlockPair(64, 2, router=router_spec(capacity=0.5)).eval()
         layers, run = pair.blocks, pair.run
     x = torch.randn(2, 20, 64)
     index = topk_raster(torch.randn(2, 20), 10)

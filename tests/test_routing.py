@@ -17,14 +17,14 @@ from mod_vision.nn import (
     set_dynamic,
     tokens_for,
 )
-from mod_vision.nn.routing import ObjectPredictor, object_tokens
+from mod_vision.nn.routing import ObjectPredictor, object_tokens, router_spec
 from mod_vision.nn.vit import routed_indices
 
 torch.manual_seed(0)
 
 
-def routed(dim=32, heads=2, capacity=0.25, **kw):
-    return RoutedBlock(dim, heads, capacity=capacity, qkv_bias=True, **kw).eval()
+def routed(dim=32, heads=2, capacity=0.25, gate="sigmoid"):
+    return RoutedBlock(dim, heads, router_spec(capacity=capacity, gate=gate), qkv_bias=True).eval()
 
 
 def run(block, x, **kw):
@@ -95,7 +95,7 @@ def test_gradients_reach_router_and_block():
 
 
 def test_batch_independence():
-    stage = MoDViTStage(32, 32, depth=4, routed=2, capacity=0.3).eval()
+    stage = MoDViTStage(32, 32, depth=4, routed=2, router=router_spec(capacity=0.3)).eval()
     a, b = torch.randn(1, 32, 6, 7), torch.randn(1, 32, 6, 7)
     alone = stage(a)
     together = stage(torch.cat([a, b, b]))[:1]
@@ -110,7 +110,7 @@ def test_capacity_out_of_range_raises_value_error_naming_the_range(bad):
     with pytest.raises(ValueError, match=r"range \(0, 1\]"):
         block.router.capacity = bad
     with pytest.raises(ValueError, match=r"range \(0, 1\]"):
-        RoutedBlock(32, 2, capacity=bad)
+        RoutedBlock(32, 2, router_spec(capacity=bad))
 
 
 def test_capacity_is_changeable_after_construction():
@@ -130,19 +130,19 @@ def test_routing_pattern_every_other_block_first_dense():
         routed_indices(6, "every")
     with pytest.raises(ValueError, match="outside a stage of depth 6"):
         routed_indices(6, [7])
-    stage = MoDViTStage(64, 64, depth=4, routed=2, capacity=[0.5, 0.25])
+    stage = MoDViTStage(64, 64, depth=4, routed=2, router=router_spec(capacity=[0.5, 0.25]))
     kinds = [type(b).__name__ for b in stage.blocks]
     assert kinds == ["Block", "RoutedBlock", "Block", "RoutedBlock"]
     assert [b.router.capacity for b in stage.blocks if isinstance(b, RoutedBlock)] == [0.5, 0.25]
     with pytest.raises(ValueError, match="3 capacities given for 2 routed blocks"):
-        MoDViTStage(64, 64, depth=4, routed=2, capacity=[0.5, 0.25, 0.1])
+        MoDViTStage(64, 64, depth=4, routed=2, router=router_spec(capacity=[0.5, 0.25, 0.1]))
     with pytest.raises(ValueError, match="keeps its width"):
         MoDViTStage(64, 32, depth=2)
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (3, 5), (7, 7), (10, 4)])
 def test_stage_any_token_grid(hw):
-    stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).eval()
+    stage = MoDViTStage(32, 32, depth=2, routed=2, router=router_spec(capacity=0.25)).eval()
     x = torch.randn(2, 32, *hw)
     assert stage(x).shape == x.shape
 
@@ -163,7 +163,7 @@ def test_unit_gate_is_one_forward_but_trains_the_router():
 
 def test_unknown_gate_is_rejected_with_the_choices():
     with pytest.raises(ValueError, match=r"gate must be one of \('sigmoid', 'unit', 'none'\)"):
-        RoutedBlock(32, 2, gate="relu")
+        RoutedBlock(32, 2, router_spec(gate="relu"))
 
 
 # --- dynamic per-image k -----------------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_set_dynamic_rejects_bad_bounds(bounds, match):
 
 
 def test_set_dynamic_and_back_to_static():
-    stage = MoDViTStage(32, 32, depth=4, routed=2, capacity=0.25).eval()
+    stage = MoDViTStage(32, 32, depth=4, routed=2, router=router_spec(capacity=0.25)).eval()
     set_dynamic(stage, (0.1, 0.9), threshold=0.5)
     assert all(b.dynamic == (0.1, 0.9) and b.threshold == 0.5 for b in routed_blocks(stage))
     set_dynamic(stage, None)
@@ -240,7 +240,7 @@ def test_set_dynamic_and_back_to_static():
 
 
 def test_record_masks_and_token_share_agree_with_k():
-    stage = MoDViTStage(32, 32, depth=4, routed=2, capacity=[0.5, 0.125]).eval()
+    stage = MoDViTStage(32, 32, depth=4, routed=2, router=router_spec(capacity=[0.5, 0.125])).eval()
     with record_routing() as rec:
         pass
     assert rec.token_share() is None  # nothing routed
@@ -254,7 +254,7 @@ def test_record_masks_and_token_share_agree_with_k():
 
 
 def test_nothing_is_recorded_or_kept_on_modules_without_a_record():
-    stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.5).eval()
+    stage = MoDViTStage(32, 32, depth=2, routed=2, router=router_spec(capacity=0.5)).eval()
     before = {k: v.clone() for k, v in stage.state_dict().items()}
     stage(torch.randn(1, 32, 4, 4))
     attrs = {k for m in stage.modules() for k in vars(m) if k.startswith("last_")}
@@ -304,7 +304,7 @@ def test_object_tokens_marks_every_cell_a_box_overlaps():
 
 
 def test_aux_loss_teaches_the_predictor_object_cover_and_leaves_the_router_alone():
-    stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).train()
+    stage = MoDViTStage(32, 32, depth=2, routed=2, router=router_spec(capacity=0.25)).train()
     router = routed_blocks(stage)[0]
     with record_routing(predictions=True) as rec:
         stage(torch.randn(2, 32, 4, 5))
@@ -342,7 +342,7 @@ def test_aux_loss_needs_the_token_grid():
     ],
 )
 def test_aux_loss_is_finite_for_degenerate_ground_truth(boxes, index):
-    stage = MoDViTStage(32, 32, depth=2, routed=2, capacity=0.25).train()
+    stage = MoDViTStage(32, 32, depth=2, routed=2, router=router_spec(capacity=0.25)).train()
     with record_routing(predictions=True) as rec:
         stage(torch.randn(2, 32, 4, 4))
     loss = router_aux_loss(rec, boxes, index)
@@ -364,7 +364,7 @@ def test_trained_predictor_gives_empty_images_fewer_tokens_than_busy_ones():
     # Each image: a random background colour with noise, and 0-6 objects of random colours, each on a 2x2 cell patch.
     # Object and background colours come from the same distribution, so only the image's context tells them apart.
     torch.manual_seed(0)
-    stage = MoDViTStage(16, 16, depth=1, routed="0:", capacity=0.5)
+    stage = MoDViTStage(16, 16, depth=1, routed="0:", router=router_spec(capacity=0.5))
     opt = torch.optim.Adam(stage.blocks[0].router.predictor.parameters(), 1e-2)
 
     def images(n_objects):
@@ -416,4 +416,4 @@ def test_static_inference_does_not_run_the_predictor():
 @pytest.mark.parametrize("hidden", [-64, 1.5])
 def test_bad_router_hidden_is_refused_at_build(hidden):
     with pytest.raises(ValueError, match=f"router_hidden must be 0 .* got {hidden}"):
-        MoDViTStage(32, 32, depth=2, routed=2, router_hidden=hidden)
+        MoDViTStage(32, 32, depth=2, routed=2, router=router_spec(router_hidden=hidden))

@@ -18,13 +18,13 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.modules.block import A2C2f, ABlock
 
 from .reuse import reuse_step, reuses_tokens
-from .routing import TokenRouter
+from .routing import DENSE, RouterSpec
 
 
 class TokenABlock(ABlock):
     """YOLO12's ABlock as a transformer block over a (B, K, C) token set: global attention, then the MLP.
 
-    The 1x1 convolutions (and their BatchNorms, fused at inference) run on the tokens as a (B, C, K, 1) map."""
+    The 1x1 convolutions (and their BatchNorms, fused at inference) run on the tokens as (B*K, C) rows (`pointwise`)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2):
         super().__init__(dim, num_heads, mlp_ratio)
@@ -65,18 +65,17 @@ def pointwise(conv: Conv, t: torch.Tensor) -> torch.Tensor:
 
 
 class TokenStage(nn.Module):
-    """Token layers on a (B, C, H, W) map after a dense depthwise position term; routed when it has a router.
+    """Token layers on a (B, C, H, W) map after a dense depthwise position term; routed when `router` has a capacity.
 
     The depthwise k x k convolution runs on every token as a residual conditional position encoding (CPVT) and local
     mixing: cheap, and a token the router skips still gets it. The layers, the stage's heavy per-token work, run on the
     tokens the router picks, with one gather and one scatter for all of them."""
 
-    def __init__(self, dim: int, layers: list[nn.Module], capacity: float | None = None, router_hidden: int = 0,
-                 gate: str = "sigmoid", kernel: int = 7):
+    def __init__(self, dim: int, layers: list[nn.Module], router: RouterSpec = DENSE, kernel: int = 7):
         super().__init__()
         self.pe = Conv(dim, dim, kernel, 1, kernel // 2, g=dim, act=False)
         self.blocks = nn.ModuleList(layers)
-        self.router = None if capacity is None else TokenRouter(dim, capacity, router_hidden, gate)
+        self.router = router.make(dim)
 
     def run(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         for blk in self.blocks:
@@ -100,11 +99,11 @@ def as_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 class ABlockPair(TokenStage):
-    """A2C2f's unit, two ABlocks on a (B, C, H, W) map, with a depthwise 7x7 position term; routed when given a capacity."""
+    """A2C2f's unit, two ABlocks on a (B, C, H, W) map, with a depthwise 7x7 position term; routed when `router` has a
+    capacity."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2, capacity: float | None = None,
-                 router_hidden: int = 0, gate: str = "sigmoid"):
-        super().__init__(dim, [TokenABlock(dim, num_heads, mlp_ratio) for _ in range(2)], capacity, router_hidden, gate)
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2, router: RouterSpec = DENSE):
+        super().__init__(dim, [TokenABlock(dim, num_heads, mlp_ratio) for _ in range(2)], router)
 
 
 class TokenMLP(nn.Module):
@@ -124,17 +123,17 @@ class TokenMLP(nn.Module):
 
 class MoDNeXt(TokenStage):
     """A ConvNeXt-style stage whose MLPs are routed: a dense depthwise k x k term, then `n` pointwise MLPs on the tokens
-    the router picks (`capacity` in (0, 1]) or on all tokens (`capacity: null`, the dense twin).
+    the router picks (`router` with a capacity in (0, 1]) or on all tokens (no capacity: the dense twin).
 
     Nearly all of its FLOPs are in the MLPs, so a skipped token skips nearly all of its work. YAML:
     `[-1, 2, MoDNeXt, [256, {capacity: 0.25, mlp_ratio: 4, kernel: 7}]]` (input and output widths are equal).
     """
 
     def __init__(self, c1: int, c2: int, n: int = 1, mlp_ratio: float = 4.0, kernel: int = 7,
-                 capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid"):
+                 router: RouterSpec = RouterSpec()):
         if c1 != c2:
             raise ValueError(f"MoDNeXt keeps its width: input {c1} and output {c2} channels differ (merge with MoDDown)")
-        super().__init__(c2, [TokenMLP(c2, mlp_ratio) for _ in range(n)], capacity, router_hidden, gate, kernel)
+        super().__init__(c2, [TokenMLP(c2, mlp_ratio) for _ in range(n)], router, kernel)
 
 
 class MoDDown(nn.Module):
@@ -143,11 +142,10 @@ class MoDDown(nn.Module):
     Every output token gets a cheap dense base, so a skipped token still carries what its patch held: `base="mean"` the
     parameter-free 2x2 mean with the channels tiled to c2, or `base="depthwise"` a learned depthwise 2x2 merge (each
     input channel to c2 / c1 output channels; trained on the sample data it gave lower AP, docs/routing_carries.md). A
-    routed token adds the gated full merge. The router scores the 2x2 patch. `capacity: null` merges every token (the
-    dense twin)."""
+    routed token adds the gated full merge. The router scores the 2x2 patch. A `router` without a capacity merges every
+    token (the dense twin)."""
 
-    def __init__(self, c1: int, c2: int, capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid",
-                 base: str = "mean"):
+    def __init__(self, c1: int, c2: int, router: RouterSpec = RouterSpec(), base: str = "mean"):
         super().__init__()
         if base not in ("depthwise", "mean"):
             raise ValueError(f"MoDDown base must be 'depthwise' or 'mean', got {base!r}")
@@ -155,7 +153,7 @@ class MoDDown(nn.Module):
             raise ValueError(f"MoDDown's depthwise base needs c2 ({c2}) to be a multiple of c1 ({c1}); use base='mean'")
         self.c2 = c2
         self.merge = Conv(4 * c1, c2, 1)
-        self.router = None if capacity is None else TokenRouter(4 * c1, capacity, router_hidden, gate)
+        self.router = router.make(4 * c1)
         self.base = Conv(c1, c2, 2, 2, 0, g=c1, act=False) if base == "depthwise" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +183,7 @@ class UpAdd(nn.Module):
 
 
 class MoDA2C2f(A2C2f):
-    """Ultralytics' A2C2f whose attention pairs run on token sets: routed (`capacity` in (0, 1]) or dense (None).
+    """Ultralytics' A2C2f whose attention pairs run on token sets: routed (`router` with a capacity) or dense (without).
 
     YAML: `[-1, 4, MoDA2C2f, [512, True, 4, {capacity: 0.25}]]`, A2C2f's arguments then mod_vision's keywords. `area` is
     accepted for YAML compatibility with A2C2f; attention among a token set is global.
@@ -193,10 +191,10 @@ class MoDA2C2f(A2C2f):
 
     def __init__(self, c1: int, c2: int, n: int = 1, a2: bool = True, area: int = 1, residual: bool = False,
                  mlp_ratio: float = 2.0, e: float = 0.5, g: int = 1, shortcut: bool = True,
-                 capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid"):
+                 router: RouterSpec = RouterSpec()):
         if not a2:
             raise ValueError("MoDA2C2f needs a2=True (attention blocks); use A2C2f for its C3k variant")
         super().__init__(c1, c2, n, a2, area, residual, mlp_ratio, e, g, shortcut)
         c_ = int(c2 * e)
-        self.m = nn.ModuleList(ABlockPair(c_, c_ // 32, mlp_ratio, capacity, router_hidden, gate) for _ in range(n))
+        self.m = nn.ModuleList(ABlockPair(c_, c_ // 32, mlp_ratio, router) for _ in range(n))
         self.m.apply(ABlock._init_weights)  # Ultralytics' init, convolutions only: routers keep theirs

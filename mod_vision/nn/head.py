@@ -18,7 +18,7 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.modules.head import Detect
 
 from .blocks import pointwise
-from .routing import TokenRouter
+from .routing import RouterSpec
 
 
 def tokenwise(layers: nn.Sequential, t: torch.Tensor) -> torch.Tensor:
@@ -40,13 +40,14 @@ def neighbourhoods(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class RoutedDetect(Detect):
-    """Detect whose box and class branches run on routed positions (`capacity` in (0, 1]) or on all (None, the dense twin).
+    """Detect whose box and class branches run on routed positions (`router` with a capacity) or on all (without a
+    capacity: the dense twin).
 
     YAML: `[[15, 12, 9], 1, RoutedDetect, [nc, {capacity: 0.25}]]`, Detect's arguments then mod_vision's keywords.
     """
 
     def __init__(self, nc: int = 80, reg_max: int = 16, end2end: bool = False, ch: tuple[int, ...] = (),
-                 capacity: float | None = 0.25, router_hidden: int = 0, gate: str = "sigmoid"):
+                 router: RouterSpec = RouterSpec()):
         if end2end:
             raise ValueError("RoutedDetect has no one-to-one (end2end) branch; use end2end=False")
         super().__init__(nc, reg_max, False, ch)
@@ -56,9 +57,8 @@ class RoutedDetect(Detect):
             nn.Sequential(Conv(9 * x, c2, 1), Conv(c2, c2, 1), nn.Conv2d(c2, 4 * reg_max, 1)) for x in ch
         )
         self.cv3 = nn.ModuleList(nn.Sequential(Conv(9 * x, c3, 1), Conv(c3, c3, 1), nn.Conv2d(c3, nc, 1)) for x in ch)
-        self.routers = nn.ModuleList(
-            nn.Identity() if capacity is None else TokenRouter(x, capacity, router_hidden, gate) for x in ch
-        )
+        # an Identity in a dense twin's slot keeps the level's index in `routers`
+        self.routers = nn.ModuleList(router.make(x) or nn.Identity() for x in ch)
         self.background = nn.Parameter(torch.zeros(self.nl, self.no))
 
     def forward_head(self, x: list[torch.Tensor], box_head=None, cls_head=None) -> dict[str, torch.Tensor]:

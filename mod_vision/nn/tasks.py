@@ -4,7 +4,8 @@ Ultralytics' `parse_model` computes output channels per known class and assumes 
 passing it `c1`. Rather than fork that function, `parse_model` below lets Ultralytics parse a copy of the YAML in which
 each mod_vision layer is stood in for by a 1x1 `Conv` with the same channel argument: Ultralytics then applies its own
 width multiple, max_channels and depth multiple to it, and every later layer (Concat, Detect, Segment) sees the right
-channels. The stand-ins are then swapped for the real layers, built with the (c1, c2, depth) that Ultralytics computed.
+channels. The stand-ins are then swapped for the real layers, built with the (c1, c2, depth) that Ultralytics computed;
+a routed layer's router keywords become its one `RouterSpec` there (`build`).
 
 Only mod_vision's model classes use this parser (`mod_parser`, around their own construction): stock Ultralytics models
 in the same process keep Ultralytics' parser, and mod_vision's layer names never enter `ultralytics.nn.tasks`.
@@ -13,6 +14,7 @@ in the same process keep Ultralytics' parser, and mod_vision's layer names never
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import threading
 from contextlib import contextmanager
@@ -29,11 +31,13 @@ from .blocks import MoDA2C2f, MoDDown, MoDNeXt, UpAdd
 from .head import RoutedDetect
 from .routing import (
     LETTERBOX_FILL,
+    ROUTER_KEYWORDS,
     TokenRouter,
     record_routing,
     routed_blocks,
     router_aux_loss,
     router_rank_loss,
+    router_spec,
     routing_input,
     set_capacity,
     set_dynamic,
@@ -63,6 +67,22 @@ def _check_layer_names(d: dict) -> None:
             )
 
 
+def build(cls: type, *args, **kw) -> nn.Module:
+    """`cls(*args, **kw)` from a YAML row's arguments. A routed layer takes one `router`, which a YAML writes as the
+    keywords `capacity`, `router_hidden` and `gate`, or with the capacity in the router's place (`MoDViTStage`'s
+    `[768, 2, 0.5]`): here they become its `RouterSpec`, the layer's default router filling in what they leave out."""
+    params = inspect.signature(cls).parameters
+    if "router" not in params:
+        return cls(*args, **kw)
+    default, slot = params["router"].default, list(params).index("router")
+    given = {k: kw.pop(k) for k in list(kw) if k in ROUTER_KEYWORDS}
+    if len(args) <= slot:
+        return cls(*args, router=router_spec(default, **given), **kw)
+    if "capacity" in given:
+        raise TypeError(f"{cls.__name__} got a capacity both in the router's place and as a keyword")
+    return cls(*args[:slot], router_spec(default, **given, capacity=args[slot]), *args[slot + 1 :], **kw)
+
+
 def parse_model(d: dict, ch: int, verbose: bool = True):
     """Drop-in for Ultralytics' parse_model that also builds mod_vision layers with correct channels (see module doc)."""
     _check_layer_names(d)
@@ -84,7 +104,7 @@ def parse_model(d: dict, ch: int, verbose: bool = True):
             layer = UpAdd()
         elif cls is RoutedDetect:
             ch_in = [seq[0].conv.in_channels for seq in stand_in.cv2]
-            layer = RoutedDetect(stand_in.nc, stand_in.reg_max, False, ch_in, **kw)
+            layer = build(RoutedDetect, stand_in.nc, stand_in.reg_max, False, ch_in, **kw)
         else:
             repeats = len(stand_in) if isinstance(stand_in, nn.Sequential) else 1
             conv = (stand_in[0] if repeats > 1 else stand_in).conv
@@ -92,9 +112,9 @@ def parse_model(d: dict, ch: int, verbose: bool = True):
             if kw:
                 rest.pop()
             if cls in REPEATED:
-                layer = cls(c1, c2, repeats, *rest, **kw)
+                layer = build(cls, c1, c2, repeats, *rest, **kw)
             else:
-                layer = nn.Sequential(*(cls(c1 if j == 0 else c2, c2, *rest, **kw) for j in range(repeats)))
+                layer = nn.Sequential(*(build(cls, c1 if j == 0 else c2, c2, *rest, **kw) for j in range(repeats)))
                 layer = layer[0] if repeats == 1 else layer
         layer.i, layer.f, layer.type = stand_in.i, stand_in.f, f"{cls.__module__}.{cls.__name__}"
         layer.np = sum(p.numel() for p in layer.parameters())

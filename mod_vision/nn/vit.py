@@ -16,7 +16,7 @@ from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
 from .reuse import reuse_step, reuses_tokens
-from .routing import RoutedBlock, check_capacity
+from .routing import RoutedBlock, RouterSpec
 
 
 class PatchEmbed(nn.Module):
@@ -77,19 +77,18 @@ class MoDViTStage(nn.Module):
         c1, c2: input and output channels (must be equal: a ViT stage keeps its width).
         depth: number of blocks (the YAML repeat count, scaled by the model's depth multiple).
         routed: routing pattern, see `routed_indices`.
-        capacity: capacity of every routed block, or one value per routed block.
+        router: the router of every routed block, or one per routed block (their capacities, say). Its gate "unit"
+            makes a pretrained dense ViT start out computing what it computed before.
         head_dim: channels per attention head; heads = c2 // head_dim, so width scaling also scales heads.
         mlp_ratio: MLP hidden width over c2.
-        router_hidden: 0 for a linear router, else the hidden width of a 2-layer MLP router.
         pos_grid: side of the learned position-embedding grid, bicubically resized to each input's token grid.
         drop_path: stochastic depth rate, increasing linearly over the blocks as in timm.
         init_values: LayerScale initial value (timm's `init_values`, e.g. 1e-5 for DINOv2), or None for no LayerScale;
             it must match the weights a stage loads, as LayerScale adds parameters (`ls1.gamma`, `ls2.gamma`).
-        gate: how routed blocks gate their update, see `RoutedBlock` ("unit" makes a pretrained dense ViT start out
-            computing what it computed before).
 
     In a YAML, arguments after the channels can be given positionally or as a trailing mapping of keyword arguments,
-    e.g. `[384, 2, 0.5, {gate: unit, init_values: 1.0e-5}]`.
+    the router's as `capacity` (also positional, in the router's place: one value or one per routed block),
+    `router_hidden` and `gate`, e.g. `[384, 2, 0.5, {gate: unit, init_values: 1.0e-5}]`.
     """
 
     def __init__(
@@ -98,14 +97,12 @@ class MoDViTStage(nn.Module):
         c2: int,
         depth: int = 12,
         routed: int | str | Sequence[int] | None = 2,
-        capacity: float | Sequence[float] = 0.125,
+        router: RouterSpec | Sequence[RouterSpec] = RouterSpec(capacity=0.125),
         head_dim: int = 64,
         mlp_ratio: float = 4.0,
-        router_hidden: int = 0,
         pos_grid: int = 14,
         drop_path: float = 0.0,
         init_values: float | None = None,
-        gate: str = "sigmoid",
     ):
         super().__init__()
         if c1 != c2:
@@ -114,16 +111,16 @@ class MoDViTStage(nn.Module):
         while c2 % heads:
             heads -= 1
         routed_ids = routed_indices(depth, routed)
-        caps = [capacity] * len(routed_ids) if isinstance(capacity, (int, float)) else list(capacity)
-        if len(caps) != len(routed_ids):
-            raise ValueError(f"{len(caps)} capacities given for {len(routed_ids)} routed blocks {routed_ids}")
-        caps = dict(zip(routed_ids, map(check_capacity, caps)))
+        routers = [router] * len(routed_ids) if isinstance(router, RouterSpec) else list(router)
+        if len(routers) != len(routed_ids):
+            raise ValueError(f"{len(routers)} capacities given for {len(routed_ids)} routed blocks {routed_ids}")
+        routers = dict(zip(routed_ids, routers))
         dpr = [x.item() for x in torch.linspace(0, drop_path, depth)]
         # timm's ViT defaults (qkv bias, LayerNorm with eps 1e-6), so that timm ViT weights compute what they did in timm
         common = dict(mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm, init_values=init_values or None)
         self.blocks = nn.ModuleList(
-            RoutedBlock(c2, heads, capacity=caps[i], router_hidden=router_hidden, gate=gate, drop_path=dpr[i], **common)
-            if i in caps
+            RoutedBlock(c2, heads, routers[i], drop_path=dpr[i], **common)
+            if i in routers
             else Block(c2, heads, drop_path=dpr[i], **common)
             for i in range(depth)
         )

@@ -7,6 +7,8 @@
 - scorers: the per-token scorer and object predictor a router owns;
 - router: `TokenRouter`, which decides which tokens a routed block processes, and `RoutedBlock`, timm's ViT block
   routed;
+- factory: `RouterSpec`, the one argument through which every routed block kind gets its routers, and `router_spec`,
+  which reads it from a YAML layer's keywords;
 - controls: a model's routers found and set together (capacity, dynamic mode, policy) or restored;
 - losses: object supervision of the routers (`router_aux_loss`, `router_rank_loss`).
 
@@ -25,6 +27,7 @@ from .controls import (
     set_static,
     stage_summary,
 )
+from .factory import DENSE, ROUTER_KEYWORDS, RouterSpec, router_spec
 from .losses import RANK_KINDS, box_extent, dilate_tokens, object_tokens, router_aux_loss, router_rank_loss
 from .mechanism import check_capacity, route_tokens, tokens_for, topk_raster
 from .padding import (
@@ -51,11 +54,11 @@ from .router import GATES, Decision, RoutedBlock, TokenRouter
 from .scorers import ObjectPredictor, Scorer
 
 __all__ = [
-    "BASE_CELL", "GATES", "LETTERBOX_FILL", "RANK_KINDS", "BlockRouting", "Decision", "ObjectPredictor", "RoutedBlock",
-    "RoutingRecord", "Scorer", "TokenRouter", "active_record", "box_extent", "check_capacity", "constant_cells",
-    "current_padding", "dilate_tokens", "join_images", "levels_from_pixels", "native_model", "object_tokens",
-    "padding_levels", "pixel_extremes", "record_computed", "record_routing", "route_tokens", "routed_blocks",
-    "router_aux_loss", "router_rank_loss", "routing_input", "routing_kept", "routing_restorer", "set_capacity",
-    "set_dynamic", "set_policy", "set_static", "stage_summary", "token_share", "token_stride", "tokens_for",
-    "topk_raster",
+    "BASE_CELL", "DENSE", "GATES", "LETTERBOX_FILL", "RANK_KINDS", "ROUTER_KEYWORDS", "BlockRouting", "Decision",
+    "ObjectPredictor", "RoutedBlock", "RouterSpec", "RoutingRecord", "Scorer", "TokenRouter", "active_record",
+    "box_extent", "check_capacity", "constant_cells", "current_padding", "dilate_tokens", "join_images",
+    "levels_from_pixels", "native_model", "object_tokens", "padding_levels", "pixel_extremes", "record_computed",
+    "record_routing", "route_tokens", "routed_blocks", "router_aux_loss", "router_rank_loss", "router_spec",
+    "routing_input", "routing_kept", "routing_restorer", "set_capacity", "set_dynamic", "set_policy", "set_static",
+    "stage_summary", "token_share", "token_stride", "tokens_for", "topk_raster",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from timm.models.vision_transformer import Block
@@ -21,6 +22,9 @@ from .mechanism import check_capacity, route_tokens, tokens_for, topk_raster
 from .padding import current_padding
 from .record import BlockRouting, active_record, record_computed
 from .scorers import ObjectPredictor, Scorer
+
+if TYPE_CHECKING:  # the factory builds TokenRouters, so it imports this module
+    from .factory import RouterSpec
 
 
 GATES = ("sigmoid", "unit", "none")
@@ -217,17 +221,10 @@ class RoutedBlock(Block):
     It subclasses timm's Block, so its parameter names are timm's (plus `router.*`) and timm weights load directly.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        capacity: float = 0.125,
-        router_hidden: int = 0,
-        gate: str | bool = "sigmoid",
-        **kwargs,
-    ):
+    def __init__(self, dim: int, num_heads: int, router: RouterSpec, **kwargs):
+        check_capacity(router.capacity)  # a routed block always has a router: no capacity is the dense `Block`
         super().__init__(dim, num_heads, **kwargs)
-        self.router = TokenRouter(dim, capacity, router_hidden, gate)
+        self.router = router.make(dim)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, N, C) -> (B, N, C); the whole batch is gathered and scattered at once, with no loop over images."""
