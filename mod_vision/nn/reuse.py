@@ -1,9 +1,9 @@
 """Token reuse across video frames: a token whose input has not changed since it was last computed keeps its cached
 update, and only changed tokens are computed (Eventful Transformers' token gating, Dutson et al. 2023).
 
-The rule sits beside the routing rule (nn/routing.py) and is applied by the same routers: routing picks the tokens a
-block may process (top-k, capacity), reuse picks which of those must be computed on this frame. Recomputed tokens
-attend to every routed token, with the cached keys and values of the unchanged ones.
+The rule sits beside the routing rule (nn/routing/router.py) and is applied by the same routers: routing picks the
+tokens a block may process (top-k, capacity), reuse picks which of those must be computed on this frame. Recomputed
+tokens attend to every routed token, with the cached keys and values of the unchanged ones.
 
 - `TokenReuse` is one stream's cache (a row per batch slot): per block call of a forward, each token's reference input
   (its input when last computed), its cached update, and each attention layer's keys and values. It is state the
