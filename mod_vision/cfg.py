@@ -87,17 +87,76 @@ EXTRA_ARGS = {
 
 ROUTING_KEYS = ("capacity", "dynamic_capacity")
 
+# How each key of EXTRA_ARGS is checked, by type, as Ultralytics' check_cfg does with CFG_FLOAT_KEYS, CFG_INT_KEYS, ...
+# Every key is in exactly one set (tests/test_footprint.py checks it). Where a value names the key's meaning, the error
+# message gives it in brackets.
+CAPACITY_KEYS = frozenset({"capacity"})  # a capacity in (0, 1], a list with one per routed block, or {index: capacity}
+BOUNDS_KEYS = frozenset({"capacity_range", "dynamic_capacity", "dynamic_training"})  # [min, max] capacities, or off
+NUMBER_KEYS = {  # a number >= 0
+    "capacity_warmup": "epochs of the ramp from dense; 0: none",
+    "router_aux": "weight of the predictors' auxiliary loss; 0: off",
+    "router_rank": "weight of the scorers' ranking loss; 0: off",
+    "router_lr_mult": "learning rate relative to lr0",
+    "predictor_lr_mult": "learning rate relative to lr0",
+}
+OPTIONAL_KEYS = frozenset({"router_lr_mult", "predictor_lr_mult"})  # None too: as 1, the parameters keep their groups
+FINITE_KEYS = {"router_rank": "weight of the ranking loss"}  # nan and inf refused too: the loss would be nan
+INT_KEYS = {  # an int >= 0
+    "router_rank_dilate": "token cells the object targets grow by; 0: none",
+    "heatmap_period": "epochs between routing heatmaps; 0: only at the end",
+}
+BOOL_KEYS = frozenset({"router_rank_detach", "save_heatmap", "token_reuse"})
+CHOICE_KEYS = {"router_rank_kind": ("pairwise", "bce"), "routing": (None, *POLICIES)}
+REUSE_KEYS = ("reuse_threshold", "reuse_refresh", "reuse_max_change")  # checked together, by nn.reuse
+SOURCE_KEYS = frozenset({"timm_weights"})  # a timm model name or a weights file, or None
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+# Each check below takes (value, key), as check_capacity_arg and check_bounds do, and raises a ValueError naming it.
 
 
-def _check_number(key: str, value, what: str, integer: bool = False, optional: bool = False):
-    if value is None and optional:
+def check_number(value, key: str, integer: bool = False):
+    """A number (an int with `integer`) >= 0, for NUMBER_KEYS and INT_KEYS."""
+    if value is None and key in OPTIONAL_KEYS:
         return value
-    if not (isinstance(value, int) and not isinstance(value, bool) if integer else _is_number(value)) or value < 0:
-        kind = "an int" if integer else "a number"
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or value < 0:
+        kind, what = ("an int", INT_KEYS[key]) if integer else ("a number", NUMBER_KEYS[key])
         raise ValueError(f"{key} must be {kind} >= 0 ({what}), got {value!r}")
+    if key in FINITE_KEYS and (value != value or value == float("inf")):
+        raise ValueError(f"{key} must be a finite number >= 0 ({FINITE_KEYS[key]}), got {value!r}")
+    return value
+
+
+def check_int(value, key: str) -> int:
+    return check_number(value, key, integer=True)
+
+
+def check_bool(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(value, key: str):
+    choices = CHOICE_KEYS[key]
+    if value not in choices:
+        named = [c for c in choices if c is not None]
+        text = " or ".join(map(repr, named)) if len(named) == 2 else f"one of {', '.join(map(repr, named))}"
+        raise ValueError(f"{key} must be {text}{' or None' if None in choices else ''}, got {value!r}")
+    return value
+
+
+def check_reuse(value, key: str):
+    from .nn.reuse import check_reuse_args
+
+    defaults = {k: EXTRA_ARGS[k] for k in REUSE_KEYS}
+    check_reuse_args(*{**defaults, key: value}.values())
+    return value
+
+
+def check_source(value, key: str):
+    if value is not None and not isinstance(value, (str, Path)):
+        raise ValueError(f"{key} must be a timm model name or a weights file path, got {value!r}")
     return value
 
 
@@ -145,44 +204,24 @@ def capacity_range(value) -> tuple[float, float] | None:
     return check_bounds(value, "capacity_range")
 
 
+KEY_CHECKS = (  # each key set and the one check its keys go through
+    (CAPACITY_KEYS, check_capacity_arg),
+    (BOUNDS_KEYS, check_bounds),
+    (NUMBER_KEYS, check_number),
+    (INT_KEYS, check_int),
+    (BOOL_KEYS, check_bool),
+    (CHOICE_KEYS, check_choice),
+    (REUSE_KEYS, check_reuse),
+    (SOURCE_KEYS, check_source),
+)
+
+
 def check_extra_args(args: dict) -> dict:
     """Check the mod_vision keys present in `args` (a dict); raise a ValueError naming the first bad key."""
     for key, value in args.items():
-        if key == "capacity":
-            check_capacity_arg(value)
-        elif key in {"capacity_range", "dynamic_capacity", "dynamic_training"}:
-            check_bounds(value, key)
-        elif key == "capacity_warmup":
-            _check_number(key, value, "epochs of the ramp from dense; 0: none")
-        elif key == "router_aux":
-            _check_number(key, value, "weight of the predictors' auxiliary loss; 0: off")
-        elif key == "router_rank":
-            _check_number(key, value, "weight of the scorers' ranking loss; 0: off")
-            if value != value or value == float("inf"):
-                raise ValueError(f"router_rank must be a finite number >= 0 (weight of the ranking loss), got {value!r}")
-        elif key == "router_rank_kind" and value not in ("pairwise", "bce"):
-            raise ValueError(f"router_rank_kind must be 'pairwise' or 'bce', got {value!r}")
-        elif key == "router_rank_detach" and not isinstance(value, bool):
-            raise ValueError(f"router_rank_detach must be True or False, got {value!r}")
-        elif key == "router_rank_dilate":
-            _check_number(key, value, "token cells the object targets grow by; 0: none", integer=True)
-        elif key in {"router_lr_mult", "predictor_lr_mult"}:
-            _check_number(key, value, "learning rate relative to lr0", optional=True)
-        elif key == "heatmap_period":
-            _check_number(key, value, "epochs between routing heatmaps; 0: only at the end", integer=True)
-        elif key == "save_heatmap" and not isinstance(value, bool):
-            raise ValueError(f"save_heatmap must be True or False, got {value!r}")
-        elif key == "routing" and value not in (None, *POLICIES):
-            raise ValueError(f"routing must be one of {', '.join(map(repr, POLICIES))} or None, got {value!r}")
-        elif key == "token_reuse" and not isinstance(value, bool):
-            raise ValueError(f"token_reuse must be True or False, got {value!r}")
-        elif key in {"reuse_threshold", "reuse_refresh", "reuse_max_change"}:
-            from .nn.reuse import check_reuse_args
-
-            defaults = {k: EXTRA_ARGS[k] for k in ("reuse_threshold", "reuse_refresh", "reuse_max_change")}
-            check_reuse_args(*{**defaults, key: value}.values())
-        elif key == "timm_weights" and value is not None and not isinstance(value, (str, Path)):
-            raise ValueError(f"timm_weights must be a timm model name or a weights file path, got {value!r}")
+        for keys, check in KEY_CHECKS:
+            if key in keys:
+                check(value, key)
     return args
 
 

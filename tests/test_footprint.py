@@ -16,10 +16,11 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
 
 from mod_vision import MoDYOLO
-from mod_vision.cfg import EXTRA_ARGS
+from mod_vision.cfg import EXTRA_ARGS, check_extra_args
 from mod_vision.cli import run
 from mod_vision.engine.train import MoDDetectionTrainer, training_capacity_callback
 from mod_vision.nn import MoDDetectionModel
+from mod_vision.nn.policies import POLICIES
 from mod_vision.nn.tasks import MOD_LAYERS, load_model_yaml
 
 from .conftest import TRAIN_ARGS
@@ -124,6 +125,49 @@ BAD = [
     ("heatmap_period", 1.5, "heatmap_period must be an int >= 0"),
     ("save_heatmap", "yes", "save_heatmap must be True or False"),
 ]
+
+
+def test_every_mod_vision_key_is_in_exactly_one_typed_key_set():
+    from mod_vision import cfg
+
+    assert sorted(k for keys, _ in cfg.KEY_CHECKS for k in keys) == sorted(EXTRA_ARGS)
+    assert cfg.OPTIONAL_KEYS | set(cfg.FINITE_KEYS) <= set(cfg.NUMBER_KEYS)  # refinements of the number check
+
+
+@pytest.mark.parametrize(
+    "key_set, bad, match",
+    [("CAPACITY_KEYS", 2, r"^{key}=2 is not valid: "),
+     ("BOUNDS_KEYS", [0.5, 0.1], r"^{key} min 0.5 is above max 0.1$"),
+     ("NUMBER_KEYS", -1, r"^{key} must be a number >= 0 \(.+\), got -1$"),
+     ("INT_KEYS", 1.5, r"^{key} must be an int >= 0 \(.+\), got 1.5$"),
+     ("BOOL_KEYS", "yes", r"^{key} must be True or False, got 'yes'$"),
+     ("CHOICE_KEYS", "x", r"^{key} must be .+, got 'x'$"),
+     ("REUSE_KEYS", -1, r"^{key} must be "),
+     ("SOURCE_KEYS", 3, r"^{key} must be a timm model name or a weights file path, got 3$")],
+)  # fmt: skip
+def test_each_typed_key_set_is_checked_by_its_function(key_set, bad, match):
+    from mod_vision import cfg
+
+    for key in getattr(cfg, key_set):
+        assert check_extra_args({key: EXTRA_ARGS[key]}) == {key: EXTRA_ARGS[key]}  # the default passes
+        with pytest.raises(ValueError, match=match.format(key=key)):
+            check_extra_args({key: bad})
+
+
+@pytest.mark.parametrize(
+    "key, bad, message",
+    [("router_rank_kind", "hinge", "router_rank_kind must be 'pairwise' or 'bce', got 'hinge'"),
+     ("routing", "all", f"routing must be one of {', '.join(map(repr, POLICIES))} or None, got 'all'"),
+     ("router_rank", float("inf"), "router_rank must be a finite number >= 0 (weight of the ranking loss), got inf"),
+     ("router_lr_mult", "x", "router_lr_mult must be a number >= 0 (learning rate relative to lr0), got 'x'"),
+     ("router_rank_dilate", -1, "router_rank_dilate must be an int >= 0 (token cells the object targets grow by; 0: "
+                                "none), got -1")],
+)  # fmt: skip
+def test_key_set_errors_read_as_written(key, bad, message):
+    with pytest.raises(ValueError) as e:
+        check_extra_args({key: bad})
+    assert str(e.value) == message
+    assert check_extra_args({"router_lr_mult": None, "routing": None}) == {"router_lr_mult": None, "routing": None}
 
 
 @pytest.mark.parametrize("key, value, match", BAD)
