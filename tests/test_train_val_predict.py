@@ -50,6 +50,30 @@ def test_segment_training_and_mask_coco_metrics(seg_run, sample_yaml, tmp_path):
     assert results[0].masks is not None and results[0].token_share == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.parametrize("run", ["det_run", "seg_run"])
+def test_val_returns_ultralytics_metrics_subclassed_with_the_routing_fields(request, sample_yaml, tmp_path, run):
+    from ultralytics.utils.metrics import DetMetrics, SegmentMetrics
+
+    from mod_vision.engine.val import RoutedDetMetrics, RoutedSegmentMetrics
+
+    assert RoutedDetMetrics().results_dict == DetMetrics().results_dict  # nothing measured, nothing added
+    m = MoDYOLO(request.getfixturevalue(run) / "weights" / "best.pt").val(
+        data=str(sample_yaml), imgsz=IMGSZ, batch=4, project=str(tmp_path), plots=False
+    )
+    kind = (RoutedSegmentMetrics, SegmentMetrics) if run == "seg_run" else (RoutedDetMetrics, DetMetrics)
+    assert type(m) is kind[0] and isinstance(m, kind[1])
+    assert isinstance(m.token_share, float) and (m.capacity_mode, m.capacity) == ("static", [0.5] * 3)
+    assert m.coco_json.name == "instances_val.json" and "metrics/coco_AP(B)" in m.coco
+    assert all(isinstance(v, float) for v in m.coco.values())
+    assert set(m.routing) == {"all", "flat", "textured"} and len(m.routing["all"]) == 3
+    assert set(m.routing["all"][0]) == {"object_lift", "object_recall", "padding_share"}
+    # results_dict: Ultralytics' keys and fitness first, then COCO's metrics and the routing columns
+    stats = m.results_dict
+    assert list(stats)[: len(m.keys) + 1] == [*m.keys, "fitness"]
+    assert {k: stats[k] for k in m.coco} == m.coco and stats["routing/token_share"] == m.token_share
+    assert {"routing/object_lift_b0", "routing/padding_share_b2"} <= set(stats)
+
+
 def test_predict_image_folder_and_budget(det_run, sample_yaml):
     model = MoDYOLO(det_run / "weights" / "best.pt")
     r = model.predict(ASSETS / "bus.jpg", imgsz=IMGSZ)

@@ -9,6 +9,7 @@ from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
+from ultralytics.utils.metrics import DetMetrics, SegmentMetrics
 
 from ..cfg import EXTRA_ARGS, apply_policy, split_extra_args
 from ..data import with_missing_help
@@ -19,15 +20,60 @@ from .export import apply_or_check_routing, exported_token_share
 from .results import DYNAMIC, STATIC, capacities_that_ran, routing_mode
 
 
-class RoutedValidatorMixin:
-    """COCO AP/AP50/AP75/APs/APm/APl against the json annotations, plus `routing/token_share` in the stats.
+class RoutedDetMetrics(DetMetrics):
+    """Ultralytics' detection metrics and what the validation of a routed model adds to them.
 
-    `model.val()` returns Ultralytics' metrics object with more attributes: `coco` ({'metrics/coco_AP(B)': ...}, masks
-    as (M); a failed COCO evaluation raises COCOEvalError), `coco_json` (the json scored against, None without
-    one: then `coco` is empty and `coco_eval.box_ap` gives Ultralytics' mAP, named so), `token_share` (mean share of routed-block tokens processed; None for dense models), `capacity_mode`
-    ("static" or "dynamic"; None for dense models) and `capacity` (per routed block, the capacity that ran: the set one
-    in static mode, the mean measured share over the images in dynamic mode). An exported model's share is exact, from
-    the capacities in its metadata (static top-k), and asking it for another capacity raises, as predict does.
+    `results_dict` also holds the COCO metrics and the routing columns (`routing_results`); `keys`, `fitness` and
+    `summary` stay Ultralytics' (the summary is per class, and routing is per routed block, not per class).
+
+    Attributes:
+        coco (dict[str, float]): COCO AP/AP50/AP75/APs/APm/APl against the data's COCO json, as
+            {'metrics/coco_AP(B)': ...} (masks as (M)); empty without a json. A failed COCO evaluation raises
+            COCOEvalError: it never leaves this empty as if none had been asked for.
+        coco_json (Path | None): the json scored against; None: no COCO metrics were asked for, and
+            `coco_eval.box_ap` gives Ultralytics' mAP, named so.
+        token_share (float | None): the mean share of routed-block tokens processed; None for a dense model. An
+            exported model's is exact, from the capacities in its metadata (static top-k).
+        routing (dict[str, list[dict]]): routing quality per image kind ('all', and each background kind the COCO
+            json records, e.g. 'flat', 'textured'): per routed block, its object_lift, object_recall and padding_share
+            (None where undefined); empty for a dense or an exported model.
+        capacity_mode (str | None): "static" or "dynamic"; None for a dense model.
+        capacity (list[float]): per routed block, the capacity that ran: the set one in static mode, the mean measured
+            share over the images in dynamic mode; empty for a dense model.
+    """
+
+    def __init__(self, names: dict[int, str] | None = None) -> None:
+        super().__init__(names)
+        self.start(None, None, [])
+
+    def start(self, coco_json: Path | None, capacity_mode: str | None, capacity: list[float]) -> None:
+        """Clear the routing and COCO fields for a new validation (the trainer's validator runs every epoch)."""
+        self.coco, self.coco_json, self.token_share, self.routing = {}, coco_json, None, {}
+        self.capacity_mode, self.capacity = capacity_mode, capacity
+
+    @property
+    def routing_results(self) -> dict[str, float]:
+        """The routing columns of results.csv: `routing/token_share` and, per routed block j over all images,
+        `routing/object_lift_b<j>`, `routing/object_recall_b<j>`, `routing/padding_share_b<j>`; an undefined value is
+        left out, never NaN."""
+        out = {} if self.token_share is None else {"routing/token_share": self.token_share}
+        for j, block in enumerate(self.routing.get("all", [])):
+            out.update({f"routing/{k}_b{j}": v for k, v in block.items() if v is not None})
+        return out
+
+    @property
+    def results_dict(self) -> dict[str, float]:
+        return {**super().results_dict, **self.coco, **self.routing_results}
+
+
+class RoutedSegmentMetrics(RoutedDetMetrics, SegmentMetrics):
+    """Ultralytics' segmentation metrics with the routed fields of `RoutedDetMetrics` (COCO metrics for masks too)."""
+
+
+class RoutedValidatorMixin:
+    """COCO AP/AP50/AP75/APs/APm/APl against the json annotations, and the routed token share and routing quality,
+    beside Ultralytics' metrics: `model.val()` returns a `RoutedDetMetrics` (`RoutedSegmentMetrics`). Asking an
+    exported model for another capacity than its own raises, as predict does.
 
     Ultralytics rebuilds ground truth from YOLO labels for custom detect data and looks for an LVIS file for custom
     segment data; evaluating against the dataset's own COCO json instead is what a COCO user expects, and it covers
@@ -35,6 +81,7 @@ class RoutedValidatorMixin:
     """
 
     iou_types = {"bbox": "B"}
+    metrics_class = RoutedDetMetrics
     routing_record = anno_json = None
     _is_custom_json = False
 
@@ -45,6 +92,7 @@ class RoutedValidatorMixin:
         super().__init__(dataloader, save_dir, args, _callbacks)
         for k, v in {**EXTRA_ARGS, **ours}.items():
             setattr(self.args, k, v)
+        self.metrics = self.metrics_class()
 
     # Ultralytics rebuilds ground truth from the YOLO labels when save_json is on for data that is neither COCO nor
     # LVIS (its "custom json"); with the dataset's own COCO json there is nothing to rebuild.
@@ -92,10 +140,9 @@ class RoutedValidatorMixin:
         super().init_metrics(model)
         self.exported = apply_or_check_routing(model, self.args)  # routing of an exported file, else None
         self.token_shares, self.block_shares, self.routing_model = [], [], model
-        self.metrics.capacity_mode = STATIC if self.exported else routing_mode(model)
-        self.metrics.capacity = self.exported["capacity"] if self.exported else capacities_that_ran(model, [], 1)[0]
-        self.metrics.coco, self.metrics.token_share, self.metrics.routing = {}, None, {}
-        self.metrics.coco_json = self.anno_json  # None: no COCO metrics asked for (coco_eval.box_ap says which AP ran)
+        mode = STATIC if self.exported else routing_mode(model)
+        capacity = self.exported["capacity"] if self.exported else capacities_that_ran(model, [], 1)[0]
+        self.metrics.start(self.anno_json, mode, capacity)
         self.routing_quality = RoutingQuality()
         self.backgrounds = {}  # image file name -> background kind, where the COCO json records one (sample data)
         if not self.exported:
@@ -121,18 +168,14 @@ class RoutedValidatorMixin:
         super().update_metrics(preds, batch)
 
     def get_stats(self) -> dict:
+        # the routing fields are set after Ultralytics' stats are read from results_dict, so results.csv keeps
+        # Ultralytics' columns (and, in training with a COCO json, its COCO ones) first and the routing columns last
         stats = super().get_stats()
         self.metrics.token_share = float(torch.cat(self.token_shares).mean()) if self.token_shares else None
         if self.block_shares:  # dynamic mode: the mean measured share per block
             self.metrics.capacity = torch.tensor(self.block_shares, dtype=torch.float64).mean(0).tolist()
-        if self.metrics.token_share is not None:
-            stats["routing/token_share"] = self.metrics.token_share
         self.metrics.routing = self.routing_quality.summary()
-        for j, block in enumerate(self.metrics.routing.get("all", [])):
-            for k, v in block.items():  # results.csv columns; an undefined value is left out, never NaN
-                if v is not None:
-                    stats[f"routing/{k}_b{j}"] = v
-        return stats
+        return {**stats, **self.metrics.routing_results}
 
     def print_results(self) -> None:
         super().print_results()
@@ -203,6 +246,9 @@ class MoDDetectionValidator(RoutedValidatorMixin, DetectionValidator):
 
 class MoDSegmentationValidator(RoutedValidatorMixin, SegmentationValidator):
     iou_types = {"bbox": "B", "segm": "M"}
+    metrics_class = RoutedSegmentMetrics
 
 
-__all__ = ["COCO_METRICS", "MoDDetectionValidator", "MoDSegmentationValidator"]
+__all__ = [
+    "COCO_METRICS", "MoDDetectionValidator", "MoDSegmentationValidator", "RoutedDetMetrics", "RoutedSegmentMetrics"
+]
