@@ -329,21 +329,22 @@ def test_generating_sample_data_says_what_where_and_how_long(tmp_path, caplog):
 def test_results_png_plots_token_share_and_router_loss(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from mod_vision.engine import train as train_module
+    from mod_vision.engine import conveniences
+    from mod_vision.engine.train import MoDDetectionTrainer
 
     csv = tmp_path / "results.csv"
     csv.write_text("epoch,time,train/box_loss,train/router_aux,metrics/mAP50(B),routing/token_share,val/box_loss,"
                    "val/router_aux\n1,1,2.0,0.7,0.1,0.5,2.1,0.6\n2,2,1.5,0.6,0.2,0.5,1.9,0.5\n")  # fmt: skip
-    plotted, real = [], train_module.plot_results
+    plotted, real = [], conveniences.plot_results
 
     def spy(file, **kw):
         plotted.extend(Path(file).read_text().splitlines()[0].split(","))
         return real(file=file, **kw)
 
-    monkeypatch.setattr(train_module, "plot_results", spy)
+    monkeypatch.setattr(conveniences, "plot_results", spy)
     seen = []
     fake = SimpleNamespace(csv=csv, save_dir=tmp_path, on_plot=seen.append)
-    train_module.MoDDetectionTrainer.plot_metrics(fake)
+    MoDDetectionTrainer.plot_metrics(fake)
     # plot_results draws every column whose name holds "loss" or "metric"
     drawn = [c for c in plotted if "loss" in c or "metric" in c]
     assert {"routing/token_share (metric)", "train/router_aux (loss)", "val/router_aux (loss)"} <= set(drawn)

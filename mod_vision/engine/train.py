@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 from copy import copy
 from pathlib import Path
@@ -13,18 +12,15 @@ import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.cfg import get_save_dir
-from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
-from ultralytics.utils.plotting import plot_results
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..cfg import EXTRA_ARGS, capacity_range, check_bounds, split_extra_args, with_extra_defaults
-from ..data import with_missing_help
 from ..flops import compute_line
 from ..nn.pretrained import load_timm_backbone
 from ..nn.routing import record_routing, routed_blocks, set_capacity
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
-from .runlock import RunLock
+from .conveniences import TrainerConveniences
 from .val import MoDDetectionValidator, MoDSegmentationValidator
 
 
@@ -46,8 +42,37 @@ def per_image_training(args) -> tuple[float, float] | None:
     return bounds
 
 
-class MoDDetectionTrainer(DetectionTrainer):
+class MoDDetectionTrainer(TrainerConveniences, DetectionTrainer):
+    """Ultralytics' detection trainer for a routed model: the routed model and its timm initialisation, the router and
+    predictor learning rates, the capacity schedules and the routing figures (both as callbacks). The rest of what it
+    adds to Ultralytics' trainer, none of it routing (the run-folder lock, help for missing data, ...), comes from
+    `TrainerConveniences` (engine/conveniences.py)."""
+
     model_class, validator_class = MoDDetectionModel, MoDDetectionValidator
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        # mod_vision's keys are checked before Ultralytics' __init__ locks the run folder and loads the data, and are
+        # known to this trainer only
+        split_extra_args(overrides)
+        per_image_training(SimpleNamespace(**{**EXTRA_ARGS, **(overrides or {})}))
+        super().__init__(with_extra_defaults(cfg), overrides, _callbacks)
+        self.check_capacity_warmup()
+        for event, fn in (
+            ("on_train_batch_start", training_capacity_callback),
+            ("on_fit_epoch_end", routing_plot_epoch),
+            ("on_train_end", routing_plot_final),
+        ):
+            if fn not in self.callbacks[event]:
+                self.add_callback(event, fn)
+
+    def check_capacity_warmup(self) -> None:
+        """A ramp longer than the run never reaches the capacity the model is validated and saved with: said at start."""
+        warmup, epochs = self.args.capacity_warmup or 0, self.args.epochs
+        if warmup > epochs and RANK in {-1, 0}:
+            LOGGER.warning(
+                f"capacity_warmup={warmup} is longer than epochs={epochs}: training stops {epochs / warmup:.0%} of the "
+                f"way down the ramp from capacity 1.0, never at the capacity it is validated and saved with"
+            )
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         model = self.model_class(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
@@ -105,102 +130,12 @@ class MoDDetectionTrainer(DetectionTrainer):
             caps = [1.0 - done * (1.0 - c) for c in caps]
         set_capacity(model, caps)
 
-    def get_dataset(self):
-        try:
-            return super().get_dataset()
-        except (FileNotFoundError, RuntimeError) as e:
-            raise with_missing_help(e, self.args.data) from e
-
-    def progress_string(self):
-        # Ultralytics prints each column of the training progress in 11 characters ('%11s' header, '%11.4g' values,
-        # formatted inside its training loop): a name of 11 or more runs into its neighbour ('router_auxrouter_rank').
-        # The header shows the routing losses as Ultralytics names its own ('box_loss'); results.csv keeps
-        # train/router_aux and train/router_rank.
-        names = self.loss_names
-        self.loss_names = tuple(PROGRESS_NAMES.get(n, n[:10]) for n in names)
-        try:
-            return super().progress_string()
-        finally:
-            self.loss_names = names
-
     def get_validator(self):
         return self.validator_class(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
 
     # Routing heatmaps of a fixed val batch, like Ultralytics' val_batch plots: at the end of training (best.pt) and,
     # with heatmap_period=N, every N epochs (EMA weights). Registered as callbacks so the training loop stays upstream's.
     HEATMAP_IMAGES = 4
-
-    run_lock = None
-
-    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
-        # mod_vision's keys are checked before Ultralytics' __init__ locks the run folder and loads the data, and are
-        # known to this trainer only
-        split_extra_args(overrides)
-        per_image_training(SimpleNamespace(**{**EXTRA_ARGS, **(overrides or {})}))
-        try:
-            super().__init__(with_extra_defaults(cfg), overrides, _callbacks)
-        except BaseException:  # a run that never starts must not keep its folder locked
-            self.release_run_lock()
-            raise
-        self.check_capacity_warmup()
-        for event, fn in (
-            ("on_train_batch_start", training_capacity_callback),
-            ("on_fit_epoch_end", routing_plot_epoch),
-            ("on_train_end", routing_plot_final),
-        ):
-            if fn not in self.callbacks[event]:
-                self.add_callback(event, fn)
-
-    def check_capacity_warmup(self) -> None:
-        """A ramp longer than the run never reaches the capacity the model is validated and saved with: said at start."""
-        warmup, epochs = self.args.capacity_warmup or 0, self.args.epochs
-        if warmup > epochs and RANK in {-1, 0}:
-            LOGGER.warning(
-                f"capacity_warmup={warmup} is longer than epochs={epochs}: training stops {epochs / warmup:.0%} of the "
-                f"way down the ramp from capacity 1.0, never at the capacity it is validated and saved with"
-            )
-
-    def check_resume(self, overrides):
-        # The first thing BaseTrainer.__init__ does before it creates the run folder and writes args.yaml into it: the
-        # place to lock the folder, so a second run into the same project/name stops before it touches anything.
-        super().check_resume(overrides)
-        if LOCAL_RANK == -1:  # the launching process; DDP workers train under its lock
-            self.args.save_dir = str(get_save_dir(self.args))  # what BaseTrainer would pick; it keeps args.save_dir
-            self.run_lock = RunLock(self.args.save_dir).acquire()
-
-    def train(self):
-        try:
-            return super().train()
-        finally:
-            self.release_run_lock()
-
-    def release_run_lock(self) -> None:
-        if self.run_lock is not None:
-            self.run_lock.release()
-
-    def plot_metrics(self):
-        import shutil
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            header, *rows = self.csv.read_text(encoding="utf-8").splitlines()
-            header = ",".join(PLOTTED_AS.get(c.strip(), c) for c in header.split(","))
-            (Path(tmp) / "results.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-            plot_results(file=Path(tmp) / "results.csv")
-            if (Path(tmp) / "results.png").exists():
-                shutil.move(Path(tmp) / "results.png", self.save_dir / "results.png")
-                self.on_plot(self.save_dir / "results.png")
-
-    def _close_dataloader_mosaic(self):
-        if self.epoch == 0 and self.args.close_mosaic >= self.epochs:  # mosaic never used: no "closing" before epoch 1
-            LOGGER.info(f"close_mosaic={self.args.close_mosaic} covers all {self.epochs} epochs: training without mosaic")
-            quiet = DropLogLine("Closing dataloader mosaic")
-            LOGGER.addFilter(quiet)
-            try:
-                return super()._close_dataloader_mosaic()
-            finally:
-                LOGGER.removeFilter(quiet)
-        return super()._close_dataloader_mosaic()
 
     def plot_routing(self, model, fname: str) -> Path | None:
         """Save a figure of the first val images: depth map and each routed block's tokens. None for a dense model."""
@@ -227,28 +162,6 @@ class MoDDetectionTrainer(DetectionTrainer):
 def training_capacity_callback(trainer) -> None:
     if hasattr(trainer, "set_training_capacity"):
         trainer.set_training_capacity()
-
-
-PROGRESS_NAMES = {"router_aux": "aux_loss", "router_rank": "rank_loss"}  # loss name -> its progress header column
-
-# Ultralytics' plot_results draws the results.csv columns whose names hold "loss" or "metric"; these say so in the copy
-# it plots, so results.png shows routing too (results.csv keeps its names).
-PLOTTED_AS = {
-    "routing/token_share": "routing/token_share (metric)",
-    "train/router_aux": "train/router_aux (loss)",
-    "val/router_aux": "val/router_aux (loss)",
-    "train/router_rank": "train/router_rank (loss)",
-    "val/router_rank": "val/router_rank (loss)",
-}
-
-
-class DropLogLine(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record) -> bool:
-        return record.getMessage() != self.text
 
 
 def routing_plot_epoch(trainer) -> None:
