@@ -53,6 +53,7 @@ class MoDYOLO(Model):
     def __init__(self, model: str | Path = "modvit-det.yaml", task: str | None = None, verbose: bool = False):
         super().__init__(model=model, task=task, verbose=verbose)
 
+    # Model._new is private, but it is where Model.__init__ builds a model from a YAML, with no public hook there
     def _new(self, cfg: str, task=None, verbose=False) -> None:
         # Ultralytics' YAML loader knows neither cfg/models/ nor names with a scale letter ('modvit-det-s.yaml'): it
         # reads the resolved file (for the task), the model class gets mod_vision's spec (see _smart_load), and the
@@ -65,6 +66,8 @@ class MoDYOLO(Model):
             self._spec = None
         self.cfg = self.model_name = self.overrides["model"] = self.model.args["model"] = str(cfg)
 
+    # Model._smart_load is private, but it is the one place _new takes the model class from task_map, so the class
+    # built can be handed mod_vision's spec
     def _smart_load(self, key: str):
         cls = super()._smart_load(key)
         if key == "model" and self._spec is not None:
@@ -177,7 +180,7 @@ class MoDYOLO(Model):
         """
         from .nn.pretrained import load_timm_backbone
 
-        self._check_is_pytorch_model()
+        self._check_is_pytorch_model()  # private in Model: its own guard, so the error is the one train/export give
         self.timm_report = load_timm_backbone(self.model, source)
         self.timm_weights = str(source)
         return self
@@ -211,7 +214,7 @@ class MoDYOLO(Model):
         from .engine.export import MoDExporter
 
         check_imgsz(kwargs.get("imgsz"), "export")
-        self._check_is_pytorch_model()
+        self._check_is_pytorch_model()  # private in Model: Model.export runs it first; this replaces Model.export
         custom = {"imgsz": self.model.args["imgsz"], "batch": 1, "data": None, "device": None, "verbose": False}
         args = {**self.overrides, **custom, **kwargs, "mode": "export"}  # Model.export's precedence
         return MoDExporter(overrides=args, _callbacks=self.callbacks)(model=self.model)
@@ -226,7 +229,7 @@ class MoDYOLO(Model):
         """Make dynamic per-image k the model's default (what `dynamic_capacity=` does for one call): each image takes
         as many tokens as its predictors find on objects, within `bounds` = [min, max] capacities; None or False
         returns to static top-k at the set capacities."""
-        self._check_is_pytorch_model()
+        self._check_is_pytorch_model()  # private in Model: its own guard, so the error is the one train/export give
         self.model.set_dynamic(check_bounds(bounds, "dynamic_capacity"))
         return self
 

@@ -92,6 +92,7 @@ def _graph_ops(path: Path, fmt: str) -> list[str]:
     if fmt == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
+        # private in LiteRT's Interpreter, but its only way to list a graph's ops (the public API lists tensors)
         return [op["op_name"] for op in Interpreter(str(path))._get_ops_details()]
     if fmt == "coreml":
         import coremltools as ct
