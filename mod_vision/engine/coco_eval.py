@@ -1,4 +1,17 @@
-"""COCO metrics from a COCO-format annotation json, through faster-coco-eval (the evaluator Ultralytics itself uses)."""
+"""COCO metrics from a COCO-format annotation json, through faster-coco-eval (the evaluator Ultralytics itself uses).
+
+Why not Ultralytics' own COCO path (`DetectionValidator.eval_json` and `coco_evaluate`): it scores against
+`annotations/instances_val2017.json` only when the val split is COCO's `val2017.txt` (image ids from the file names as
+integers, COCO's 80-to-91 class map), against an LVIS file for LVIS, and for any other detect data against ground truth
+it rebuilds from the YOLO labels; it cannot score against the data set's own COCO json (`coco_json:` in the data YAML),
+with that json's image ids (matched here by file name) and category ids (matched by name), and for other segment data
+it runs no COCO evaluation at all. It turns a failed evaluation into a warning, so a run would report Ultralytics' mAP
+where COCO AP was asked for (here the validator raises COCOEvalError). And it returns no AP75 and no COCO numbers of
+their own: it writes COCO's AP over Ultralytics' `metrics/mAP50-95(B)` (for COCO and LVIS) and APs/APm/APl as
+`metrics/mAP_small(B)`..., where mod_vision keeps COCO's numbers apart (`metrics.coco`). What is shared: the evaluator,
+Ultralytics' `pred_to_json` (the validator only sets its `class_map` and the image ids), and its `save_json` switch.
+`coco_evaluate` here is also used without a validator (tools/video_reuse.py).
+"""
 
 from __future__ import annotations
 
