@@ -1,7 +1,13 @@
-"""Shared fixtures: a tiny sample dataset and tiny models trained on it once per session (CPU, imgsz 96)."""
+"""Shared fixtures: a tiny sample dataset and tiny models trained on it once per session (CPU, imgsz 96).
+
+Tests that train are marked `slow` and run only with `--runslow`, as in Ultralytics' own tests/conftest.py. A test
+trains when it uses one of the training fixtures below (`@training_fixture`), itself or through a fixture that depends
+on one; a test that calls `.train(` itself carries `@pytest.mark.slow`.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -12,6 +18,41 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
 IMGSZ = 96
 TRAIN_ARGS = dict(epochs=1, imgsz=IMGSZ, batch=8, workers=0, device="cpu", plots=False, seed=0, exist_ok=True)
+TRAINING_FIXTURES: set[str] = set()  # the names of the fixtures that train; filled by @training_fixture
+RUN_SLOW = False  # --runslow, set by pytest_configure
+
+
+def training_fixture(fn):
+    """A session fixture that trains: every test that depends on it is slow. One requested by a test that is not
+    (through `request.getfixturevalue`, which collection cannot see) skips it, without --runslow."""
+    TRAINING_FIXTURES.add(fn.__name__)
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        if not RUN_SLOW:
+            pytest.skip(f"{fn.__name__} trains a model: run with --runslow")
+        return fn(*args, **kwargs)
+
+    return pytest.fixture(scope="session")(guarded)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run the tests that train (slow)")
+
+
+def pytest_configure(config):
+    global RUN_SLOW
+    RUN_SLOW = config.getoption("--runslow")
+    config.addinivalue_line("markers", "slow: the test trains a model; it runs only with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="trains a model: run with --runslow")
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):  # fixturenames: the closure, indirect ones too
+            item.add_marker(pytest.mark.slow)  # marked with --runslow too, so that -m "not slow" selects alike
+        if item.get_closest_marker("slow") and not RUN_SLOW:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -34,18 +75,18 @@ def _train(model_yaml, data, runs, name, **kw):
     return Path(model.trainer.save_dir)
 
 
-@pytest.fixture(scope="session")
+@training_fixture
 def det_run(sample_yaml, runs) -> Path:
     return _train("modvit-det.yaml", sample_yaml, runs, "det", epochs=2)
 
 
-@pytest.fixture(scope="session")
+@training_fixture
 def hybrid_run(sample_yaml, runs) -> Path:
     """The fast hybrid (patch stem, routed attention at strides 16 and 32), tiny run."""
     return _train("hybrid11p-det-n.yaml", sample_yaml, runs, "hybrid", epochs=2)
 
 
-@pytest.fixture(scope="session")
+@training_fixture
 def seg_run(sample_yaml, runs) -> Path:
     return _train("modvit-seg.yaml", sample_yaml, runs, "seg")
 

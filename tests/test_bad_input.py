@@ -28,6 +28,7 @@ def broken_data(sample_yaml, tmp_path):
     return yaml, images[0].name, images[1].name
 
 
+@pytest.mark.slow  # trains
 def test_corrupt_image_and_label_are_skipped_and_training_continues(broken_data, tmp_path, caplog):
     yaml, bad_image, bad_label = broken_data
     model = MoDYOLO("modvit-det.yaml")

@@ -21,6 +21,7 @@ def _train_recording(sample_yaml, runs, name, **kw):
     return model, seen
 
 
+@pytest.mark.slow  # trains
 def test_elastic_training_draws_a_capacity_per_batch_and_keeps_the_models_own(sample_yaml, runs):
     model, seen = _train_recording(sample_yaml, runs, "elastic", capacity_range=[0.2, 0.8])
     assert len(seen) == 6  # 24 images / batch 8 x 2 epochs
@@ -31,6 +32,7 @@ def test_elastic_training_draws_a_capacity_per_batch_and_keeps_the_models_own(sa
     assert MoDYOLO(model.trainer.best).model.capacities() == [0.5] * 3  # scale n: 6 blocks, every other routed
 
 
+@pytest.mark.slow  # trains
 def test_capacity_warmup_ramps_down_from_dense(sample_yaml, runs):
     _, seen = _train_recording(sample_yaml, runs, "warmup", capacity_warmup=2)
     firsts = [caps[0] for caps in seen]
@@ -38,6 +40,7 @@ def test_capacity_warmup_ramps_down_from_dense(sample_yaml, runs):
     assert firsts[0] > 0.9 and firsts[-1] == pytest.approx(0.5)
 
 
+@pytest.mark.slow  # trains
 def test_router_aux_loss_is_trained_and_logged(sample_yaml, runs):
     import torch
 
@@ -87,6 +90,7 @@ def test_dynamic_compute_at_predict_and_val(det_run, sample_yaml, tmp_path):
     assert static == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.slow  # trains
 def test_dynamic_training_picks_each_images_k_within_bounds(sample_yaml, runs, monkeypatch):
     """dynamic_training=[min, max]: in training each image's k is its predictor's count, clamped, as at val/predict;
     the saved model does not carry it."""

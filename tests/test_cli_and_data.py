@@ -38,6 +38,7 @@ def test_sample_data_has_empty_images(tmp_path):
     assert 0 < len(empty) < 20
 
 
+@pytest.mark.slow  # trains
 def test_cli_train_without_data_uses_generated_sample_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     metrics = run(["train", "epochs=1", "imgsz=64", "batch=16", "workers=0", "plots=False", f"project={tmp_path}"])

@@ -217,6 +217,7 @@ def test_recipe_keys_are_valid_cfg_keys():
     assert capacity_range(args.capacity_range) == tuple(recipe["capacity_range"])
 
 
+@pytest.mark.slow  # trains
 def test_training_starts_from_timm_weights_with_router_lr_group(vit16, sample_yaml, runs, tmp_path):
     vit, path = vit16
     cfg = tmp_path / "tiny-vit.yaml"

@@ -88,6 +88,7 @@ def test_negative_router_hidden_is_refused(bench, capsys):
     assert "--router-hidden must be 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains
 def test_tiny_run_gives_finite_results_and_resumes(bench, tmp_path, capsys):
     argv = ["--name", "tiny", "--out", str(tmp_path), "--epochs", "1", "--imgsz", "64", "--n-train", "32", "--n-val",
             "16", "--data-size", "64", "96", "--arms", "mod-elastic", "yolo11n", "--splits", "textured",

@@ -227,6 +227,7 @@ def test_bad_rank_weight_fails_before_training(sample_yaml, runs):
                                              **TRAIN_ARGS)
 
 
+@pytest.mark.slow  # trains
 def test_rank_loss_is_trained_and_logged_by_the_trainer(sample_yaml, runs):
     model = MoDYOLO("hybrid11-det-n.yaml")
     model.train(data=str(sample_yaml), project=str(runs), name="rank", router_rank=1.0, **{**TRAIN_ARGS, "epochs": 1})

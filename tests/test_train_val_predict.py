@@ -50,6 +50,7 @@ def test_segment_training_and_mask_coco_metrics(seg_run, sample_yaml, tmp_path):
     assert results[0].masks is not None and results[0].token_share == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.slow  # trains: det_run or seg_run, requested by name
 @pytest.mark.parametrize("run", ["det_run", "seg_run"])
 def test_val_returns_ultralytics_metrics_subclassed_with_the_routing_fields(request, sample_yaml, tmp_path, run):
     from ultralytics.utils.metrics import DetMetrics, SegmentMetrics
@@ -153,6 +154,7 @@ class StopAfterFirstEpoch(Exception):
     pass
 
 
+@pytest.mark.slow  # trains
 def test_capacity_survives_training_and_resume(sample_yaml, runs):
     model = MoDYOLO("modvit-det.yaml")
     model.set_capacity(0.25)

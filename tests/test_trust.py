@@ -126,6 +126,7 @@ def interrupt_after_first_epoch(trainer):
         raise Interrupt  # after last.pt of epoch 1 is saved, as a killed run leaves it
 
 
+@pytest.mark.slow  # trains
 def test_cli_resume_keeps_the_runs_data_imgsz_and_batch(sample_yaml, tmp_path, monkeypatch):
     from ultralytics.utils import YAML
 
@@ -352,6 +353,7 @@ def test_results_png_plots_token_share_and_router_loss(tmp_path, monkeypatch):
     assert csv.read_text().startswith("epoch,time,train/box_loss,train/router_aux,")  # the csv keeps its names
 
 
+@pytest.mark.slow  # trains
 def test_close_mosaic_covering_every_epoch_is_said_plainly(sample_yaml, tmp_path, caplog):
     from mod_vision import MoDYOLO
 
