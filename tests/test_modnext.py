@@ -202,3 +202,31 @@ def test_bad_layer_arguments_are_clear_errors():
         MoDDown(8, 16, base="max")
     with pytest.raises(ValueError, match=r"RoutedDetect has no one-to-one \(end2end\) branch"):
         RoutedDetect(4, 16, True, (16,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0.0, 1.0])
+def test_training_ungated_routers_without_the_ranking_loss_says_so(sample_yaml, tmp_path, rank):
+    """modnext-det's routed updates are not gated, so only the ranking loss trains its scorers: training it with
+    router_rank=0 says in one line that they would keep their initial weights; with the loss on, nothing is said."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    from tests.conftest import TRAIN_ARGS
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    try:
+        MoDYOLO("modnext-det-n.yaml").train(data=str(sample_yaml), project=str(tmp_path), name="r", router_rank=rank,
+                                            **TRAIN_ARGS)
+    finally:
+        LOGGER.removeHandler(handler)
+    lines = [m for m in said if "routers have no gate" in m]
+    if rank:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and "router_rank=0: 11 routers have no gate" in lines[0]
+        assert lines[0].endswith("they would keep their initial weights; train with router_rank=1.0")

@@ -84,6 +84,12 @@ class MoDDetectionTrainer(TrainerConveniences, DetectionTrainer):
             model.set_capacity(self.args.capacity)
         if verbose and RANK in {-1, 0}:  # beside Ultralytics' summary line, what the routed model really costs
             LOGGER.info(compute_line(model, self.args.imgsz))
+            ungated = [b for b in routed_blocks(model) if b.gate == "none"]
+            if ungated and not self.args.router_rank:
+                LOGGER.warning(
+                    f"router_rank=0: {len(ungated)} routers have no gate, so only the ranking loss trains their "
+                    f"scorers, and they would keep their initial weights; train with router_rank=1.0"
+                )
         return model
 
     def load_timm_weights(self, model, weights) -> None:
