@@ -3,6 +3,7 @@ points, before any data loads, with errors that name the key."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-import ultralytics.nn.tasks as ul_tasks
+import torch
 from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
@@ -18,25 +19,46 @@ from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
 from mod_vision import MoDYOLO
 from mod_vision.cfg import EXTRA_ARGS, check_extra_args
 from mod_vision.cli import run
-from mod_vision.engine.train import MoDDetectionTrainer, training_capacity_callback
+from mod_vision.engine.train import MoDDetectionTrainer
 from mod_vision.nn import MoDDetectionModel
 from mod_vision.nn.policies import POLICIES
-from mod_vision.nn.tasks import MOD_LAYERS, load_model_yaml
+from mod_vision.nn.tasks import find_model_yaml, load_model_yaml
 
 from .conftest import TRAIN_ARGS
 
 IMAGE = np.zeros((64, 64, 3), dtype=np.uint8)
 
-# In a fresh interpreter without mod_vision: Ultralytics' default keys, its parser, and what a stock YOLO11n says to
-# capacity= (on a first predict, and on a predict that reuses the predictor).
+# What Ultralytics' DetectionModel builds: a stock YAML's layers and parameter count, and what it says to a YAML that
+# names mod_vision's layers. The same function runs here and in a fresh interpreter without mod_vision (STOCK).
+PARSED = textwrap.dedent(
+    f"""
+    def parsed():
+        import ultralytics.nn.tasks as t
+        from ultralytics.utils import YAML
+        stock = t.DetectionModel("yolo11n.yaml", verbose=False)
+        try:
+            t.DetectionModel(YAML.load({str(find_model_yaml("modvit-det.yaml")[0])!r}), verbose=False)
+            mod = None
+        except Exception as e:
+            mod = [type(e).__name__, str(e)]
+        return dict(layers=[type(m).__name__ for m in stock.model], params=sum(p.numel() for p in stock.parameters()),
+                    mod=mod)
+    """
+)
+_namespace = {}
+exec(PARSED, _namespace)  # noqa: S102
+parsed = _namespace["parsed"]
+
+# In a fresh interpreter without mod_vision: Ultralytics' default keys, what its parser builds, and what a stock YOLO11n
+# says to capacity= (on a first predict, and on a predict that reuses the predictor).
 STOCK = textwrap.dedent(
     """
     import json, sys
     import numpy as np
     {imports}
-    import ultralytics.nn.tasks as t
     from ultralytics import YOLO
     from ultralytics.utils import DEFAULT_CFG_DICT
+    {parsed}
     img, out = np.zeros((64, 64, 3), dtype=np.uint8), {{}}
     for case in ("first", "reused"):
         model = YOLO("yolo11n.yaml")
@@ -48,7 +70,7 @@ STOCK = textwrap.dedent(
         except Exception as e:
             out[case] = [type(e).__name__, str(e)]
     out["keys"] = sorted(DEFAULT_CFG_DICT)
-    out["parser"] = [t.parse_model.__module__, t.parse_model.__qualname__]
+    out["parser"] = parsed()
     out["mod_vision"] = "mod_vision" in sys.modules
     print(json.dumps(out))
     """
@@ -56,7 +78,7 @@ STOCK = textwrap.dedent(
 
 
 def stock_run(imports: str = "") -> dict:
-    code = STOCK.format(imports=imports)
+    code = STOCK.format(imports=imports, parsed=PARSED)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -70,9 +92,9 @@ def without_mod_vision() -> dict:
 
 def test_parser_and_default_config_are_ultralytics_own_after_a_mod_predict(without_mod_vision):
     MoDYOLO("modvit-det.yaml").predict(IMAGE, imgsz=64, capacity=0.5, verbose=False)
-    assert ul_tasks.parse_model.__module__ == "ultralytics.nn.tasks"
-    assert [ul_tasks.parse_model.__module__, ul_tasks.parse_model.__qualname__] == without_mod_vision["parser"]
-    assert not set(MOD_LAYERS) & set(vars(ul_tasks))  # mod_vision's layer names are not visible to stock YAMLs
+    # a stock YAML builds as without mod_vision, and a YAML naming mod_vision's layers is refused as without it
+    assert without_mod_vision["parser"]["mod"] == ["KeyError", "'PatchEmbed'"]
+    assert parsed() == without_mod_vision["parser"]
     assert sorted(DEFAULT_CFG_DICT) == without_mod_vision["keys"]
     assert not any(hasattr(DEFAULT_CFG, k) for k in EXTRA_ARGS)
 
@@ -95,12 +117,12 @@ def test_stock_yaml_in_this_process_builds_with_ultralytics_parser_and_refuses_c
         DetectionTrainer(overrides={"model": "yolo11n.yaml", "capacity_range": [0.2, 0.8]})
 
 
-def test_parser_is_restored_when_a_mod_model_fails_to_build():
+def test_parser_is_restored_when_a_mod_model_fails_to_build(without_mod_vision):
     spec = load_model_yaml("modvit-det.yaml")
     spec["backbone"][1][2] = "NoSuchLayer"
     with pytest.raises(ValueError, match="Unknown module 'NoSuchLayer' in layer 1"):
         MoDDetectionModel(spec, verbose=False)
-    assert ul_tasks.parse_model.__module__ == "ultralytics.nn.tasks"
+    assert parsed() == without_mod_vision["parser"]  # Ultralytics' parser, not mod_vision's
 
 
 def test_mod_model_keeps_its_name_scale_and_export_args():
@@ -197,12 +219,31 @@ def test_cli_checks_mod_vision_keys_before_data(sample_yaml, tmp_path):
     assert not list(tmp_path.iterdir())  # no run folder: refused before anything started
 
 
-def test_capacity_schedule_is_a_trainer_callback_not_in_preprocess_batch(sample_yaml, tmp_path):
-    assert MoDDetectionTrainer.preprocess_batch is DetectionTrainer.preprocess_batch
-    overrides = {"model": "modvit-det.yaml", "data": str(sample_yaml), "project": str(tmp_path), "device": "cpu"}
-    trainer = MoDDetectionTrainer(overrides=overrides)
-    assert trainer.callbacks["on_train_batch_start"].count(training_capacity_callback) == 1
-    assert trainer.args.capacity_warmup == 0 and trainer.args.router_aux == EXTRA_ARGS["router_aux"]  # defaulted here
+def test_batches_are_preprocessed_as_ultralytics_does_and_the_capacity_schedule_runs_at_batch_start(sample_yaml, tmp_path):
+    """A routed trainer gives the batch tensors Ultralytics' trainer gives for the same batch, and preprocessing leaves
+    the routing as set: the capacity schedule (here elastic) is applied by the trainer's on_train_batch_start
+    callbacks."""
+    common = {"data": str(sample_yaml), "imgsz": 64, "project": str(tmp_path), "device": "cpu"}
+    stock = DetectionTrainer(overrides={**common, "model": "yolo11n.yaml", "name": "stock"})
+    trainer = MoDDetectionTrainer(overrides={**common, "model": "modvit-det.yaml", "name": "mod", "capacity_range": [0.2, 0.3]})
+    try:
+        assert trainer.args.capacity_warmup == 0 and trainer.args.router_aux == EXTRA_ARGS["router_aux"]  # defaulted here
+        g = torch.Generator().manual_seed(0)
+        batch = {"img": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g), "cls": torch.tensor([[0.0], [1.0]]),
+                 "bboxes": torch.rand(2, 4, generator=g), "batch_idx": torch.tensor([0.0, 1.0]), "im_file": ["a.jpg", "b.jpg"]}  # fmt: skip
+        trainer.model, trainer.epoch = trainer.get_model("modvit-det.yaml", verbose=False), 0  # as at the first batch
+        own = trainer.model.capacities()
+        ours, theirs = trainer.preprocess_batch(copy.deepcopy(batch)), stock.preprocess_batch(copy.deepcopy(batch))
+        assert ours.keys() == theirs.keys() == batch.keys() and ours["im_file"] == theirs["im_file"]
+        for k in ("img", "cls", "bboxes", "batch_idx"):
+            assert ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]), k
+        assert ours["img"].dtype == torch.float32 and torch.equal(ours["img"], batch["img"].float() / 255)
+        assert trainer.model.capacities() == own == [0.5] * 3  # preprocessing sets no capacity
+        trainer.run_callbacks("on_train_batch_start")
+        drawn = trainer.model.capacities()
+        assert drawn == [drawn[0]] * 3 and 0.2 <= drawn[0] <= 0.3  # the batch's capacity, drawn from capacity_range
+    finally:
+        trainer.release_run_lock()
 
 
 def test_val_scores_against_the_datasets_coco_json_without_rebuilding_ground_truth(det_run, sample_yaml, tmp_path):
