@@ -3,11 +3,16 @@ that import only the package."""
 
 from __future__ import annotations
 
-import ast
 import csv
-import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
+import torch
 
 from mod_vision.defaults import DEFAULT_CAPACITIES
 from mod_vision.report import markdown_table, write_csv
@@ -36,24 +41,68 @@ def test_write_csv_round_trips_and_leaves_absent_keys_empty(tmp_path):
         assert list(csv.DictReader(f)) == [{"a": "1", "b": "0.5"}, {"a": "2", "b": ""}]
 
 
-def test_every_default_capacity_list_is_the_one_in_defaults():
+def test_every_default_capacity_list_is_the_one_in_defaults(sample_yaml, tmp_path, monkeypatch):
+    """Called without capacities, each entry point runs DEFAULT_CAPACITIES: model.info()'s GFLOPs table, a sweep (the
+    API, the function and the CLI), the benchmark and quality_bench."""
+    from types import SimpleNamespace
+
     from mod_vision import MoDYOLO
     from mod_vision.benchmark import benchmark
+    from mod_vision.cli import run
     from mod_vision.engine.sweep import capacity_sweep
     from mod_vision.flops import capacity_table
 
-    for fn in (MoDYOLO.val_sweep, capacity_sweep, capacity_table, benchmark):
-        assert inspect.signature(fn).parameters["capacities"].default is DEFAULT_CAPACITIES, fn.__qualname__
-    assert _tool("quality_bench").parse_args([]).capacities == list(DEFAULT_CAPACITIES)
+    model, defaults = MoDYOLO("modvit-det.yaml"), list(DEFAULT_CAPACITIES)
+    assert [c for c, _ in capacity_table(model.model, imgsz=64)] == defaults
+    validated = []
+
+    def val(self, capacity=None, **kwargs):  # a validation that records the capacity it was asked for
+        validated.append(capacity)
+        (Path(kwargs["project"]) / kwargs["name"]).mkdir(parents=True)  # the run folder a validation makes
+        return SimpleNamespace(coco={}, token_share=capacity, box=SimpleNamespace(map=0.0))
+
+    monkeypatch.setattr(MoDYOLO, "val", val)
+    args = dict(data=str(sample_yaml), imgsz=64)
+    for name, sweep in (
+        ("val_sweep", lambda: model.val_sweep(**args, project=str(tmp_path / "api"))),
+        ("capacity_sweep", lambda: capacity_sweep(model, **args, project=str(tmp_path / "function"))),
+        ("cli", lambda: run(["sweep", "model=modvit-det.yaml", f"data={sample_yaml}", "imgsz=64", f"project={tmp_path / 'cli'}"])),
+    ):  # fmt: skip
+        validated.clear()
+        rows, _ = sweep()
+        assert validated == [r["capacity"] for r in rows] == defaults, name
+    records = benchmark(imgsz=64, batch=1, runs=2, warmup=0, yolo=None, threads=torch.get_num_threads(),
+                        project=str(tmp_path), name="benchmark")  # fmt: skip
+    assert [r["capacity"] for r in records if r["part"] == "model" and r["capacity"] != ""] == defaults
+    assert _tool("quality_bench").parse_args([]).capacities == defaults
 
 
-@pytest.mark.parametrize("tool", sorted(p.stem for p in (ROOT / "tools").glob("*.py")))
-def test_tools_import_only_the_package(tool):
-    tree = ast.parse((ROOT / "tools" / f"{tool}.py").read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert "tests" not in imported
-    assert "sys.path" not in ast.unparse(tree)  # no path tricks to reach modules outside the package
+def test_every_tool_loads_from_another_folder_with_only_the_installed_package(tmp_path):
+    """In a fresh interpreter started in an empty folder, each tool loads from its file without the repository's
+    tests and leaves the import path as it found it (tools reach mod_vision as users do, through the package)."""
+    code = textwrap.dedent(
+        f"""
+        import importlib.util, json, sys
+        from pathlib import Path
+        path, out = list(sys.path), {{}}
+        for f in sorted(Path({str(ROOT / "tools")!r}).glob("*.py")):
+            try:
+                spec = importlib.util.spec_from_file_location("tool_" + f.stem, f)
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+                out[f.stem] = "changed sys.path" if sys.path != path else "imported tests" if "tests" in sys.modules else "ok"
+            except BaseException as e:
+                out[f.stem] = type(e).__name__ + ": " + str(e)
+            sys.path[:] = path
+            sys.modules.pop("tests", None)
+        print(json.dumps(out))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert sorted(out) == sorted(f.stem for f in (ROOT / "tools").glob("*.py")) and len(out) > 10
+    assert {tool: said for tool, said in out.items() if said != "ok"} == {}
 
 
 def test_model_table_prints_one_row_per_yaml_and_scale():
