@@ -254,11 +254,25 @@ def test_record_masks_and_token_share_agree_with_k():
 
 
 def test_nothing_is_recorded_or_kept_on_modules_without_a_record():
+    """A forward without a record leaves every module as it was: its state_dict, and every other attribute (none added,
+    none set anew, no container filled), so no routing outlives the call."""
     stage = MoDViTStage(32, 32, depth=2, routed=2, router=router_spec(capacity=0.5)).eval()
-    before = {k: v.clone() for k, v in stage.state_dict().items()}
+
+    def attributes() -> dict:  # each module's attributes but its parameters, buffers and submodules (the state_dict's)
+        skip = {"_parameters", "_buffers", "_modules"}
+        return {(name, k): v for name, m in stage.named_modules() for k, v in vars(m).items() if k not in skip}
+
+    def contents(v):  # what a container holds, by identity
+        if isinstance(v, dict):
+            return [(k, id(x)) for k, x in v.items()]
+        return [id(x) for x in v] if isinstance(v, (list, tuple, set)) else None
+
+    before, attrs = {k: v.clone() for k, v in stage.state_dict().items()}, attributes()
+    held = {k: contents(v) for k, v in attrs.items()}
     stage(torch.randn(1, 32, 4, 4))
-    attrs = {k for m in stage.modules() for k in vars(m) if k.startswith("last_")}
-    assert not attrs
+    after = attributes()
+    assert after.keys() == attrs.keys()
+    assert [k for k, v in after.items() if v is not attrs[k] or contents(v) != held[k]] == []
     assert all(torch.equal(before[k], v) for k, v in stage.state_dict().items())
 
 
