@@ -219,18 +219,20 @@ def test_cli_checks_mod_vision_keys_before_data(sample_yaml, tmp_path):
     assert not list(tmp_path.iterdir())  # no run folder: refused before anything started
 
 
-def test_batches_are_preprocessed_as_ultralytics_does_and_the_capacity_schedule_runs_at_batch_start(sample_yaml, tmp_path):
+def test_batches_are_preprocessed_as_ultralytics_does_and_the_schedule_runs_at_batch_start(sample_yaml, tmp_path):
     """A routed trainer gives the batch tensors Ultralytics' trainer gives for the same batch, and preprocessing leaves
     the routing as set: the capacity schedule (here elastic) is applied by the trainer's on_train_batch_start
     callbacks."""
     common = {"data": str(sample_yaml), "imgsz": 64, "project": str(tmp_path), "device": "cpu"}
     stock = DetectionTrainer(overrides={**common, "model": "yolo11n.yaml", "name": "stock"})
-    trainer = MoDDetectionTrainer(overrides={**common, "model": "modvit-det.yaml", "name": "mod", "capacity_range": [0.2, 0.3]})
+    routed = {**common, "model": "modvit-det.yaml", "name": "mod", "capacity_range": [0.2, 0.3]}
+    trainer = MoDDetectionTrainer(overrides=routed)
     try:
         assert trainer.args.capacity_warmup == 0 and trainer.args.router_aux == EXTRA_ARGS["router_aux"]  # defaulted here
         g = torch.Generator().manual_seed(0)
-        batch = {"img": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g), "cls": torch.tensor([[0.0], [1.0]]),
-                 "bboxes": torch.rand(2, 4, generator=g), "batch_idx": torch.tensor([0.0, 1.0]), "im_file": ["a.jpg", "b.jpg"]}  # fmt: skip
+        batch = {"img": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g),
+                 "cls": torch.tensor([[0.0], [1.0]]), "bboxes": torch.rand(2, 4, generator=g),
+                 "batch_idx": torch.tensor([0.0, 1.0]), "im_file": ["a.jpg", "b.jpg"]}  # fmt: skip
         trainer.model, trainer.epoch = trainer.get_model("modvit-det.yaml", verbose=False), 0  # as at the first batch
         own = trainer.model.capacities()
         ours, theirs = trainer.preprocess_batch(copy.deepcopy(batch)), stock.preprocess_batch(copy.deepcopy(batch))

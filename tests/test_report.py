@@ -66,7 +66,8 @@ def test_every_default_capacity_list_is_the_one_in_defaults(sample_yaml, tmp_pat
     for name, sweep in (
         ("val_sweep", lambda: model.val_sweep(**args, project=str(tmp_path / "api"))),
         ("capacity_sweep", lambda: capacity_sweep(model, **args, project=str(tmp_path / "function"))),
-        ("cli", lambda: run(["sweep", "model=modvit-det.yaml", f"data={sample_yaml}", "imgsz=64", f"project={tmp_path / 'cli'}"])),
+        ("cli", lambda: run(["sweep", "model=modvit-det.yaml", f"data={sample_yaml}", "imgsz=64",
+                             f"project={tmp_path / 'cli'}"])),
     ):  # fmt: skip
         validated.clear()
         rows, _ = sweep()
@@ -89,7 +90,8 @@ def test_every_tool_loads_from_another_folder_with_only_the_installed_package(tm
             try:
                 spec = importlib.util.spec_from_file_location("tool_" + f.stem, f)
                 spec.loader.exec_module(importlib.util.module_from_spec(spec))
-                out[f.stem] = "changed sys.path" if sys.path != path else "imported tests" if "tests" in sys.modules else "ok"
+                out[f.stem] = ("changed sys.path" if sys.path != path else
+                               "imported tests" if "tests" in sys.modules else "ok")
             except BaseException as e:
                 out[f.stem] = type(e).__name__ + ": " + str(e)
             sys.path[:] = path
