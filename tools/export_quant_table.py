@@ -16,6 +16,7 @@ from pathlib import Path
 from ultralytics import YOLO
 
 from mod_vision import MoDYOLO
+from mod_vision.nn.routing import routed_blocks
 from mod_vision.report import markdown_table
 
 VARIANTS = [  # (name, format, quantize)
@@ -55,12 +56,16 @@ def main(argv: list[str]) -> str:
     # rect=False: square letterboxed inputs for PyTorch too, as the fixed-shape exports get (else N tokens differ)
     val = dict(data=data, imgsz=imgsz, batch=1, device="cpu", plots=False, verbose=False, rect=False)
 
-    def metrics(model):
-        m = model.val(**val)
+    def metrics(model, **kw):
+        m = model.val(**val, **kw)
         seg = getattr(m, "seg", None)
         return m.box.map50, m.box.map, (seg.map if seg is not None else None)
 
-    rows = [("PyTorch fp32", metrics(MoDYOLO(pt)))]
+    # the reference runs the static capacities an export fixes in its graph, also for a model whose own budget is
+    # per image (dynamic mode cannot be exported)
+    model = MoDYOLO(pt)
+    capacities = [b.capacity for b in routed_blocks(model.model)]
+    rows = [("PyTorch fp32", metrics(model, capacity=capacities or None))]
     for name, fmt, q in VARIANTS:
         d = out / name.replace(" ", "-")
         d.mkdir(exist_ok=True)
