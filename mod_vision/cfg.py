@@ -259,34 +259,36 @@ def apply_policy(model, policy: str | None, seed: int = 0) -> None:
     """Set the routing policy of every routed block (`routing=`; None: "topk"). A control ("random", "none") on a model
     without routed blocks is an error: there is nothing to randomise or remove. "random" draws from a generator seeded
     by `seed`, so its numbers can be reproduced."""
-    from .nn.routing import routed_blocks, set_policy
+    from .nn.routing import routed_blocks, set_routing
 
     if policy not in (None, "topk") and not routed_blocks(model):
         raise ValueError(f"routing={policy!r} needs a routed model; this one has no routed blocks (a dense model)")
-    set_policy(model, policy or "topk", seed)
+    set_routing(model, policy=policy or "topk", seed=seed)
 
 
 def apply_capacity(model, capacity) -> None:
-    """Set the capacity of a (possibly wrapped) routed model when `capacity` is given; for a dense model, a warning."""
+    """`capacity=` on a (possibly wrapped) routed model: static top-k at it, ending dynamic mode (`set_routing`); None
+    leaves the model as it is; for a dense model, a warning."""
     if capacity is None or has_no_routing(model, "capacity", capacity):
         return
-    from .nn.routing import set_capacity
+    from .nn.routing import set_routing
 
-    set_capacity(model, capacity)
+    set_routing(model, capacity=capacity)
 
 
 def apply_routing(model, args) -> None:
-    """Apply the routing arguments of an args namespace to a model: a static `capacity=` ends dynamic mode, a
-    `dynamic_capacity=` starts it (False ends it), and neither leaves the model as it is."""
-    from .nn.routing import set_dynamic
+    """Apply the routing arguments of an args namespace to a model, with `set_routing`'s meaning: a static `capacity=`
+    ends dynamic mode, a `dynamic_capacity=` starts it (False ends it), both set both, and neither leaves the model as
+    it is."""
+    from .nn.routing import set_routing
 
-    capacity = getattr(args, "capacity", None)
-    dynamic = check_bounds(getattr(args, "dynamic_capacity", None), "dynamic_capacity")
+    capacity, asked = getattr(args, "capacity", None), getattr(args, "dynamic_capacity", None)
+    dynamic = check_bounds(asked, "dynamic_capacity")
     if dynamic and has_no_routing(model, "dynamic_capacity", list(dynamic)):
         return
-    if capacity is not None:
-        apply_capacity(model, capacity)
-        if dynamic is None:
-            set_dynamic(model, None)
-    if dynamic is not None or getattr(args, "dynamic_capacity", None) is False:
-        set_dynamic(model, dynamic)
+    routing = {}
+    if capacity is not None and not has_no_routing(model, "capacity", capacity):
+        routing["capacity"] = capacity
+    if dynamic is not None or asked is False:
+        routing["dynamic"] = dynamic
+    set_routing(model, **routing)

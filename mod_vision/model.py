@@ -14,10 +14,9 @@ from ultralytics.utils import LOGGER
 from .cfg import EXTRA_ARGS, apply_routing, check_bounds, check_extra_args
 from .defaults import DEFAULT_CAPACITIES
 from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
-from .engine.results import routing_mode
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
-from .nn.routing import routed_blocks, routing_restorer
+from .nn.routing import dynamic_bounds, routed_blocks, routing_mode, routing_restorer
 from .nn.tasks import MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, find_model_yaml, load_model_yaml
 
 
@@ -135,9 +134,11 @@ class MoDYOLO(Model):
         restore = routing_restorer(self.model)
         try:
             apply_routing(self.model, SimpleNamespace(capacity=capacity, dynamic_capacity=dynamic))
-            blocks = routed_blocks(self.model)
-            kwargs["capacity"] = [b.capacity for b in blocks]
-            kwargs["dynamic_capacity"] = list(blocks[0].dynamic) if routing_mode(self.model) == "dynamic" else False
+            # both keys, False included: the predictor's or validator's apply_routing then leaves the model it runs
+            # (a copy, maybe) routed exactly as this one now is
+            bounds = dynamic_bounds(self.model)
+            kwargs["capacity"] = routed_capacities(self.model)
+            kwargs["dynamic_capacity"] = list(bounds) if bounds else False
             yield restore
         finally:
             restore()
@@ -221,7 +222,8 @@ class MoDYOLO(Model):
 
     def set_capacity(self, capacity) -> MoDYOLO:
         """Set the model's default routed-block capacity, globally (float) or per routed block (list or
-        {index: capacity}); this ends dynamic mode (the routing that runs is the one set last)."""
+        {index: capacity}); this ends dynamic mode (`set_routing(capacity=)`: the routing that runs is the one set
+        last)."""
         self.model.set_capacity(capacity)
         return self
 

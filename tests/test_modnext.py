@@ -10,7 +10,9 @@ from mod_vision import MoDYOLO
 from mod_vision.nn.blocks import MoDDown, MoDNeXt
 from mod_vision.nn.head import RoutedDetect
 from mod_vision.nn.reuse import TokenReuse, reusing
-from mod_vision.nn.routing import record_routing, routed_blocks, router_spec, set_capacity, set_dynamic, set_policy
+from mod_vision.nn.routing import (
+    dynamic_bounds, record_routing, routed_blocks, router_spec, set_dynamic, set_policy, set_routing,
+)
 from mod_vision.nn.tasks import MoDDetectionModel
 
 
@@ -127,7 +129,9 @@ def test_the_yaml_sets_a_per_image_budget_that_training_does_not_use(model):
     assert all(r.dynamic == (0.02, 1.0) for r in routed_blocks(model))
     x = torch.rand(2, 3, 64, 64)
     train = MoDDetectionModel("modnext-det-n.yaml", nc=4, verbose=False).train()
-    set_capacity(train, 0.5)
+    # as the trainer sets its batch capacity: the YAML's per-image budget stays on (a capacity alone would end it)
+    set_routing(train, capacity=0.5, dynamic=dynamic_bounds(train))
+    assert dynamic_bounds(train) == (0.02, 1.0)
     with record_routing() as rec:
         train(x)
     # static top-k at the training capacity in every block, whatever the (untrained) predictors say

@@ -16,9 +16,9 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 from ..cfg import apply_policy, split_extra_args, with_extra_defaults
 from ..heatmap import depth_image, reuse_image, routing_maps, save_image_heatmaps
 from ..nn.reuse import TokenReuse, reusing
-from ..nn.routing import join_images, record_routing, routed_blocks, set_policy
+from ..nn.routing import STATIC, join_images, record_routing, routed_blocks, routing_mode, set_routing
 from .export import apply_or_check_routing, exported_token_share
-from .results import STATIC, RoutedResults, capacities_that_ran, routing_mode
+from .results import RoutedResults, capacities_that_ran
 
 
 class RoutedPredictorMixin:
@@ -65,7 +65,7 @@ class RoutedPredictorMixin:
             yield from super().stream_inference(*args, **kwargs)
         finally:  # routing= is this call's, not a lasting change to the model (as in validation)
             if self.model is not None:
-                set_policy(self.model, "topk")
+                set_routing(self.model, policy="topk")
 
     def without_unreadable_videos(self, source):
         """The source, or for a folder (or list of files) holding a video OpenCV cannot open, which would stop

@@ -7,9 +7,8 @@ from ultralytics.engine.results import Results
 
 import torch
 
-from ..nn.routing import routed_blocks
-
-STATIC, DYNAMIC = "static", "dynamic"
+# routing_mode lives beside the one setter whose state it reads (nn/routing/controls.py); still importable from here
+from ..nn.routing import DYNAMIC, routed_blocks, routing_mode
 
 
 class RoutedResults(Results):
@@ -42,14 +41,6 @@ class RoutedResults(Results):
 
     def new(self) -> RoutedResults:
         return self.of(super().new(), **{k: getattr(self, k) for k in self.ROUTING_FIELDS})
-
-
-def routing_mode(model) -> str | None:
-    """'dynamic' or 'static' for the routed blocks of a (possibly wrapped) model; None for a dense model."""
-    blocks = routed_blocks(model)
-    if not blocks:
-        return None
-    return DYNAMIC if any(b.dynamic is not None for b in blocks) else STATIC
 
 
 def capacities_that_ran(model, entries: list, n: int) -> list[list[float]]:

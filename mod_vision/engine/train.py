@@ -18,7 +18,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from ..cfg import EXTRA_ARGS, capacity_range, check_bounds, split_extra_args, with_extra_defaults
 from ..flops import compute_line
 from ..nn.pretrained import load_timm_backbone
-from ..nn.routing import record_routing, routed_blocks, set_capacity
+from ..nn.routing import dynamic_bounds, record_routing, routed_blocks, set_routing
 from ..nn.tasks import MoDDetectionModel, MoDSegmentationModel
 from .conveniences import TrainerConveniences
 from .val import MoDDetectionValidator, MoDSegmentationValidator
@@ -134,7 +134,9 @@ class MoDDetectionTrainer(TrainerConveniences, DetectionTrainer):
         if warmup > 0:
             done = min(1.0, (self.epoch + self._batch_in_epoch / max(len(self.train_loader), 1)) / warmup)
             caps = [1.0 - done * (1.0 - c) for c in caps]
-        set_capacity(model, caps)
+        # The training model alone (the EMA is a copy made before the first batch). dynamic= keeps its dynamic mode,
+        # which a capacity alone would end: a router in training never reads it, but this stays a capacity change
+        set_routing(model, capacity=caps, dynamic=dynamic_bounds(model))
 
     def get_validator(self):
         return self.validator_class(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)

@@ -13,11 +13,11 @@ from ultralytics.utils.metrics import DetMetrics, SegmentMetrics
 
 from ..cfg import EXTRA_ARGS, apply_policy, split_extra_args
 from ..data import with_missing_help
-from ..nn.routing import record_routing, set_policy, token_share
+from ..nn.routing import DYNAMIC, STATIC, record_routing, routing_mode, set_routing, token_share
 from .routing_metrics import RoutingQuality
 from .coco_eval import COCO_METRICS, COCOEvalError, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
 from .export import apply_or_check_routing, exported_token_share
-from .results import DYNAMIC, STATIC, capacities_that_ran, routing_mode
+from .results import capacities_that_ran
 
 
 class RoutedDetMetrics(DetMetrics):
@@ -112,7 +112,7 @@ class RoutedValidatorMixin:
                 return super().__call__(trainer, model)
         finally:  # routing="random" or "none" is this validation's control, not a lasting change to the model
             if getattr(self, "policy_model", None) is not None:
-                set_policy(self.policy_model, "topk")
+                set_routing(self.policy_model, policy="topk")
                 self.policy_model = None
 
     def check_dataset(self) -> None:

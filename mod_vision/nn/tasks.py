@@ -39,8 +39,7 @@ from .routing import (
     router_rank_loss,
     router_spec,
     routing_input,
-    set_capacity,
-    set_dynamic,
+    set_routing,
 )
 from .vit import MoDViTStage, PatchEmbed
 
@@ -205,18 +204,18 @@ class RoutedModelMixin:
     def set_capacity(self, capacity: float | dict[int, float] | list[float]) -> None:
         """Set capacity of all routed blocks (a float), or per block (a list, or {routed block index: capacity}).
 
-        Static top-k then runs at these capacities: this ends dynamic mode, since the budget that runs is the one set last.
+        Static top-k then runs at these capacities: this ends dynamic mode (`set_routing(capacity=)`).
         """
         # recorded in the model's YAML dict, so a model rebuilt from it keeps them
-        self.yaml["capacities"] = set_capacity(self, capacity)
-        set_dynamic(self, None)
+        self.yaml["capacities"] = set_routing(self, capacity=capacity)
 
     def capacities(self) -> list[float]:
         return [b.capacity for b in self.routed_blocks()]
 
     def set_dynamic(self, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
-        """Per-image k from the predictors' threshold within (min, max) capacity; None returns to static top-k."""
-        set_dynamic(self, bounds, threshold)
+        """Per-image k from the predictors' threshold within (min, max) capacity; None returns to static top-k
+        (`set_routing(dynamic=, threshold=)`)."""
+        set_routing(self, dynamic=bounds, threshold=threshold)
 
     def predict(self, x, *args, **kwargs):
         """Ultralytics' forward, on an input padded at the bottom and right to a multiple of the largest stride.

@@ -9,7 +9,8 @@
   routed;
 - factory: `RouterSpec`, the one argument through which every routed block kind gets its routers, and `router_spec`,
   which reads it from a YAML layer's keywords;
-- controls: a model's routers found and set together (capacity, dynamic mode, policy) or restored;
+- controls: a model's routers found, set together by the one setter `set_routing` (capacity, dynamic mode, policy),
+  read back (`routing_mode`) or restored;
 - losses: object supervision of the routers (`router_aux_loss`, `router_rank_loss`).
 
 Everything public is importable from here. Checkpoints pickled before the split name the routing modules by this
@@ -17,13 +18,19 @@ package's path (`mod_vision.nn.routing.TokenRouter`, ...): these re-exports are 
 """
 
 from .controls import (
+    DYNAMIC,
+    KEEP,
+    STATIC,
+    dynamic_bounds,
     native_model,
     routed_blocks,
     routing_kept,
+    routing_mode,
     routing_restorer,
     set_capacity,
     set_dynamic,
     set_policy,
+    set_routing,
     set_static,
     stage_summary,
 )
@@ -54,11 +61,12 @@ from .router import GATES, Decision, RoutedBlock, TokenRouter
 from .scorers import ObjectPredictor, Scorer
 
 __all__ = [
-    "BASE_CELL", "DENSE", "GATES", "LETTERBOX_FILL", "RANK_KINDS", "ROUTER_KEYWORDS", "BlockRouting", "Decision",
-    "ObjectPredictor", "RoutedBlock", "RouterSpec", "RoutingRecord", "Scorer", "TokenRouter", "active_record",
-    "box_extent", "check_capacity", "constant_cells", "current_padding", "dilate_tokens", "join_images",
-    "levels_from_pixels", "native_model", "object_tokens", "padding_levels", "pixel_extremes", "record_computed",
-    "record_routing", "route_tokens", "routed_blocks", "router_aux_loss", "router_rank_loss", "router_spec",
-    "routing_input", "routing_kept", "routing_restorer", "set_capacity", "set_dynamic", "set_policy", "set_static",
-    "stage_summary", "token_share", "token_stride", "tokens_for", "topk_raster",
+    "BASE_CELL", "DENSE", "DYNAMIC", "GATES", "KEEP", "LETTERBOX_FILL", "RANK_KINDS", "ROUTER_KEYWORDS", "STATIC",
+    "BlockRouting", "Decision", "ObjectPredictor", "RoutedBlock", "RouterSpec", "RoutingRecord", "Scorer",
+    "TokenRouter", "active_record", "box_extent", "check_capacity", "constant_cells", "current_padding",
+    "dilate_tokens", "dynamic_bounds", "join_images", "levels_from_pixels", "native_model", "object_tokens",
+    "padding_levels", "pixel_extremes", "record_computed", "record_routing", "route_tokens", "routed_blocks",
+    "router_aux_loss", "router_rank_loss", "router_spec", "routing_input", "routing_kept", "routing_mode",
+    "routing_restorer", "set_capacity", "set_dynamic", "set_policy", "set_routing", "set_static", "stage_summary",
+    "token_share", "token_stride", "tokens_for", "topk_raster",
 ]
