@@ -40,12 +40,29 @@ def test_patch_merge_is_a_2x2_stride_2_merge_on_its_base():
         MoDDown(8, 12, base="depthwise")
 
 
-@pytest.mark.parametrize("layer", ["down", "stage", "head"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_patches_are_the_unshuffled_rows_of_the_tokens_asked_for(channels_last):
+    """The merge's input for routed tokens is read from the map, as pixel_unshuffle would lay it out, in either of the
+    layouts a MoDDown receives (a conv's output, or a token map from `as_map`)."""
+    from mod_vision.nn.blocks import patches
+
+    x = torch.randn(2, 3, 6, 8)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    index = torch.tensor([[0, 5, 11], [3, 4, 7]])
+    unshuffled = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)
+    assert torch.equal(patches(x, index), unshuffled.gather(1, index[..., None].expand(-1, -1, 12)))
+
+
+@pytest.mark.parametrize("layer", ["down", "down-mean-router", "stage", "head"])
 def test_routed_layer_at_capacity_1_without_gate_is_its_dense_twin(layer):
     torch.manual_seed(0)
     ungated, no_router = router_spec(capacity=1.0, gate="none"), router_spec(capacity=None)
-    if layer == "down":
-        routed, dense, x = MoDDown(8, 16, ungated), MoDDown(8, 16, no_router), torch.randn(2, 8, 6, 8)
+    if layer.startswith("down"):
+        reads = "mean" if layer == "down-mean-router" else "patch"
+        routed, dense = MoDDown(8, 16, ungated, router_reads=reads), MoDDown(8, 16, no_router)
+        x = torch.randn(2, 8, 6, 10)
+        assert routed.router.scorer.net.in_features == (8 if reads == "mean" else 32)
     elif layer == "stage":
         routed, dense, x = MoDNeXt(16, 16, 2, router=ungated), MoDNeXt(16, 16, 2, router=no_router), torch.randn(2, 16, 5, 7)
     else:
@@ -204,6 +221,8 @@ def test_bad_layer_arguments_are_clear_errors():
         MoDNeXt(16, 32)
     with pytest.raises(ValueError, match=r"MoDDown base must be 'depthwise' or 'mean', got 'max'"):
         MoDDown(8, 16, base="max")
+    with pytest.raises(ValueError, match=r"MoDDown router_reads must be 'patch' or 'mean', got 'pixels'"):
+        MoDDown(8, 16, router_reads="pixels")
     with pytest.raises(ValueError, match=r"RoutedDetect has no one-to-one \(end2end\) branch"):
         RoutedDetect(4, 16, True, (16,))
 

@@ -142,18 +142,25 @@ class MoDDown(nn.Module):
     Every output token gets a cheap dense base, so a skipped token still carries what its patch held: `base="mean"` the
     parameter-free 2x2 mean with the channels tiled to c2, or `base="depthwise"` a learned depthwise 2x2 merge (each
     input channel to c2 / c1 output channels; trained on the sample data it gave lower AP, docs/routing_carries.md). A
-    routed token adds the gated full merge. The router scores the 2x2 patch. A `router` without a capacity merges every
-    token (the dense twin)."""
+    routed token adds the gated full merge. The router scores the 2x2 patch (`router_reads="patch"`, 4 * c1 wide) or
+    its mean (`"mean"`, c1 wide: a quarter of the scoring that every token pays, and only the routed tokens' patches
+    are gathered). A `router` without a capacity merges every token (the dense twin)."""
 
-    def __init__(self, c1: int, c2: int, router: RouterSpec = RouterSpec(), base: str = "mean"):
+    router_reads = "patch"  # a class default too: checkpoints from before the option have none
+
+    def __init__(self, c1: int, c2: int, router: RouterSpec = RouterSpec(), base: str = "mean",
+                 router_reads: str = "patch"):
         super().__init__()
         if base not in ("depthwise", "mean"):
             raise ValueError(f"MoDDown base must be 'depthwise' or 'mean', got {base!r}")
         if base == "depthwise" and c2 % c1:
             raise ValueError(f"MoDDown's depthwise base needs c2 ({c2}) to be a multiple of c1 ({c1}); use base='mean'")
+        if router_reads not in ("patch", "mean"):
+            raise ValueError(f"MoDDown router_reads must be 'patch' or 'mean', got {router_reads!r}")
         self.c2 = c2
         self.merge = Conv(4 * c1, c2, 1)
-        self.router = router.make(4 * c1)
+        self.router_reads = router_reads
+        self.router = router.make(4 * c1 if router_reads == "patch" else c1)
         self.base = Conv(c1, c2, 2, 2, 0, g=c1, act=False) if base == "depthwise" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,16 +168,38 @@ class MoDDown(nn.Module):
         if h % 2 or w % 2:  # odd grids are padded, as a stride-2 convolution's ceil division would
             x = F.pad(x, (0, w % 2, 0, h % 2))
         gh, gw = x.shape[2] // 2, x.shape[3] // 2
+        merge = lambda t, attn_mask=None: pointwise(self.merge, t)  # noqa: E731
+        if self.router is not None and self.router_reads == "mean":
+            mean = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # (B, N, C), what the router scores
+            base = self.dense_base(x, mean)
+            return as_map(self.router.add_to(base, mean, merge, (gh, gw), lambda index: patches(x, index)), gh, gw)
         tokens = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)  # (B, N, 4C): channel 4c + 2i + j is pixel (i, j)
-        if getattr(self, "base", None) is not None:  # checkpoints from before the depthwise base have none
-            base = self.base(x).flatten(2).transpose(1, 2)
-        else:
-            base = tokens.unflatten(-1, (c, 4)).mean(-1).repeat(1, 1, -(-self.c2 // c))[..., : self.c2]
+        base = self.dense_base(x, None if getattr(self, "base", None) is not None else tokens.unflatten(-1, (c, 4)).mean(-1))
         if self.router is None:
             out = base + pointwise(self.merge, tokens)
         else:
-            out = self.router.add_to(base, tokens, lambda t, attn_mask=None: pointwise(self.merge, t), (gh, gw))
+            out = self.router.add_to(base, tokens, merge, (gh, gw))
         return as_map(out, gh, gw)
+
+    def dense_base(self, x: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+        """(B, N, c2): every output token's base, the learned depthwise merge or the (B, N, C) 2x2 `mean` tiled."""
+        if getattr(self, "base", None) is not None:  # checkpoints from before the depthwise base have none
+            return self.base(x).flatten(2).transpose(1, 2)
+        return mean.repeat(1, 1, -(-self.c2 // mean.shape[-1]))[..., : self.c2]
+
+
+def patches(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, K, 4C): the 2x2 patch of the (B, C, H, W) map under each token `index` (B, K) of its 2x2 grid, in
+    pixel_unshuffle's channel order (channel c's pixel (i, j) at 4c + 2i + j), read without unshuffling the map."""
+    b, c, h, w = x.shape
+    corner = index // (w // 2) * 2 * w + index % (w // 2) * 2  # each patch's top-left pixel
+    at = corner[..., None] + torch.tensor([0, 1, w, w + 1], device=x.device)  # (B, K, 4): pixels (0,0) (0,1) (1,0) (1,1)
+    if x.is_contiguous(memory_format=torch.channels_last):  # a token map (`as_map`): its pixel rows are contiguous
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+        at = at + (torch.arange(b, device=x.device) * h * w)[:, None, None]
+        return rows.index_select(0, at.flatten()).view(b, -1, 4, c).transpose(2, 3).reshape(b, -1, 4 * c)
+    rows = x.flatten(2).gather(2, at.flatten(1)[:, None].expand(b, c, -1))  # (B, C, 4K)
+    return rows.view(b, c, -1, 4).transpose(1, 2).reshape(b, -1, 4 * c)
 
 
 class UpAdd(nn.Module):
