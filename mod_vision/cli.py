@@ -20,6 +20,9 @@ MODE:
   export       export with the routing kept in the graph (format=onnx|openvino|litert|torchscript|coreml|engine)
   sweep        validate at several capacities (capacities=[1.0,0.5,0.25,0.125]): mAP-vs-capacity table and plot
   benchmark    side-by-side latency/FLOPs/memory benchmark (same arguments as tools/benchmark.py, e.g. imgsz=640)
+  compare      train arms alike (model YAMLs, mod_vision's or Ultralytics'), COCO box AP per seed and CPU latency:
+               arms=[hybrid12-det-n.yaml,yolo11n.yaml] data=sample epochs=40 imgsz=160 seeds=[0,1] latency_imgsz=[640];
+               mod_vision's arguments (capacity=...) go to the mod_vision arms; runs/compare/<name>/results.md and .csv
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
   sample-data  write the sample dataset (root=datasets/mod-sample n_train=400 n_val=100 seed=0; scenes=True for the
                "scenes" split: 480-640 px images, many small objects)
@@ -152,6 +155,13 @@ def run(argv: list[str]):
         print(f"sample video written: {video} (ground truth {gt})")
         return video, gt
 
+    if mode == "compare":
+        from .compare import cli_args, compare
+
+        args = cli_args(args)
+        check_keys(mode, args, compare)
+        return compare(**{"command": " ".join(["mod-vision", *argv]), **args})
+
     from .data import DatasetNotFound
     from .model import UsageError
 
@@ -218,7 +228,7 @@ def run_model_mode(mode: str, args: dict):
                                  f"got {key}={args[key]!r}")
         return benchmark(**args)
     if mode not in MODES:
-        raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: {', '.join(MODES)}, benchmark, sample-data, sample-video, help")
+        raise SystemExit(f"mod-vision: unknown mode '{mode}'. Modes: {', '.join(MODES)}, benchmark, compare, sample-data, sample-video, help")
     check_keys(mode, args)
     check_sizes(mode, args)
     check_model_file(mode, args)

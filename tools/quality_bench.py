@@ -16,6 +16,9 @@ Resumable: each (split, arm) writes results/<split>__<arm>.json; a rerun skips f
 training from its last.pt and re-measures latency (interleaved round-robin over every arm and capacity) and the
 report: results.md, results.csv, capacity.csv, ap_vs_latency.png, ap_vs_capacity.png in runs/quality_bench/<name>/.
 
+Training, resume, evaluation and round-robin timing are `mod_vision.compare`'s (`mod-vision compare`); this tool adds
+the segmentation arms of one routed YAML, per-background training, the capacity sweep with GFLOPs, and the targets.
+
 Usage: python tools/quality_bench.py [--name default] [--epochs 20] [--imgsz 128] [--n-train 400] [--arms ...]
            [--splits textured flat] [--family modvit|modvit-deep|hybrid] [--router-hidden 64]
            [--extra capacity_warmup=2 router_aux=0.1]
@@ -27,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from functools import partial
@@ -39,6 +41,7 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 import torch  # noqa: E402
 from ultralytics.utils import YAML  # noqa: E402
 
+from mod_vision import compare  # noqa: E402
 from mod_vision.defaults import DEFAULT_CAPACITIES  # noqa: E402
 from mod_vision.report import markdown_table, write_csv  # noqa: E402
 
@@ -88,37 +91,18 @@ def model_yamls(args) -> tuple[str, str]:
 
 
 def parse_extra(items: list[str]) -> dict:
-    """`KEY=VALUE` pairs (values parsed as YAML: 2, 0.1, [0.25, 1.0]) for the routed MoD arms' training."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--extra takes KEY=VALUE, got {item!r}")
-        if key in ("capacity", "capacity_range"):
-            raise SystemExit(f"--extra {key}: capacity and capacity_range are set per arm (see --elastic-range)")
-        out[key] = yaml.safe_load(value)
+    """`KEY=VALUE` pairs for the routed MoD arms' training; their capacities are the arms' own."""
+    out = compare.parse_extra(items)
+    for key in set(out) & {"capacity", "capacity_range"}:
+        raise SystemExit(f"--extra {key}: capacity and capacity_range are set per arm (see --elastic-range)")
     return out
 
 
 def write_split_yamls(sample_yaml: Path, splits=SPLITS) -> dict[str, Path]:
-    """One data YAML per background kind, training and validating on that kind's image lists only.
-
-    The COCO json stays the full one: the validator evaluates only the image ids its val loader holds."""
-    base = YAML.load(sample_yaml)
-    out = {}
-    for split in splits:
-        root = Path(base["path"])
-        for part in ("train", "val"):
-            if not (root / f"{part}_{split}.txt").is_file():
-                raise FileNotFoundError(f"{root / f'{part}_{split}.txt'} missing; splits are 'flat' and 'textured'")
-        d = {**base, "train": f"train_{split}.txt", "val": f"val_{split}.txt"}
-        d.pop("yaml_file", None)
-        path = sample_yaml.with_name(f"sample_{split}.yaml")
-        YAML.save(path, d)
-        out[split] = path
-    return out
+    """One data YAML per background kind (sample_<kind>.yaml beside `sample_yaml`), training and validating on that
+    kind's image lists only."""
+    made = compare.split_yamls(sample_yaml, Path(sample_yaml).parent, "sample", ("train", "val"), splits, required=True)
+    return {kind: Path(path) for kind, path in made.items()}
 
 
 def prepare_data(run: Path, args) -> dict[str, Path]:
@@ -135,46 +119,19 @@ def prepare_data(run: Path, args) -> dict[str, Path]:
     return write_split_yamls(root / "sample.yaml", args.splits)
 
 
-def _finished(last: Path) -> bool:
-    from ultralytics.utils.patches import torch_load
-
-    return torch_load(last, map_location="cpu", weights_only=False).get("epoch", -1) == -1  # stripped at the end
-
-
 def train_arm(arm: str, split: str, data: Path, run: Path, args) -> Path:
     """Train (or resume, or reuse) one arm; returns its best.pt."""
-    from ultralytics import YOLO
-
-    from mod_vision import MoDYOLO
-
     spec = arm_spec(arm, args)
-    cls = YOLO if spec["family"] == "yolo" else MoDYOLO
-    save_dir = run / "train" / split / arm
-    last, best = save_dir / "weights" / "last.pt", save_dir / "weights" / "best.pt"
-    if last.is_file() and _finished(last):
-        return best if best.is_file() else last
-    if last.is_file():
-        print(f"[quality_bench] resuming {split}/{arm} from {last}", flush=True)
-        cls(str(last)).train(resume=True)
-    else:
-        train = dict(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed,
-                     deterministic=True, workers=args.workers, device=args.device, plots=False, exist_ok=True,
-                     project=str(save_dir.parent), name=arm, amp=False, **spec["train"])  # fmt: skip
-        cls(spec["model"]).train(**train)
-    return best if best.is_file() else last
+    return compare.train_arm(spec["model"], run / "train" / split / arm, data=str(data), epochs=args.epochs,
+                             imgsz=args.imgsz, batch=args.batch, seed=args.seed, deterministic=True,
+                             workers=args.workers, device=args.device, plots=False, amp=False, **spec["train"])
 
 
 def evaluate(weights: Path, data: Path, args, capacity: float | None, save_dir: Path) -> dict:
     """Box and mask COCO AP/AP50 from mod_vision's validator (one evaluator for every arm, YOLO11n included)."""
-    from mod_vision import MoDYOLO
-
-    m = MoDYOLO(str(weights)).val(data=str(data), imgsz=args.imgsz, batch=args.batch, device=args.device, plots=False,
-                                  workers=args.workers, capacity=capacity, verbose=False, project=str(save_dir.parent),
-                                  name=save_dir.name, exist_ok=True)  # fmt: skip
-    c = m.coco
-    return {"box_AP": c.get("metrics/coco_AP(B)", math.nan), "box_AP50": c.get("metrics/coco_AP50(B)", math.nan),
-            "mask_AP": c.get("metrics/coco_AP(M)", math.nan), "mask_AP50": c.get("metrics/coco_AP50(M)", math.nan),
-            "token_share": m.token_share}  # fmt: skip
+    out = compare.evaluate(weights, data, args.imgsz, args.batch, device=args.device, workers=args.workers,
+                           capacity=capacity, project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
+    return {"mask_AP": math.nan, "mask_AP50": math.nan, **out}
 
 
 def load_module(weights: Path) -> torch.nn.Module:
@@ -222,10 +179,8 @@ def run_arm(arm: str, split: str, data: Path, run: Path, args) -> dict:
 
 def measure_latency(results: list[dict], args) -> None:
     """Median batch-1 CPU latency (ms) of every (arm, split, capacity), timed round-robin so load drifts hit all."""
-    from mod_vision.benchmark import round_robin
     from mod_vision.nn.routing import set_capacity
 
-    torch.set_num_threads(args.threads)
     x = torch.rand(1, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0))
     configs = []
     for r in results:
@@ -233,10 +188,8 @@ def measure_latency(results: list[dict], args) -> None:
         configs += [(r, key, module) for key in r["eval"]]
     calls = [(None if key == "dense" else partial(set_capacity, module, float(key)), partial(module, x))
              for _, key, module in configs]  # fmt: skip
-    with torch.inference_mode():
-        times = round_robin(calls, args.latency_runs, args.warmup)
-    for (r, key, _), t in zip(configs, times):
-        r["eval"][key]["latency_ms"] = 1000 * statistics.median(t)
+    for (r, key, _), ms in zip(configs, compare.median_ms(calls, args.latency_runs, args.warmup, args.threads)):
+        r["eval"][key]["latency_ms"] = ms
     for split in {r["split"] for r in results}:
         dense = next((r for r in results if r["split"] == split and r["arm"] == "dense"), None)
         ref = dense["eval"]["dense"]["latency_ms"] if dense else math.nan

@@ -4,6 +4,8 @@ At the model's own budget, then for each capacity with the learned ranking and w
 learned gate kept, tokens picked at random), and with `routing="none"` (no token processed by any router), report COCO box AP, the token share, and per background kind (the sample data records flat and
 textured) the object lift, object recall and padding share, as the mean over routed blocks and the worst block.
 
+The logic is `mod_vision.compare.routing_quality_rows`, which `mod-vision compare routing_quality=True` also runs.
+
 Usage:
     python tools/routing_quality.py runs/detect/train/weights/best.pt datasets/mod-sample/sample.yaml --imgsz 160
 """
@@ -18,15 +20,8 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
+from mod_vision.compare import routing_quality_rows, routing_quality_text  # noqa: E402
 from mod_vision.defaults import DEFAULT_CAPACITIES  # noqa: E402
-from mod_vision.report import markdown_table  # noqa: E402
-
-
-def summarize(blocks: list[dict], key: str, worst) -> str:
-    values = [b[key] for b in blocks if b[key] is not None]
-    if not values:
-        return "-"
-    return f"{sum(values) / len(values):.2f} ({worst(values):.2f})"
 
 
 def main(argv=None) -> str:
@@ -42,40 +37,12 @@ def main(argv=None) -> str:
                    help="also a row at this per-image budget (dynamic_capacity=[MIN, MAX]); repeatable")
     p.add_argument("--out", default=None, help="write the table to this Markdown file too")
     a = p.parse_args(argv)
-
-    from mod_vision import MoDYOLO
-    from mod_vision.engine.coco_eval import box_ap  # COCO's AP, or Ultralytics' mAP named so; a failed COCO eval raises
-    from mod_vision.nn import routed_blocks
-
-    model = MoDYOLO(a.weights)
-    if not routed_blocks(model.model):
-        p.error(f"{a.weights} has no routed blocks: nothing to measure")
-    rows, metrics = [], set()
-    # the model's own budget (per image for modnext-det), every capacity and ranking asked for, then the routed compute
-    # removed (routing="none": every router processes no token)
-    runs = [(None, None, "topk"), *((None, list(d), "topk") for d in a.dynamic),
-            *((c, None, r) for c in a.capacities for r in a.rankings), (None, None, "none")]
-    for capacity, dynamic, ranking in runs:
-        m = model.val(data=a.data, imgsz=a.imgsz, batch=a.batch, capacity=capacity, dynamic_capacity=dynamic,
-                      routing=ranking, plots=False, verbose=False, device="cpu")  # fmt: skip
-        shown = ("-" if ranking == "none" else f"per image {dynamic}" if dynamic else "model's own" if capacity is None
-                 else f"{capacity:g}")
-        ranked = {"topk": "learned", "none": "none (routed compute removed)"}.get(ranking, ranking)
-        row = {"capacity": shown, "ranking": ranked,
-               "box AP": f"{100 * box_ap(m)[0]:.2f}",
-               "token share": f"{m.token_share:.3f}"}  # fmt: skip
-        for kind in ("flat", "textured", "all"):
-            blocks = m.routing.get(kind)
-            if blocks:
-                row[f"lift {kind}"] = summarize(blocks, "object_lift", min)
-                row[f"recall {kind}"] = summarize(blocks, "object_recall", min)
-        row["padding share (worst block)"] = summarize(m.routing.get("all", []), "padding_share", max)
-        rows.append(row)
-        metrics.add(box_ap(m)[1])
+    try:
+        rows, metric = routing_quality_rows(a.weights, a.data, a.imgsz, a.batch, a.capacities, a.rankings, a.dynamic)
+    except ValueError as e:  # a model without routed blocks
+        p.error(str(e))
     command = "python tools/routing_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = "\n".join([f"```\n{command}\n```", "", f"box AP: {' / '.join(sorted(metrics))} x 100",
-                      "lift and recall: mean over routed blocks (worst block)", "",
-                      markdown_table(rows)])  # fmt: skip
+    text = f"```\n{command}\n```\n\n" + routing_quality_text(rows, metric)
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
