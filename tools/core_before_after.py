@@ -27,11 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def old_package(commit: str) -> Path:
     folder = Path(tempfile.mkdtemp()) / "oldnn"
     folder.mkdir()
-    names = subprocess.run(["git", "ls-tree", "--name-only", commit, "mod_vision/nn/"], cwd=ROOT, check=True,
+    # -r: the package has subpackages (nn/routing/) at later commits
+    names = subprocess.run(["git", "ls-tree", "-r", "--name-only", commit, "mod_vision/nn/"], cwd=ROOT, check=True,
                            capture_output=True, text=True).stdout.split()  # fmt: skip
     for name in names:
         text = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=ROOT, check=True, capture_output=True).stdout
-        (folder / Path(name).name).write_bytes(text)
+        target = folder / Path(name).relative_to("mod_vision/nn")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(text)
     return folder.parent
 
 
@@ -58,7 +61,8 @@ def main(argv=None):
     import oldnn.tasks
 
     oldnn.tasks.MODEL_DIR = ROOT / "cfg" / "models"
-    oldnn.tasks.register()
+    if hasattr(oldnn.tasks, "register"):  # earlier commits replaced Ultralytics' parser globally; later ones scope it
+        oldnn.tasks.register()
     old = oldnn.tasks.MoDDetectionModel(oldnn.tasks.load_model_yaml(a.model), verbose=False).fuse(verbose=False).eval()
     ul.parse_model = upstream
 
