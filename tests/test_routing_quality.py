@@ -164,3 +164,20 @@ def test_routing_quality_tool_refuses_a_dense_model(tmp_path):
     YOLO("yolo11n.yaml").save(pt)
     with pytest.raises(SystemExit):
         _tool("routing_quality").main([str(pt), "data.yaml"])
+
+
+def test_the_loss_targets_are_the_cells_the_metrics_see_covered():
+    """One rasteriser: a token is an object token for the routing loss exactly where the metrics' object cover is
+    above 0, and a box of no size marks nothing in either."""
+    import torch
+
+    from mod_vision.engine.routing_metrics import object_cover
+    from mod_vision.nn.routing import object_tokens
+
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.rand(12, 4, generator=g) * torch.tensor([1.0, 1.0, 0.5, 0.5])
+    index = torch.randint(0, 3, (12,), generator=g)
+    for grid in ((5, 7), (4, 4)):
+        assert torch.equal(object_tokens(grid, boxes, index, 3), (object_cover(grid, boxes, index, 3) > 0).float())
+    point, first = torch.tensor([[0.5, 0.5, 0.0, 0.0]]), torch.zeros(1)
+    assert object_tokens((3, 3), point, first, 1).sum() == 0 == object_cover((3, 3), point, first, 1).sum()

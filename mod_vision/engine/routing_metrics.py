@@ -15,20 +15,18 @@ from collections import defaultdict
 
 import torch
 
-from ..nn.routing import BlockRouting, box_extent, object_tokens, padding_levels
+from ..nn.routing import BlockRouting, box_overlaps, object_tokens, padding_levels
 
 
-# A share, not object_tokens' 0/1: lift weighs cells by box cover (cover > 0 is object_tokens but for zero-size boxes)
+# A share, not object_tokens' 0/1: lift weighs cells by box cover (object_tokens is cover > 0; both rasterise with
+# box_overlaps)
 def object_cover(grid: tuple[int, int], boxes: torch.Tensor, image_index: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(B, h*w) in [0, 1]: the share of each token cell covered by its image's boxes (normalized xywh, clipped to the
     image; overlapping boxes count once per cell up to 1, by taking the largest single-box cover)."""
     h, w = grid
     cover = torch.zeros(batch_size, h, w, device=boxes.device)
     if len(boxes):
-        lo, hi = box_extent(grid, boxes)
-        cols, rows = torch.arange(w, device=boxes.device), torch.arange(h, device=boxes.device)
-        ox = (torch.minimum(hi[:, :1], cols + 1) - torch.maximum(lo[:, :1], cols)).clamp(min=0)  # (M, W)
-        oy = (torch.minimum(hi[:, 1:], rows + 1) - torch.maximum(lo[:, 1:], rows)).clamp(min=0)  # (M, H)
+        oy, ox = box_overlaps(grid, boxes)
         per_box = oy[:, :, None] * ox[:, None, :]  # (M, H, W)
         for i in image_index.long().unique():
             cover[i] = per_box[image_index.long() == i].amax(0)

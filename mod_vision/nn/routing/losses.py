@@ -9,12 +9,18 @@ from torch import nn
 from .record import RoutingRecord
 
 
-def box_extent(grid: tuple[int, int], boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each box's top-left and bottom-right corners (M, 2) as (x, y) in cells of the (H, W) grid, clipped to the image;
-    `boxes` are (M, 4) normalized xywh. The one box-to-grid mapping of the routing loss and the routing metrics."""
+def box_overlaps(grid: tuple[int, int], boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each box covers each row and each column of the (H, W) grid, in cells: (M, H) and (M, W), each in
+    [0, 1]; `boxes` are (M, 4) normalized xywh, clipped to the image. The one box-to-grid rasteriser of the routing
+    loss (`object_tokens`: the cells a box overlaps) and the routing metrics (`object_cover`: the share it covers)."""
     h, w = grid
     xy, half = boxes[:, :2], boxes[:, 2:] / 2
-    return (xy - half).clamp(0, 1) * boxes.new_tensor([w, h]), (xy + half).clamp(0, 1) * boxes.new_tensor([w, h])
+    lo = (xy - half).clamp(0, 1) * boxes.new_tensor([w, h])
+    hi = (xy + half).clamp(0, 1) * boxes.new_tensor([w, h])
+    cols, rows = torch.arange(w, device=boxes.device), torch.arange(h, device=boxes.device)
+    oy = (torch.minimum(hi[:, 1:], rows + 1) - torch.maximum(lo[:, 1:], rows)).clamp(min=0)
+    ox = (torch.minimum(hi[:, :1], cols + 1) - torch.maximum(lo[:, :1], cols)).clamp(min=0)
+    return oy, ox
 
 
 def object_tokens(
@@ -29,12 +35,8 @@ def object_tokens(
     h, w = grid
     target = torch.zeros(batch_size, h, w, device=boxes.device)
     if len(boxes):
-        lo, hi = box_extent(grid, boxes)
-        lo, hi = lo.floor(), hi.ceil()
-        cols, rows = torch.arange(w, device=boxes.device), torch.arange(h, device=boxes.device)
-        in_x = (cols >= lo[:, :1]) & (cols < hi[:, :1])  # (M, W)
-        in_y = (rows >= lo[:, 1:]) & (rows < hi[:, 1:])  # (M, H)
-        cells = (in_y[:, :, None] & in_x[:, None, :]).float()  # (M, H, W)
+        oy, ox = box_overlaps(grid, boxes)
+        cells = ((oy[:, :, None] > 0) & (ox[:, None, :] > 0)).float()  # (M, H, W)
         target.index_add_(0, image_index.long(), cells)
     return (target > 0).float().flatten(1)
 
