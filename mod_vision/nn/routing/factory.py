@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .mechanism import check_capacity
-from .router import GATES, TokenRouter
+from .router import TokenRouter, check_gate
 
-# what TokenRouter accepts for a gate besides the names in GATES
-GATE_ALIASES = {True: "sigmoid", False: "none", None: "none"}
 # YAML keyword -> RouterSpec field
 ROUTER_KEYWORDS = {"capacity": "capacity", "router_hidden": "hidden", "gate": "gate"}
 
@@ -25,7 +23,7 @@ class RouterSpec:
     Args:
         capacity: share of tokens routed, in (0, 1]; None builds no router, so the block runs densely (its dense twin).
         hidden: 0 for a linear scorer, else the hidden width of a 2-layer MLP scorer (checked by the scorer).
-        gate: what multiplies a routed token's update, one of GATES (see `TokenRouter`).
+        gate: what multiplies a routed token's update, one of GATES (`check_gate`; see `TokenRouter`).
     """
 
     capacity: float | None = 0.25
@@ -36,10 +34,7 @@ class RouterSpec:
         # checked here rather than when a router is made, so that a dense twin's YAML is held to the same values
         if self.capacity is not None:
             object.__setattr__(self, "capacity", check_capacity(self.capacity))
-        gate = GATE_ALIASES.get(self.gate, self.gate)
-        if gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
-        object.__setattr__(self, "gate", gate)
+        object.__setattr__(self, "gate", check_gate(self.gate))
 
     def make(self, dim: int) -> TokenRouter | None:
         """A router for `dim`-wide tokens, or None when the spec has no capacity (the dense twin)."""

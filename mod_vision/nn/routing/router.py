@@ -30,6 +30,14 @@ if TYPE_CHECKING:  # the factory builds TokenRouters, so it imports this module
 GATES = ("sigmoid", "unit", "none")
 
 
+def check_gate(gate: str | bool | None) -> str:
+    """A gate's name, one of GATES; True means "sigmoid", False and None mean "none"."""
+    name = {True: "sigmoid", False: "none", None: "none"}.get(gate, gate)
+    if name not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+    return name
+
+
 @dataclass
 class Decision:
     """What a router decided for one forward of its block."""
@@ -76,9 +84,7 @@ class TokenRouter(nn.Module):
         self.scorer = Scorer(dim, hidden)
         self.predictor = ObjectPredictor(dim, max(16, dim // 8))
         self.capacity = capacity
-        self.gate = {True: "sigmoid", False: "none", None: "none"}.get(gate, gate)
-        if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        self.gate = check_gate(gate)
         self.policy = policy
         self.random_source = None
         self.dynamic: tuple[float, float] | None = None
