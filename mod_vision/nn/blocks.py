@@ -11,6 +11,8 @@ which halves the routing overhead that dominates at these small widths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,35 +173,45 @@ class MoDDown(nn.Module):
         merge = lambda t, attn_mask=None: pointwise(self.merge, t)  # noqa: E731
         if self.router is not None and self.router_reads == "mean":
             mean = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # (B, N, C), what the router scores
-            base = self.dense_base(x, mean)
+            base = self.dense_base(x, lambda: mean)
             return as_map(self.router.add_to(base, mean, merge, (gh, gw), lambda index: patches(x, index)), gh, gw)
         tokens = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)  # (B, N, 4C): channel 4c + 2i + j is pixel (i, j)
-        base = self.dense_base(x, None if getattr(self, "base", None) is not None else tokens.unflatten(-1, (c, 4)).mean(-1))
+        base = self.dense_base(x, lambda: tokens.unflatten(-1, (c, 4)).mean(-1))
         if self.router is None:
             out = base + pointwise(self.merge, tokens)
         else:
             out = self.router.add_to(base, tokens, merge, (gh, gw))
         return as_map(out, gh, gw)
 
-    def dense_base(self, x: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
-        """(B, N, c2): every output token's base, the learned depthwise merge or the (B, N, C) 2x2 `mean` tiled."""
+    def dense_base(self, x: torch.Tensor, mean: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """(B, N, c2): every output token's base, the learned depthwise merge or the (B, N, C) 2x2 mean (`mean()`, which
+        the caller computes from what it already has) tiled."""
         if getattr(self, "base", None) is not None:  # checkpoints from before the depthwise base have none
             return self.base(x).flatten(2).transpose(1, 2)
+        mean = mean()
         return mean.repeat(1, 1, -(-self.c2 // mean.shape[-1]))[..., : self.c2]
 
 
 def patches(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, K, 4C): the 2x2 patch of the (B, C, H, W) map under each token `index` (B, K) of its 2x2 grid, in
     pixel_unshuffle's channel order (channel c's pixel (i, j) at 4c + 2i + j), read without unshuffling the map."""
-    b, c, h, w = x.shape
+    w = x.shape[3]
     corner = index // (w // 2) * 2 * w + index % (w // 2) * 2  # each patch's top-left pixel
-    at = corner[..., None] + torch.tensor([0, 1, w, w + 1], device=x.device)  # (B, K, 4): pixels (0,0) (0,1) (1,0) (1,1)
-    if x.is_contiguous(memory_format=torch.channels_last):  # a token map (`as_map`): its pixel rows are contiguous
+    return pixel_rows(x, corner[..., None] + torch.tensor([0, 1, w, w + 1], device=x.device))  # (0,0) (0,1) (1,0) (1,1)
+
+
+def pixel_rows(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """(B, K, C * P): for each of K tokens, the P pixels of the (B, C, H, W) map at flat positions `at` (B, K, P),
+    channel-major (channel c's p-th pixel at c * P + p, a convolution's unfolded order). A channels-last map (a token
+    map, `as_map`) is read by rows, whole pixels at a time; another by a gather per channel, without a copy of it."""
+    b, c, h, w = x.shape
+    k, p = at.shape[1:]
+    if x.is_contiguous(memory_format=torch.channels_last):
         rows = x.permute(0, 2, 3, 1).reshape(-1, c)
         at = at + (torch.arange(b, device=x.device) * h * w)[:, None, None]
-        return rows.index_select(0, at.flatten()).view(b, -1, 4, c).transpose(2, 3).reshape(b, -1, 4 * c)
-    rows = x.flatten(2).gather(2, at.flatten(1)[:, None].expand(b, c, -1))  # (B, C, 4K)
-    return rows.view(b, c, -1, 4).transpose(1, 2).reshape(b, -1, 4 * c)
+        return rows.index_select(0, at.flatten()).view(b, k, p, c).transpose(2, 3).reshape(b, k, c * p)
+    return x.flatten(2).gather(2, at.flatten(1)[:, None].expand(b, c, -1)).view(b, c, k, p).transpose(1, 2).reshape(
+        b, k, c * p)
 
 
 class UpAdd(nn.Module):
