@@ -16,7 +16,7 @@ from pathlib import Path
 from ultralytics import YOLO
 
 from mod_vision import MoDYOLO
-from mod_vision.nn.routing import routed_blocks
+from mod_vision.model import routed_capacities
 from mod_vision.report import markdown_table
 
 VARIANTS = [  # (name, format, quantize)
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> str:
     # the reference runs the static capacities an export fixes in its graph, also for a model whose own budget is
     # per image (dynamic mode cannot be exported)
     model = MoDYOLO(pt)
-    capacities = [b.capacity for b in routed_blocks(model.model)]
+    capacities = routed_capacities(model.model)
     rows = [("PyTorch fp32", metrics(model, capacity=capacities or None))]
     for name, fmt, q in VARIANTS:
         d = out / name.replace(" ", "-")
