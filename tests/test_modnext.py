@@ -54,7 +54,7 @@ def test_patches_are_the_unshuffled_rows_of_the_tokens_asked_for(channels_last):
     assert torch.equal(patches(x, index), unshuffled.gather(1, index[..., None].expand(-1, -1, 12)))
 
 
-@pytest.mark.parametrize("layer", ["down", "down-mean-router", "stage", "head"])
+@pytest.mark.parametrize("layer", ["down", "down-mean-router", "stage", "stage-reads-3", "head"])
 def test_routed_layer_at_capacity_1_without_gate_is_its_dense_twin(layer):
     torch.manual_seed(0)
     ungated, no_router = router_spec(capacity=1.0, gate="none"), router_spec(capacity=None)
@@ -63,8 +63,10 @@ def test_routed_layer_at_capacity_1_without_gate_is_its_dense_twin(layer):
         routed, dense = MoDDown(8, 16, ungated, router_reads=reads), MoDDown(8, 16, no_router)
         x = torch.randn(2, 8, 6, 10)
         assert routed.router.scorer.net.in_features == (8 if reads == "mean" else 32)
-    elif layer == "stage":
-        routed, dense, x = MoDNeXt(16, 16, 2, router=ungated), MoDNeXt(16, 16, 2, router=no_router), torch.randn(2, 16, 5, 7)
+    elif layer.startswith("stage"):
+        reads = 3 if layer == "stage-reads-3" else 1
+        routed, dense = MoDNeXt(16, 16, 2, router=ungated, reads=reads), MoDNeXt(16, 16, 2, router=no_router, reads=reads)
+        x = torch.randn(2, 16, 5, 7)
     else:
         routed, dense = RoutedDetect(4, 16, False, (16, 32), ungated), RoutedDetect(4, 16, False, (16, 32), no_router)
         x = [torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)]
@@ -90,6 +92,29 @@ def test_a_token_no_router_picks_costs_no_merge_and_no_mlp():
     base = F.avg_pool2d(x, 2).repeat(1, 2, 1, 1).flatten(2)[0]
     changed = (out.flatten(2)[0] != base).any(0)
     assert changed.nonzero().flatten().tolist() == [picked]
+
+
+def test_a_stage_reading_neighbourhoods_is_a_3x3_convolution_on_routed_tokens_only():
+    """MoDNeXt(reads=3): a routed token's first MLP layer is a 3x3 convolution of the stage's mixed map (zero beyond
+    its border); a token the router skips is the mixed map alone."""
+    from mod_vision.nn.blocks import pointwise
+
+    torch.manual_seed(0)
+    stage = MoDNeXt(8, 8, 1, mlp_ratio=2, router=router_spec(capacity=0.3, gate="none"), reads=3).eval()
+    x = torch.randn(1, 8, 5, 6)
+    with torch.no_grad(), record_routing() as rec:
+        out = stage(x).flatten(2)[0].T  # (N, C)
+        mixed = x + stage.pe(x)
+        mlp = stage.blocks[0]
+        hidden = F.conv2d(mixed, mlp.fc1.conv.weight.view(-1, 8, 3, 3), padding=1)  # the 3x3 convolution
+        hidden = mlp.fc1.act(mlp.fc1.bn(hidden)).flatten(2)[0].T
+        expected = mixed.flatten(2)[0].T + pointwise(mlp.fc2, hidden[None])[0]
+    routed = rec.blocks[0].mask()[0]
+    assert routed.sum() == 9  # ceil(0.3 * 30)
+    assert torch.allclose(out[routed], expected[routed], atol=1e-5)
+    assert torch.equal(out[~routed], mixed.flatten(2)[0].T[~routed])
+    with pytest.raises(ValueError, match=r"MoDNeXt reads=1 \(each token\) or 3 \(its 3x3 neighbourhood\), got 5"):
+        MoDNeXt(8, 8, reads=5)
 
 
 def test_the_head_outputs_its_background_where_nothing_is_routed():

@@ -123,19 +123,61 @@ class TokenMLP(nn.Module):
         return t + pointwise(self.fc2, pointwise(self.fc1, t))
 
 
+class NeighbourhoodMLP(TokenMLP):
+    """A `TokenMLP` whose first layer reads each token's 3x3 neighbourhood, (B, K, 9C) rows (`neighbourhoods`): a full
+    3x3 convolution, computed only where the token is routed. The residual is the neighbourhood's centre."""
+
+    per_token = False
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0):
+        super().__init__(dim, mlp_ratio)
+        self.fc1 = Conv(9 * dim, int(dim * mlp_ratio), 1)
+
+    def forward(self, nbh: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return centre(nbh) + pointwise(self.fc2, pointwise(self.fc1, nbh))
+
+
+def centre(nbh: torch.Tensor) -> torch.Tensor:
+    """(B, K, C): the middle pixel of (B, K, 9C) 3x3 neighbourhoods in `neighbourhoods`' order."""
+    return nbh.unflatten(-1, (-1, 9))[..., 4]
+
+
 class MoDNeXt(TokenStage):
     """A ConvNeXt-style stage whose MLPs are routed: a dense depthwise k x k term, then `n` pointwise MLPs on the tokens
     the router picks (`router` with a capacity in (0, 1]) or on all tokens (no capacity: the dense twin).
 
-    Nearly all of its FLOPs are in the MLPs, so a skipped token skips nearly all of its work. YAML:
-    `[-1, 2, MoDNeXt, [256, {capacity: 0.25, mlp_ratio: 4, kernel: 7}]]` (input and output widths are equal).
+    Nearly all of its FLOPs are in the MLPs, so a skipped token skips nearly all of its work. `reads=3` makes the first
+    MLP read each routed token's 3x3 neighbourhood (`NeighbourhoodMLP`): cross-channel spatial mixing, as a C3k2's 3x3
+    convolutions give, paid only on routed tokens. YAML:
+    `[-1, 2, MoDNeXt, [256, {capacity: 0.25, mlp_ratio: 4, kernel: 7, reads: 3}]]` (input and output widths are equal).
     """
 
     def __init__(self, c1: int, c2: int, n: int = 1, mlp_ratio: float = 4.0, kernel: int = 7,
-                 router: RouterSpec = RouterSpec()):
+                 router: RouterSpec = RouterSpec(), reads: int = 1):
         if c1 != c2:
             raise ValueError(f"MoDNeXt keeps its width: input {c1} and output {c2} channels differ (merge with MoDDown)")
-        super().__init__(c2, [TokenMLP(c2, mlp_ratio) for _ in range(n)], router, kernel)
+        if reads not in (1, 3):
+            raise ValueError(f"MoDNeXt reads=1 (each token) or 3 (its 3x3 neighbourhood), got {reads!r}")
+        first = NeighbourhoodMLP(c2, mlp_ratio) if reads == 3 else TokenMLP(c2, mlp_ratio)
+        super().__init__(c2, [first] + [TokenMLP(c2, mlp_ratio) for _ in range(n - 1)], router, kernel)
+        self.reads = reads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "reads", 1) == 1:  # checkpoints from before the option have none
+            return super().forward(x)
+        b, c, h, w = x.shape
+        mixed = x + self.pe(x)
+        t = mixed.flatten(2).transpose(1, 2)
+
+        def update(nbh: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+            return self.run(nbh, attn_mask) - centre(nbh)
+
+        def read(index: torch.Tensor) -> torch.Tensor:
+            return neighbourhoods(mixed, index)
+
+        if self.router is None:
+            return as_map(t + update(read(torch.arange(h * w, device=x.device).expand(b, -1))), h, w)
+        return as_map(self.router.add_to(t, t, update, (h, w), read), h, w)
 
 
 class MoDDown(nn.Module):
@@ -198,6 +240,17 @@ def patches(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     w = x.shape[3]
     corner = index // (w // 2) * 2 * w + index % (w // 2) * 2  # each patch's top-left pixel
     return pixel_rows(x, corner[..., None] + torch.tensor([0, 1, w, w + 1], device=x.device))  # (0,0) (0,1) (1,0) (1,1)
+
+
+def neighbourhoods(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, K, 9C): the 3x3 neighbourhood of each position `index` (B, K) of the (B, C, H, W) map, zero beyond its
+    border, in the order of a 3x3 convolution's unfolded input (channel-major, then row, then column)."""
+    w = x.shape[3]
+    # a zero border, channels-last: each neighbourhood is 9 whole pixel rows of the padded map
+    padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    offsets = torch.tensor([dy * (w + 2) + dx for dy in range(3) for dx in range(3)], device=x.device)
+    corner = index // w * (w + 2) + index % w  # the top-left of each neighbourhood in the padded map
+    return pixel_rows(padded, corner[..., None] + offsets)
 
 
 def pixel_rows(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 from ultralytics.nn.modules import Conv
 from ultralytics.nn.modules.head import Detect
 
-from .blocks import pixel_rows, pointwise
+from .blocks import neighbourhoods, pointwise
 from .routing import RouterSpec
 
 
@@ -26,17 +26,6 @@ def tokenwise(layers: nn.Sequential, t: torch.Tensor) -> torch.Tensor:
     for m in layers:
         t = pointwise(m, t) if isinstance(m, Conv) else F.linear(t, m.weight.flatten(1), m.bias)
     return t
-
-
-def neighbourhoods(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(B, K, 9C): the 3x3 neighbourhood of each position `index` (B, K) of the (B, C, H, W) map, zero beyond its
-    border, in the order of a 3x3 convolution's unfolded input (channel-major, then row, then column)."""
-    w = x.shape[3]
-    # a zero border, channels-last: each neighbourhood is 9 whole pixel rows of the padded map
-    padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
-    offsets = torch.tensor([dy * (w + 2) + dx for dy in range(3) for dx in range(3)], device=x.device)
-    corner = index // w * (w + 2) + index % w  # the top-left of each neighbourhood in the padded map
-    return pixel_rows(padded, corner[..., None] + offsets)
 
 
 class RoutedDetect(Detect):
