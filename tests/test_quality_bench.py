@@ -69,11 +69,14 @@ def test_bad_extra_is_refused(bench, argv, message):
 
 
 def test_extra_values_parse_as_yaml_and_reach_routed_arms_only(bench):
+    from mod_vision.compare import as_arm
+
     args = bench.parse_args(["--extra", "capacity_warmup=2", "router_aux=0.1", "capacity_range_note=[1, 2]"])
     assert args.extra == {"capacity_warmup": 2, "router_aux": 0.1, "capacity_range_note": [1, 2]}
-    assert bench.arm_spec("mod-c0.25", args)["train"] == {**args.extra, "capacity": 0.25}
-    assert bench.arm_spec("mod-elastic", args)["train"]["capacity_range"] == [0.125, 1.0]
-    assert bench.arm_spec("dense", args)["train"] == {} and bench.arm_spec("yolo11n", args)["train"] == {}
+    own = lambda arm: as_arm(bench.arm_spec(arm, args))["train"]  # noqa: E731  (what compare trains the arm with)
+    assert own("mod-c0.25") == {**args.extra, "capacity": 0.25}
+    assert own("mod-elastic")["capacity_range"] == [0.125, 1.0]
+    assert own("dense") == {} and own("yolo11n") == {}
 
 
 def test_too_few_latency_runs_is_refused(bench, capsys):
@@ -95,8 +98,8 @@ def test_tiny_run_gives_finite_results_and_resumes(bench, tmp_path, capsys):
             "--latency-runs", "20", "--warmup", "1"]  # fmt: skip
     md = bench.main(argv)
     run = md.parent
-    routed = json.loads((run / "results" / "textured__mod-elastic.json").read_text())
-    yolo = json.loads((run / "results" / "textured__yolo11n.json").read_text())
+    routed = json.loads((run / "results" / "textured__mod-elastic__s0.json").read_text())
+    yolo = json.loads((run / "results" / "textured__yolo11n__s0.json").read_text())
     assert routed["train_args"] == {"capacity": 0.5, "capacity_range": [0.125, 1.0]}
     assert routed["own_capacity"] == 0.5  # elastic training keeps the model's own capacity in the checkpoint
     assert list(routed["eval"]) == ["1", "0.5", "0.25", "0.125"] and list(yolo["eval"]) == ["dense"]
@@ -111,10 +114,14 @@ def test_tiny_run_gives_finite_results_and_resumes(bench, tmp_path, capsys):
     assert shares[0] == 1.0 and shares == sorted(shares, reverse=True) and shares[-1] < 0.5
     # every output stays in the run folder (Ultralytics would put a relative or unnamed one under its RUNS_DIR)
     assert sorted(p.name for p in (run / "val").iterdir()) == sorted(
-        [f"textured__mod-elastic__{c}" for c in ("1", "0.5", "0.25", "0.125")] + ["textured__yolo11n__dense"])
-    assert (run / "train" / "textured" / "mod-elastic" / "weights" / "best.pt").is_file()
+        [f"textured__mod-elastic__s0__{c}" for c in ("1", "0.5", "0.25", "0.125")] + ["textured__yolo11n__s0__dense"])
+    assert (run / "train" / "textured__mod-elastic__s0" / "weights" / "best.pt").is_file()
     for name in ("results.md", "results.csv", "capacity.csv", "ap_vs_latency.png", "ap_vs_capacity.png"):
         assert (run / name).stat().st_size > 0
+    # without the dense twin and mod-c0.5 only the YOLO11n target can be judged, once for boxes and once for masks
+    verdicts = [line for line in md.read_text().splitlines() if line.startswith("- textured ")]
+    assert [line.split(":")[0] for line in verdicts] == ["- textured box_AP", "- textured mask_AP"]
+    assert all("more accurate than yolo11n" in line for line in verdicts)
     with open(run / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["arm"], r["capacity"]) for r in rows] == [("mod-elastic", c) for c in ("1", "0.5", "0.25", "0.125")] + [
@@ -123,12 +130,12 @@ def test_tiny_run_gives_finite_results_and_resumes(bench, tmp_path, capsys):
     assert all(r["latency_ratio"] == "nan" for r in rows)  # no dense twin among the arms: no ratio, not a made-up one
 
     # a rerun reuses the finished arms; other settings under the same name are refused
-    stamp = (run / "results" / "textured__mod-elastic.json").stat().st_mtime_ns
+    stamp = (run / "results" / "textured__mod-elastic__s0.json").stat().st_mtime_ns
     capsys.readouterr()
     bench.main(argv)
-    assert "mod-elastic: done, skipping" in capsys.readouterr().out
-    assert (run / "results" / "textured__mod-elastic.json").stat().st_mtime_ns == stamp
-    with pytest.raises(SystemExit, match="use another --name"):
+    assert "textured/mod-elastic seed 0: done, reusing" in capsys.readouterr().out
+    assert (run / "results" / "textured__mod-elastic__s0.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="use another name"):
         bench.main([*argv[:-4], "--epochs", "2", "--latency-runs", "20"])
 
 
