@@ -99,9 +99,10 @@ TARGETS = [{"arm": "c0.5", "capacity": 0.5, "within": 0.5}, {"arm": "c0.5", "cap
 def _study_args(**kw):
     from types import SimpleNamespace
 
-    return SimpleNamespace(**{"name": "t", "data": {"s": "d.yaml"}, "epochs": 1, "imgsz": 64, "batch": 2, "extra": {},
-                              "threads": 1, "runs": 20, "warmup": 1, "latency_imgsz": [64], "capacities": [1.0, 0.5, 0.25],
-                              "reference": "dense", "baseline": "yolo", "targets": TARGETS, **kw})  # fmt: skip
+    settings = {"name": "t", "data": {"s": "d.yaml"}, "epochs": 1, "imgsz": 64, "batch": 2, "extra": {}, "threads": 1,
+                "runs": 20, "warmup": 1, "latency_imgsz": [64], "capacities": [1.0, 0.5, 0.25], "reference": "dense",
+                "baseline": "yolo", "targets": TARGETS}  # fmt: skip
+    return SimpleNamespace(**{**settings, **kw})
 
 
 def test_study_report_has_a_row_per_arm_and_capacity_and_the_ap_by_capacity(tmp_path):
@@ -120,8 +121,8 @@ def test_study_report_has_a_row_per_arm_and_capacity_and_the_ap_by_capacity(tmp_
     with open(tmp_path / "capacity.csv") as f:
         by_capacity = list(csv.DictReader(f))
     # the routed arms only, one row per metric, AP at each capacity
-    assert [(r["arm"], r["metric"]) for r in by_capacity] == [("c0.5", "box_AP"), ("c0.5", "mask_AP"),
-                                                              ("elastic", "box_AP"), ("elastic", "mask_AP")]  # fmt: skip
+    assert [(r["arm"], r["metric"]) for r in by_capacity] == [
+        ("c0.5", "box_AP"), ("c0.5", "mask_AP"), ("elastic", "box_AP"), ("elastic", "mask_AP")]  # fmt: skip
     assert [float(by_capacity[2][c]) for c in ("1", "0.5", "0.25")] == [0.13, 0.125, 0.124]
     assert "## AP against capacity (routed arms)" in text and text.splitlines()[3] == "cmd"
     for name in ("ap_vs_latency.png", "ap_vs_capacity.png"):
@@ -169,7 +170,8 @@ def test_capacity_timing_sets_latency_and_the_ratio_to_the_reference_of_the_same
         (["baseline=yolo11n.yaml"], "baseline belong to a capacity study"),
         (["capacities=[0.5]", "latency_imgsz=[64,128]"], "at one size"),
         (["capacities=[0.5]", "reference=dense"], "reference='dense' is not one of the arms"),
-        (["capacities=[0.5]", "targets=[{'arm':'yolo11n.yaml','capacity':0.5}]"], "a target is {arm, capacity, within}"),
+        (["capacities=[0.5]", "targets=[{'arm':'yolo11n.yaml','capacity':0.5}]"],
+         "a target is {arm, capacity, within}"),
         (["capacities=[0.5]", "targets=[{'arm':'yolo11n.yaml','capacity':0.5,'within':1}]"], "give reference=ARM"),
     ],
 )
@@ -215,3 +217,45 @@ def test_capacity_study_of_two_arms_of_one_yaml_scores_each_capacity_and_reuses_
     with pytest.raises(SystemExit):  # other capacities: the finished arms' scores would not fit the report
         main([*argv[:-3], "capacities=[1.0,0.5]", argv[-2], argv[-1]])
     assert "was made with other settings" in capsys.readouterr().err
+
+
+def test_trained_latency_times_each_arms_first_seed_and_only_arms_with_results(tmp_path, monkeypatch):
+    import torch
+
+    from mod_vision import compare as harness
+
+    loaded = []
+
+    def network(model, weights=None):  # records which weights each timed network would load
+        loaded.append((model, weights))
+        return torch.nn.Identity()
+
+    monkeypatch.setattr(harness, "network", network)
+    scores = {"box_AP": 0.2, "box_AP50": 0.3, "token_share": 0.5}
+    results = [{"arm": "a.yaml", "seed": 1, "weights": "a1.pt", **scores},
+               {"arm": "a.yaml", "seed": 2, "weights": "a2.pt", **scores},
+               {"arm": "b.yaml", "seed": 1, **scores}]  # fmt: skip  (b: a result saved before weights were recorded)
+    args = _study_args(data="d.yaml", latency_imgsz=[32], runs=2, warmup=0, trained_latency=True, capacities=None)
+    harness.report_arms(results, [harness.as_arm(a) for a in ("a.yaml", "b.yaml", "c.yaml")], tmp_path, args, "cmd")
+    assert loaded == [("a.yaml", "a1.pt"), ("b.yaml", str(tmp_path / "train" / "b__s1" / "weights" / "best.pt"))]
+    with open(tmp_path / "results-d-e1-i64.csv") as f:
+        assert [(r["arm"], float(r["ms@32"]) > 0) for r in csv.DictReader(f)] == [("a", True)] * 2 + [("b", True)]
+
+
+def test_routing_quality_section_covers_each_routed_arm_once(det_run, sample_yaml, tmp_path):
+    from types import SimpleNamespace
+
+    from ultralytics import YOLO
+
+    from mod_vision.compare import routing_quality_section
+
+    dense = tmp_path / "dense.pt"
+    YOLO("yolo11n.yaml").save(dense)
+    data, best = {"data": str(sample_yaml)}, str(det_run / "weights" / "best.pt")
+    routed = {"arm": "modvit-det.yaml", "settings": data, "weights": best}
+    results = [{**routed, "seed": 0}, {**routed, "seed": 1, "weights": "not read: not the first seed"},
+               {"arm": "yolo11n.yaml", "seed": 0, "settings": data, "weights": str(dense)}]
+    text = routing_quality_section(results, tmp_path, SimpleNamespace(imgsz=64, batch=8))
+    titles = [line for line in text.splitlines() if line.startswith("## ")]
+    assert titles == ["## Routing quality: modvit-det (first seed)"]  # the dense arm has no routing to measure
+    assert sum(line.startswith("| 0.25 | random |") for line in text.splitlines()) == 1  # the control at each capacity
