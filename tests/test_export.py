@@ -1,9 +1,13 @@
 """Export keeps the routing: each runtime's outputs against PyTorch, routing ops in the saved graph, metadata, errors.
 
-Each format is exported once per module (from a copy of the session's tiny trained models, imgsz 96) and reused.
+Each format is exported once per module and reused, from a controlled copy of each of the session's tiny trained models
+(imgsz 96; `controlled`): those score below 0.01 everywhere, so after NMS there would be nothing to compare. The copy
+keeps the trained weights and sets the biases of the head's last layers: a grid of confident, non-overlapping boxes at
+strides 16 and 32 (one class per stride), nothing above 0.01 at stride 8, and masks with the protos' spatial structure.
 Tolerances: raw head outputs within BOX_ATOL + BOX_RTOL x value (decoded boxes, pixels at imgsz 96) and RAW_ATOL
-(class scores in [0, 1], mask coefficients, protos) of PyTorch; after NMS, every detection above MATCH_CONF has a same-class partner with box IoU >= 0.9
-(and mask IoU >= 0.9) in the other runtime's results.
+(class scores in [0, 1], mask coefficients, protos) of PyTorch; after NMS, each image has at least MIN_CONFIDENT
+detections above MATCH_CONF in both runtimes, and each of them has a same-class partner with box IoU >= 0.9 (and mask
+IoU >= 0.9) in the other runtime's results.
 """
 
 from __future__ import annotations
@@ -20,14 +24,32 @@ pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 
 BOX_ATOL, BOX_RTOL, RAW_ATOL = 1e-2, 1e-3, 5e-3
 MATCH_CONF = 0.05
+MIN_CONFIDENT = 10  # detections above MATCH_CONF per image, in each runtime, for the after-NMS comparison to count
+CONFIDENT = {1: 0.5, 2: 0.7}  # the controlled copy's score by head level (strides 16 and 32) for that level's class
+BACKGROUND = 1e-4  # its other scores: below predict's conf (0.01 here) and val's (0.001)
 RUNTIME_FORMATS = ["onnx", "openvino", "torchscript", "litert"]
 # task -> its session run: the MoD-ViT detector and segmenter, and the multi-stride hybrid (a detector)
 RUNS = {"detect": lambda d, s, h: d, "segment": lambda d, s, h: s, "hybrid": lambda d, s, h: h}
 
 
 @pytest.fixture(scope="module")
-def export(det_run, seg_run, hybrid_run, tmp_path_factory):
-    """export(task, format, **kw) -> path of the exported file, exported once per arguments."""
+def weights(det_run, seg_run, hybrid_run, images, tmp_path_factory):
+    """weights(task) -> the module's checkpoint for the task: the controlled copy of its session run, made once."""
+    cache = {}
+
+    def get(task):
+        if task not in cache:
+            src = RUNS[task](det_run, seg_run, hybrid_run) / "weights" / "best.pt"
+            dst = tmp_path_factory.mktemp(f"{task}-controlled") / "best.pt"
+            cache[task] = controlled(src, dst, letterboxed(images))
+        return cache[task]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def export(weights, tmp_path_factory):
+    """export(task, format, **kw) -> path of the exported file (of `weights(task)`), exported once per arguments."""
     from mod_vision import MoDYOLO
 
     cache = {}
@@ -36,11 +58,59 @@ def export(det_run, seg_run, hybrid_run, tmp_path_factory):
         key = (task, fmt, tuple(sorted(kw.items())))
         if key not in cache:
             d = tmp_path_factory.mktemp(f"{task}-{fmt}")
-            pt = shutil.copy(RUNS[task](det_run, seg_run, hybrid_run) / "weights" / "best.pt", d / "best.pt")
+            pt = shutil.copy(weights(task), d / "best.pt")
             cache[key] = MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ, **kw)
         return cache[key]
 
     return get
+
+
+def controlled(src, dst, im: torch.Tensor):
+    """Write to `dst` a copy of the checkpoint `src` whose Detect or Segment head is confident in a set way; return it.
+
+    Only the biases of the last layer of each branch change; the trained weights stay and still add their (small)
+    position-dependent part to every output.
+    - classes: on level i in CONFIDENT, class i % nc scores about CONFIDENT[i] at every position; every other score is
+      about BACKGROUND;
+    - boxes: the DFL bins favour short distances (bias -0.7 x bin: about one stride to each side), so each box is about
+      two strides wide, centred on its anchor; boxes of one level overlap with IoU <= 1/3, so NMS (IoU 0.7) suppresses
+      none of them and no near-tie of scores can change which it keeps;
+    - mask coefficients: one direction in proto space, from the protos of the images `im`: their main spatial variation
+      (orthogonal to their mean), offset by the mean so that 70% of the pixels are inside: masks keep the protos'
+      spatial structure (Ultralytics drops a detection whose mask is empty, in either runtime alike).
+    The raw-output check runs on this copy too: its class scores, near 0.5, are where a difference in logits shows most.
+    """
+    from ultralytics.nn.modules.head import Detect
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    model = (ckpt.get("ema") or ckpt["model"]).float().eval()
+    head = model.model[-1]
+    assert isinstance(head, Detect) and not hasattr(head, "background") and not head.end2end, type(head)
+    with torch.no_grad():
+        coef = None
+        if hasattr(head, "proto"):
+            protos = []
+            hook = head.proto.register_forward_hook(lambda m, x, y: protos.append(y))
+            model(im)
+            hook.remove()
+            p = protos[0].double().transpose(0, 1).flatten(1)  # (masks, pixels)
+            mean = p.mean(1) / p.mean(1).norm()
+            varied = p - p.mean(1, keepdim=True)
+            varied -= mean[:, None] * (mean @ varied)
+            main = torch.linalg.svd(varied, full_matrices=False).U[:, 0]
+            coef = main - (main @ p).quantile(0.3) / (mean @ p).median() * mean
+            coef *= 100 / coef.norm()  # the sign of coef . protos is the mask; the trained part stays small beside it
+        for i in range(head.nl):
+            score = torch.full((head.nc,), BACKGROUND, dtype=torch.float64)
+            if i in CONFIDENT:
+                score[i % head.nc] = CONFIDENT[i]
+            head.cv3[i][-1].bias.copy_(torch.logit(score))
+            head.cv2[i][-1].bias.copy_((-0.7 * torch.arange(head.reg_max)).repeat(4))
+            if coef is not None:
+                head.cv4[i][-1].bias.copy_(coef)
+    ckpt["model"], ckpt["ema"] = model, None
+    torch.save(ckpt, dst)
+    return dst
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +180,13 @@ def box_iou(a, b):
 
 
 def assert_same_detections(ref, out, masks: bool):
-    """Every confident detection of one result has a same-class partner in the other (boxes and masks overlap)."""
+    """Each image has at least MIN_CONFIDENT detections above MATCH_CONF in each result, and every one of them has a
+    same-class partner in the other result (boxes and masks overlap)."""
+    assert len(ref) == len(out)
     for r, o in zip(ref, out):
         for a, b in ((r, o), (o, r)):
             keep = a.boxes.conf > MATCH_CONF
-            if not keep.any():
-                continue
+            assert keep.sum() >= MIN_CONFIDENT, f"{int(keep.sum())} detections above {MATCH_CONF}: too few to compare"
             assert len(b.boxes), "detections in one runtime, none in the other"
             iou = box_iou(a.boxes.xyxy[keep], b.boxes.xyxy)
             iou[a.boxes.cls[keep][:, None] != b.boxes.cls[None]] = 0
@@ -129,13 +200,13 @@ def assert_same_detections(ref, out, masks: bool):
 
 @pytest.mark.parametrize("task", ["detect", "segment", "hybrid"])
 @pytest.mark.parametrize("fmt", RUNTIME_FORMATS)
-def test_runtime_matches_pytorch(export, det_run, seg_run, hybrid_run, images, sample_yaml, fmt, task):
+def test_runtime_matches_pytorch(export, weights, images, sample_yaml, fmt, task):
     from ultralytics import YOLO
 
     from mod_vision import MoDYOLO
     from mod_vision.engine.export import routing_op_counts
 
-    pt = RUNS[task](det_run, seg_run, hybrid_run) / "weights" / "best.pt"
+    pt = weights(task)
     f = export(task, fmt)
 
     # the graph is routed, not densified: every routed block has its top-k, gathers and scatter
@@ -165,7 +236,7 @@ def test_runtime_matches_pytorch(export, det_run, seg_run, hybrid_run, images, s
     assert metrics.box.map50 == pytest.approx(ref_metrics.box.map50, abs=0.02)
 
 
-def test_capacity_chosen_at_export_is_in_metadata_and_results(export, det_run, images, sample_yaml):
+def test_capacity_chosen_at_export_is_in_metadata_and_results(export, weights, images, sample_yaml):
     """capacity= at export fixes k in the graph, is written to the metadata, and predicting or validating from the file
     reports it."""
     from ultralytics.nn.autobackend import AutoBackend
@@ -174,7 +245,7 @@ def test_capacity_chosen_at_export_is_in_metadata_and_results(export, det_run, i
     from mod_vision.engine.export import exported_routing
     from mod_vision.nn.routing import tokens_for
 
-    pt = det_run / "weights" / "best.pt"
+    pt = weights("detect")
     f = export("detect", "onnx", capacity=0.25)
     r = routed(pt)
     assert exported_routing(AutoBackend(f, verbose=False))["capacity"] == [0.25] * r
@@ -205,14 +276,14 @@ def test_capacity_chosen_at_export_is_in_metadata_and_results(export, det_run, i
         MoDYOLO(f).val(capacity=0.5, **kw)
 
 
-def test_onnx_dynamic_batch_and_size(export, det_run, sample_yaml):
+def test_onnx_dynamic_batch_and_size(export, weights, sample_yaml):
     """dynamic=True: batch 2 and another image size give PyTorch's outputs (k follows N = tokens of the input)."""
     import onnxruntime as ort
 
     from mod_vision import MoDYOLO
 
     f = export("detect", "onnx", dynamic=True)
-    model = MoDYOLO(det_run / "weights" / "best.pt").model.fuse().eval()
+    model = MoDYOLO(weights("detect")).model.fuse().eval()
     session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
     val = sorted((sample_yaml.parent / "images" / "val").glob("*.jpg"))
     for batch, size in ((2, IMGSZ), (1, 128), (2, 160)):
