@@ -12,7 +12,7 @@ from .defaults import DEFAULT_CAPACITIES
 HELP = """Usage: mod-vision MODE [key=value ...]
 
 MODE:
-  train        train a model (default model=hybrid11p-det.yaml; default data: the sample data, generated on first use)
+  train        train a model (default model=modnext-det.yaml; default data: the sample data, generated on first use)
   val          validate; COCO metrics are computed when the data YAML names a `coco_json`
   predict      predict on an image, folder, video, URL/stream or webcam index (source=...)
   heatmap      predict and write routing heatmaps (tokens per routed block, depth map, compute share) to
@@ -48,7 +48,7 @@ plus mod_vision's:
   timm_weights=FILE|NAME    train: initialise the ViT backbone from timm weights (see cfg/models/*-vits.yaml)
   router_lr_mult=5          train: router learning rate relative to lr0
   predictor_lr_mult=10      train: learning rate of dynamic mode's predictors relative to lr0
-Models: cfg/models/{hybrid11p,hybrid11,hybrid12,modvit,hybrid}-{det,seg}[-dense].yaml, modvit-{det,seg}-{deep,vits,dinov2s}.yaml; add -n/-s/-m for a scale,
+Models: cfg/models/modnext-det[-dense].yaml, {hybrid11p,hybrid11,hybrid12,modvit,hybrid}-{det,seg}[-dense].yaml, modvit-{det,seg}-{deep,vits,dinov2s}.yaml; add -n/-s/-m for a scale,
 e.g. model=hybrid11p-det-s.yaml,
 or a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt
 
@@ -59,7 +59,7 @@ Examples:
   mod-vision heatmap model=runs/detect/train/weights/best.pt source=bus.jpg
 """
 
-DEFAULT_MODEL = "hybrid11p-det.yaml"  # the recommended model (docs/quality_bench.md)
+DEFAULT_MODEL = "modnext-det.yaml"  # the recommended model (docs/routing_carries.md)
 MODES = ("train", "val", "sweep", "predict", "heatmap", "export", "info")
 
 
