@@ -1,4 +1,4 @@
-"""`mod-vision compare` (mod_vision/compare.py): arms trained alike, a CSV and a report, reuse; and its thin tools."""
+"""`mod-vision compare` (mod_vision/compare/): arms trained alike, a CSV and a report, reuse; and its thin tools."""
 
 from __future__ import annotations
 
@@ -223,6 +223,7 @@ def test_trained_latency_times_each_arms_first_seed_and_only_arms_with_results(t
     import torch
 
     from mod_vision import compare as harness
+    from mod_vision.compare import timing
 
     loaded = []
 
@@ -230,7 +231,7 @@ def test_trained_latency_times_each_arms_first_seed_and_only_arms_with_results(t
         loaded.append((model, weights))
         return torch.nn.Identity()
 
-    monkeypatch.setattr(harness, "network", network)
+    monkeypatch.setattr(timing, "network", network)
     scores = {"box_AP": 0.2, "box_AP50": 0.3, "token_share": 0.5}
     results = [{"arm": "a.yaml", "seed": 1, "weights": "a1.pt", **scores},
                {"arm": "a.yaml", "seed": 2, "weights": "a2.pt", **scores},
