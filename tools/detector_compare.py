@@ -1,4 +1,4 @@
-"""Detectors side by side: `mod-vision compare` (mod_vision/compare.py) with this tool's flags and run folders.
+"""Detectors side by side: `mod-vision compare` (mod_vision/compare/) with this tool's flags and run folders.
 
 Every arm trains alike once per seed into runs/detector_compare/<name>/train/<arm>__s<seed>/, is scored by COCO box AP
 (per background kind on the sample data) and timed round-robin; finished arms are reused, interrupted ones resumed.

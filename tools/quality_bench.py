@@ -1,6 +1,6 @@
 """Quality benchmark: COCO box/mask AP, GFLOPs and CPU latency of MoD arms, their dense twin and YOLO11n.
 
-A capacity study of `mod-vision compare` (mod_vision/compare.py trains, resumes, scores, times and reports it); this
+A capacity study of `mod-vision compare` (mod_vision/compare/ trains, resumes, scores, times and reports it); this
 tool sets up its arms, its data and its targets. Arms (segmentation models, so boxes and masks come from one run):
     mod-c0.5     the --family's YAML (default modvit-seg) trained at fixed capacity 0.5
     mod-c0.25    the same YAML trained at fixed capacity 0.25
