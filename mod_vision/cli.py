@@ -23,6 +23,10 @@ MODE:
   compare      train arms alike (model YAMLs, mod_vision's or Ultralytics'), COCO box AP per seed and CPU latency:
                arms=[hybrid12-det-n.yaml,yolo11n.yaml] data=sample epochs=40 imgsz=160 seeds=[0,1] latency_imgsz=[640];
                mod_vision's arguments (capacity=...) go to the mod_vision arms; runs/compare/<name>/results.md and .csv
+               capacities=[1.0,0.5,0.25]  a capacity study: each arm scored and timed at each capacity
+               reference=ARM              the dense twin that latency_ratio and `within` targets are against
+               baseline=ARM               judged: is a routed arm more accurate than ARM at equal or lower latency
+               targets=[{...}]            judged in the report: {arm,capacity,within} or {arm,loses_less_than,from,to}
   info         print the model summary, and routing-aware GFLOPs at imgsz (default 640) across capacities
   sample-data  write the sample dataset (root=datasets/mod-sample n_train=400 n_val=100 seed=0; scenes=True for the
                "scenes" split: 480-640 px images, many small objects)
