@@ -429,3 +429,32 @@ def ours(model) -> dict:
 def said_ignored(said: list[str]) -> list[str]:
     """The static-size warnings among the logged lines, without Ultralytics' "WARNING" prefix."""
     return [m.split("WARNING ⚠️ ")[-1] for m in said if " ignored: " in m and "static input" in m]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_modnext_exports_with_every_routed_layer_in_the_graph(fmt, images, tmp_path):
+    """modnext-det (routed merges, neighbourhood-reading MLP stages, the routed head) exports with each router's top-k,
+    gathers and scatter in the graph, and the runtime's raw outputs match PyTorch's at the exported capacity."""
+    from mod_vision import MoDYOLO
+    from mod_vision.engine.export import routing_op_counts
+
+    torch.manual_seed(0)
+    model = MoDYOLO("modnext-det-n.yaml")
+    model.model.model[-1].bias_init()  # Detect's priors (a trained model has them), so scores are not all near 0.5
+    for router in model.model.routed_blocks():  # well-separated scores, as trained ones are: no near-ties in top-k
+        torch.nn.init.normal_(router.scorer.net.weight, std=1.0)
+    pt = tmp_path / "modnext.pt"
+    model.save(pt)
+    f = MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ, capacity=0.25)
+    counts, r = routing_op_counts(f, fmt), routed(pt)
+    assert r == 11 and counts["topk"] >= r and counts["gather"] >= r and counts["scatter"] == r, counts
+    # a little noise: on an exactly flat field, conv features tie exactly, and runtimes may break top-k ties by other
+    # rules (ONNX's TopK takes the lower index; torch's CPU top-k does not promise an order), routing another of the
+    # tied tokens (docs/export.md, "Ties")
+    im = (letterboxed(images) + 0.02 * torch.rand(len(images), 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0)))
+    im = im.clamp(0, 1)
+    static = tmp_path / "modnext-0.25.pt"
+    MoDYOLO(pt).set_capacity(0.25).save(static)
+    ref, out = run(static, im), run(f, im)
+    assert len(ref) == len(out) == 1
+    assert_raw_close(out[0], ref[0])
