@@ -278,3 +278,21 @@ def test_training_ungated_routers_without_the_ranking_loss_says_so(sample_yaml, 
     else:
         assert len(lines) == 1 and "router_rank=0: 11 routers have no gate" in lines[0]
         assert lines[0].endswith("they would keep their initial weights; train with router_rank=1.0")
+
+
+def test_heatmaps_show_every_routed_layer_on_its_own_grid(model):
+    """A modnext forward's routing maps hold its 11 routed layers on their own grids (strides 8, 16 and 32), each with
+    exactly the tokens its router took, and the depth picture counts them on the finest grid."""
+    from mod_vision.heatmap import routing_maps
+
+    from mod_vision.nn.routing import routing_kept
+
+    with routing_kept(model), torch.no_grad(), record_routing() as rec:
+        set_routing(model, capacity=0.25)
+        model(torch.rand(1, 3, 96, 128))
+    maps = routing_maps(rec, (96, 128), [(96, 128)])[0]
+    assert len(maps.blocks) == 11
+    assert {m.shape for m in maps.blocks} == {(12, 16), (6, 8), (3, 4)}
+    for m, entry in zip(maps.blocks, rec.blocks):
+        assert m.sum() == entry.index.shape[1] == -(-m.size // 4)
+    assert maps.grid == (12, 16) and maps.depth.max() <= 11 and maps.depth.sum() > 0
