@@ -131,6 +131,32 @@ def test_the_head_outputs_its_background_where_nothing_is_routed():
     assert not torch.equal(out[routed], head.background[0].expand(4, -1))
 
 
+@pytest.mark.parametrize("capacity", [0.25, None])
+def test_the_head_decodes_routed_positions_as_detect_decodes_every_position(capacity):
+    """In inference RoutedDetect computes box distances (DFL) only where it routed, the background's elsewhere; the
+    decoded boxes are Detect's decoding of the same raw outputs (routed, and the dense twin)."""
+    from ultralytics.nn.modules.head import Detect
+
+    torch.manual_seed(0)
+    head = RoutedDetect(4, 16, False, (16, 32), router_spec(capacity=capacity, gate="none")).eval()
+    head.stride = torch.tensor([8.0, 16.0])
+    head.bias_init()
+    with torch.no_grad():
+        head.background.add_(torch.randn_like(head.background))  # a trained background is not the priors
+        y, raw = head([torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)])
+        plain = {k: v for k, v in raw.items() if k != "distances"}
+        expected = Detect._get_decode_boxes(head, plain)
+    assert raw["distances"].shape == (2, 4, 80)
+    torch.testing.assert_close(y[:, :4], expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(y[:, 4:], raw["scores"].sigmoid())
+    head.train()
+    assert "distances" not in head([torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)])  # training: raw outputs only
+    gated = RoutedDetect(4, 16, False, (16,), router_spec(capacity=0.25, gate="sigmoid")).eval()
+    gated.stride = torch.tensor([8.0])
+    with torch.no_grad():
+        assert "distances" not in gated([torch.randn(1, 16, 4, 4)])[1]  # a gate scales the update after the branches
+
+
 def test_routing_none_removes_every_routed_layer_and_detects_nothing(model):
     x = torch.rand(1, 3, 96, 128)
     set_policy(model, "none")

@@ -291,6 +291,30 @@ def test_route_tokens_is_a_pure_gather_block_scatter():
     assert torch.equal(z[0, 0], x[0, 0] + 1) and torch.equal(z[0, 1], x[0, 1])
 
 
+def test_an_owned_input_takes_the_updates_in_place_only_outside_autograd():
+    """owned=True lets route_tokens write into the caller's new tensor instead of a copy when no gradient is recorded;
+    otherwise, and for an expanded base (a parameter's rows), the input is never written."""
+    index = torch.tensor([[1], [2]])
+    fresh = lambda: torch.zeros(2, 4, 3)  # noqa: E731
+    with torch.no_grad():
+        x = fresh()
+        y = route_tokens(x, index, lambda t: t + 1, owned=True)
+        assert y.data_ptr() == x.data_ptr() and x[0, 1].eq(1).all() and x[0, 0].eq(0).all()
+        x = fresh()
+        y = route_tokens(x, index, lambda t: t + 1)  # not owned: a copy
+        assert y.data_ptr() != x.data_ptr() and x.eq(0).all() and y[1, 2].eq(1).all()
+        background = torch.zeros(3)
+        base = background.expand(2, 4, 3)
+        y = route_tokens(base, index, lambda t: torch.ones_like(t), owned=True, delta=True, inputs=base)
+        assert background.eq(0).all() and y[0, 1].eq(1).all() and y.sum() == 6
+    x = fresh().requires_grad_()
+    x2 = x * 1  # a new tensor inside autograd: not written, so x2 stays what its backward expects
+    y = route_tokens(x2, index, lambda t: t * 3, owned=True)
+    assert x2.eq(0).all()
+    y.sum().backward()
+    assert x.grad[0, 1].eq(3).all() and x.grad[0, 0].eq(1).all()
+
+
 def test_random_policy_keeps_k_and_the_learned_gate_but_not_the_ranking():
     torch.manual_seed(4)
     block = routed(capacity=0.25)

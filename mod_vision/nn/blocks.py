@@ -11,8 +11,6 @@ which halves the routing overhead that dominates at these small widths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,7 +86,7 @@ class TokenStage(nn.Module):
         b, c, h, w = x.shape
         t = (x + self.pe(x)).flatten(2).transpose(1, 2)  # dense and cheap: every token gets position and local mixing
         if self.router is not None:
-            out = self.router(t, self.run, (h, w), layers=self.blocks)
+            out = self.router(t, self.run, (h, w), layers=self.blocks, owned=True)
         else:
             out = reuse_step(t, None, None, self.blocks, None)[0] if reuses_tokens(self) else self.run(t)
         return as_map(out, h, w)
@@ -177,7 +175,7 @@ class MoDNeXt(TokenStage):
 
         if self.router is None:
             return as_map(t + update(read(torch.arange(h * w, device=x.device).expand(b, -1))), h, w)
-        return as_map(self.router.add_to(t, t, update, (h, w), read), h, w)
+        return as_map(self.router.add_to(t, t, update, (h, w), read, owned=True), h, w)
 
 
 class MoDDown(nn.Module):
@@ -208,29 +206,32 @@ class MoDDown(nn.Module):
         self.base = Conv(c1, c2, 2, 2, 0, g=c1, act=False) if base == "depthwise" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, h, w = x.shape[1:]
+        h, w = x.shape[2:]
         if h % 2 or w % 2:  # odd grids are padded, as a stride-2 convolution's ceil division would
             x = F.pad(x, (0, w % 2, 0, h % 2))
         gh, gw = x.shape[2] // 2, x.shape[3] // 2
         merge = lambda t, attn_mask=None: pointwise(self.merge, t)  # noqa: E731
         if self.router is not None and self.router_reads == "mean":
             mean = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # (B, N, C), what the router scores
-            base = self.dense_base(x, lambda: mean)
-            return as_map(self.router.add_to(base, mean, merge, (gh, gw), lambda index: patches(x, index)), gh, gw)
+            base = self.dense_base(x, mean)
+            return as_map(self.router.add_to(base, mean, merge, (gh, gw), lambda index: patches(x, index), owned=True),
+                          gh, gw)
         tokens = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)  # (B, N, 4C): channel 4c + 2i + j is pixel (i, j)
-        base = self.dense_base(x, lambda: tokens.unflatten(-1, (c, 4)).mean(-1))
+        base = self.dense_base(x)
         if self.router is None:
             out = base + pointwise(self.merge, tokens)
         else:
-            out = self.router.add_to(base, tokens, merge, (gh, gw))
+            out = self.router.add_to(base, tokens, merge, (gh, gw), owned=True)
         return as_map(out, gh, gw)
 
-    def dense_base(self, x: torch.Tensor, mean: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """(B, N, c2): every output token's base, the learned depthwise merge or the (B, N, C) 2x2 mean (`mean()`, which
-        the caller computes from what it already has) tiled."""
+    def dense_base(self, x: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, c2): every output token's base, the learned depthwise merge or the (B, N, C) 2x2 mean tiled (`mean`
+        where the caller has it; pooled from the map, not reduced from the unshuffled tokens, whose four pixels of a
+        channel lie N apart: a slow reduction)."""
         if getattr(self, "base", None) is not None:  # checkpoints from before the depthwise base have none
             return self.base(x).flatten(2).transpose(1, 2)
-        mean = mean()
+        if mean is None:
+            mean = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)
         return mean.repeat(1, 1, -(-self.c2 // mean.shape[-1]))[..., : self.c2]
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Conv
 from ultralytics.nn.modules.head import Detect
+from ultralytics.utils.tal import make_anchors
 
 from .blocks import neighbourhoods, pointwise
 from .routing import RouterSpec
@@ -53,25 +54,54 @@ class RoutedDetect(Detect):
     def forward_head(self, x: list[torch.Tensor], box_head=None, cls_head=None) -> dict[str, torch.Tensor]:
         if box_head is None or cls_head is None:
             return {}
-        boxes, scores = [], []
+        # In eager inference the box distances (DFL) are computed for the routed positions only, beside their raw
+        # outputs; every other position has the background's. Detect would run DFL's softmax on every anchor: most of
+        # a flat frame's head. Training needs only the raw outputs; exports keep Detect's decoding; a gate scales the
+        # raw update after `branches` sees it, so gated routers keep it too.
+        decode = not (self.training or self.export or torch.compiler.is_compiling()) and all(
+            getattr(r, "gate", "none") == "none" for r in self.routers)
+        nb = 4 * self.reg_max
+        boxes, scores, distances = [], [], []
         for i, (feat, router) in enumerate(zip(x, self.routers)):
             b, _, h, w = feat.shape
+            background = self.background[i]
+            if decode:
+                far = self.dfl(background[:nb].view(1, nb, 1)).view(4)  # the background's distances
+                background = torch.cat([background, far])
 
-            def branches(t, attn_mask=None, i=i):
-                return torch.cat([tokenwise(box_head[i], t), tokenwise(cls_head[i], t)], -1)
+            def branches(t, attn_mask=None, i=i, background=background):
+                out = torch.cat([tokenwise(box_head[i], t), tokenwise(cls_head[i], t)], -1)
+                if not decode:
+                    return out
+                dist = self.dfl((background[:nb] + out[..., :nb]).transpose(1, 2)).transpose(1, 2)
+                return torch.cat([out, dist - background[self.no :]], -1)  # an update, as the raw outputs'
 
             def read(index, feat=feat):
                 return neighbourhoods(feat, index)
 
-            base = self.background[i].expand(b, h * w, self.no)
+            base = background.expand(b, h * w, len(background))
             if isinstance(router, nn.Identity):
                 out = base + branches(read(torch.arange(h * w, device=feat.device).expand(b, -1)))
             else:
                 out = router.add_to(base, feat.flatten(2).transpose(1, 2), branches, (h, w), read)
-            out = out.transpose(1, 2)  # (B, no, N), Detect's layout
-            boxes.append(out[:, : 4 * self.reg_max])
-            scores.append(out[:, 4 * self.reg_max :])
-        return {"boxes": torch.cat(boxes, -1), "scores": torch.cat(scores, -1), "feats": x}
+            out = out.transpose(1, 2)  # (B, no (+4), N), Detect's layout
+            boxes.append(out[:, :nb])
+            scores.append(out[:, nb : self.no])
+            distances.append(out[:, self.no :])
+        preds = {"boxes": torch.cat(boxes, -1), "scores": torch.cat(scores, -1), "feats": x}
+        if decode:
+            preds["distances"] = torch.cat(distances, -1)
+        return preds
+
+    def _get_decode_boxes(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Detect's decoding, from the distances forward_head computed where it has them."""
+        if "distances" not in x:
+            return super()._get_decode_boxes(x)
+        shape = x["feats"][0].shape  # Detect's anchor cache, as in Detect._get_decode_boxes
+        if self.dynamic or self.shape != shape:
+            self.anchors, self.strides = (a.transpose(0, 1) for a in make_anchors(x["feats"], self.stride, 0.5))
+            self.shape = shape
+        return self.decode_bboxes(x["distances"], self.anchors.unsqueeze(0)) * self.strides
 
     def bias_init(self):
         """Detect's bias priors, and a background that starts at them: no object, Detect's class prior."""

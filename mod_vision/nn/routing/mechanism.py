@@ -42,6 +42,7 @@ def route_tokens(
     valid: torch.Tensor | None = None,
     inputs: torch.Tensor | None = None,
     delta: bool = False,
+    owned: bool = False,
 ) -> torch.Tensor:
     """Run `block` on the tokens `index` of each image and scatter its gated update back; the rest pass unchanged.
 
@@ -56,6 +57,9 @@ def route_tokens(
             that returns the (B, K, C') rows to read; the update is still added to x.
         delta: `block` returns the update itself, not the token's new value: a layer that changes width (a patch merge,
             a head) reads `inputs` of another width and adds to a base `x` of its output width.
+        owned: x is the caller's own new tensor (a base or a position-mixed map it just made), not read after this
+            call, so outside autograd the updates are written into it rather than into a copy: a frame-sized copy per
+            routed layer is most of what a routed layer costs on a flat frame.
 
     Whole rows of the flattened (B*N, C) tokens are gathered and scattered (ONNX Gather/ScatterND): every export runtime
     has them, and they move B*K rows rather than a B*K*C index.
@@ -78,9 +82,19 @@ def route_tokens(
         new = selected + (update if gate is None else gate.unsqueeze(-1) * update)
     if valid is not None:
         new = torch.where(valid.unsqueeze(-1), new, selected)
-    result = flat.clone()
+    result = flat if writable(flat, x, owned) else flat.clone()
     result[rows] = new.reshape(-1, c)  # in place on a copy: OpenVINO converts index_put_, not index_put
     return result.view(b, n, c)
+
+
+def writable(flat: torch.Tensor, x: torch.Tensor, owned: bool) -> bool:
+    """Whether `flat`, x's rows, may take the scattered updates in place: reshape copied them already (x was not a view
+    of rows: a transposed map), or x is the caller's own, its rows do not overlap (an expanded base's rows share one
+    parameter's memory) and no gradient is recorded. Not while torch.export traces (its fake tensors have no storage to
+    compare)."""
+    if torch.compiler.is_compiling():
+        return False
+    return flat.data_ptr() != x.data_ptr() or (owned and flat.is_contiguous() and not torch.is_grad_enabled())
 
 
 def topk_raster(scores: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:

@@ -185,8 +185,10 @@ class TokenRouter(nn.Module):
         grid: tuple[int, int] | None = None,
         inputs: torch.Tensor | None = None,
         layers: Sequence[nn.Module] = (),
+        owned: bool = False,
     ) -> torch.Tensor:
-        """Route (B, N, C) tokens through `block` (see `route_tokens`); `grid` is their (h, w) layout, for the record.
+        """Route (B, N, C) tokens through `block` (see `route_tokens`, also for `owned`); `grid` is their (h, w)
+        layout, for the record.
 
         `layers` are the block's transformer layers, for token reuse across video frames (nn/reuse.py): under an active
         `TokenReuse`, only the routed tokens whose input changed are computed."""
@@ -201,14 +203,15 @@ class TokenRouter(nn.Module):
             out, _, computed = reuse_step(x, decision.index, decision.valid, layers, gate)
             record_computed(computed)
             return out
-        return route_tokens(x, decision.index, block, decision.gate, decision.valid, inputs)
+        return route_tokens(x, decision.index, block, decision.gate, decision.valid, inputs, owned=owned)
 
     def add_to(self, base: torch.Tensor, features: torch.Tensor, update: Callable[[torch.Tensor], torch.Tensor],
-               grid: tuple[int, int] | None = None, read: Callable[[torch.Tensor], torch.Tensor] | None = None
-               ) -> torch.Tensor:
+               grid: tuple[int, int] | None = None, read: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               owned: bool = False) -> torch.Tensor:
         """For a layer that changes width: `base` (B, N, C_out) plus the gated `update` of the routed tokens of
         `features` (B, N, C_in), which the scorer reads; the other tokens output `base`. `read`, a function of the
-        (B, K) index, gives what `update` reads instead of the features' rows (their neighbourhoods, say)."""
+        (B, K) index, gives what `update` reads instead of the features' rows (their neighbourhoods, say); `owned` as
+        in `route_tokens`."""
         decision = self.decide(features, grid)
         if decision is None:
             return base
@@ -218,7 +221,8 @@ class TokenRouter(nn.Module):
             out, _, computed = reuse_delta(base, features, decision.index, decision.valid, rows, update, gate)
             record_computed(computed)
             return out
-        return route_tokens(base, decision.index, update, decision.gate, decision.valid, read or features, delta=True)
+        return route_tokens(base, decision.index, update, decision.gate, decision.valid, read or features, delta=True,
+                            owned=owned)
 
 
 class RoutedBlock(Block):
