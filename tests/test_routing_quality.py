@@ -79,6 +79,29 @@ def test_constant_cells_follow_the_grid_of_each_stride():
     assert constant_cells(partial, (3, 3)).view(3, 3)[2].all() and not constant_cells(partial, (3, 3)).view(3, 3)[:2].any()
 
 
+def test_the_fill_share_tests_pixels_only_where_extremes_leave_it_open_and_equals_the_pixel_count():
+    """pixel_extremes' letterbox share per 8x8 cell equals counting fill pixels, on cells all fill, partly fill (a band
+    edge off the cell grid, a fill-coloured patch, one channel only at the fill value) and without fill; and the
+    traced (exported) computation gives the same."""
+    from mod_vision.nn.routing import pixel_extremes
+    from mod_vision.nn.routing.padding import pixel_fill
+
+    img = torch.rand(2, 3, 100, 84, generator=torch.Generator().manual_seed(0))
+    img[:, :, :13] = PAD  # a band ending mid-cell
+    img[1, :, 40:47, 20:31] = PAD
+    img[0, 1, 50:60, 50:60] = PAD  # one channel at the fill value: not fill
+    padded = torch.nn.functional.pad(img, (0, 4, 0, 4))
+    counted = pixel_fill(padded).float().view(2, 1, 13, 8, 11, 8).sum((3, 5)) / 64
+    share = pixel_extremes(img)[2]
+    assert torch.equal(share, counted)
+    # rows 0-7 fill, 8-12 of the next cell row; the last cell column is half the zeros that pad 84 to 88
+    assert share[0, 0, 0, :10].eq(1).all() and share[0, 0, 1, :10].eq(5 / 8).all() and share[0, 0, 0, 10] == 0.5
+    assert share[0, 0, 2:].eq(0).all()
+    assert share[1, 0, 5, 2] > 0 and share[1, 0, 5, 2] < 1
+    traced = torch.jit.trace(lambda x: pixel_extremes(x)[2], img)
+    assert torch.equal(traced(img), counted)
+
+
 @pytest.fixture(scope="module")
 def hybrid():
     return MoDDetectionModel(load_model_yaml("hybrid12-det-n.yaml"), nc=4, verbose=False).eval()

@@ -70,9 +70,38 @@ def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     gh, gw = (h + ph) // BASE_CELL, (w + pw) // BASE_CELL
     shape = (-1, gh, BASE_CELL, gw, BASE_CELL)  # rank 5 (batch and channels merged): CoreML allows no more
     cells = image.reshape(shape)
-    fill = ((image - LETTERBOX_FILL).abs_().amax(1, keepdim=True) < 0.5 / 255).to(image.dtype).reshape(shape)
-    return (cells.amax(4).amax(2).reshape(b, c, gh, gw), cells.amin(4).amin(2).reshape(b, c, gh, gw),
-            fill.mean(4).mean(2).reshape(b, 1, gh, gw))  # fmt: skip
+    hi, lo = cells.amax(4).amax(2).reshape(b, c, gh, gw), cells.amin(4).amin(2).reshape(b, c, gh, gw)
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # an exported graph has no data-dependent shapes
+        fill = (pixel_fill(image).to(image.dtype).reshape(shape)).mean(4).mean(2).reshape(b, 1, gh, gw)
+    else:
+        fill = fill_share(image, hi, lo)
+    return hi, lo, fill
+
+
+FILL_TOLERANCE = 0.5 / 255  # a pixel is letterbox fill when each channel is this close to LETTERBOX_FILL
+
+
+def pixel_fill(image: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) bool: the pixels of letterbox fill colour. In place on its own difference."""
+    return (image - LETTERBOX_FILL).abs_().amax(1, keepdim=True) < FILL_TOLERANCE
+
+
+def fill_share(image: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H/8, W/8) the share of each 8x8 cell's pixels that are letterbox fill, `pixel_fill`'s exactly, testing
+    pixels only in the cells where the channels' extremes leave it open. A pixel value's distance to the fill grows
+    away from it, so a cell whose extremes are all within the tolerance is all fill, and one with a channel's extremes
+    both beyond it on one side has none: a photograph or a flat frame of another colour tests no pixel."""
+    near_hi, near_lo = hi - LETTERBOX_FILL, lo - LETTERBOX_FILL
+    every = torch.maximum(near_hi.abs(), near_lo.abs()).amax(1) < FILL_TOLERANCE  # (B, h, w)
+    none = ((near_lo >= FILL_TOLERANCE) | (near_hi <= -FILL_TOLERANCE)).any(1)
+    fill = every.to(image.dtype)
+    mixed = ~every & ~none
+    if mixed.any():
+        b, c, gh, gw = hi.shape
+        cells = image[..., : gh * BASE_CELL, : gw * BASE_CELL].reshape(b, c, gh, BASE_CELL, gw, BASE_CELL)
+        pixels = cells.permute(0, 2, 4, 1, 3, 5)[mixed]  # (M, C, 8, 8) the mixed cells' pixels
+        fill[mixed] = pixel_fill(pixels).flatten(1).sum(1).to(image.dtype) / BASE_CELL**2
+    return fill.unsqueeze(1)
 
 
 def levels_from_pixels(pixels: tuple[torch.Tensor, torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
