@@ -34,3 +34,10 @@ def test_stream_stall_returns_after_the_capture_timeout(monkeypatch, capsys):
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "predict returned after" in line]
     results, seconds = int(line.split(": ")[1].split()[0]), float(line.split("after ")[1].split()[0])
     assert results >= 3 and seconds < 15, line  # the frames served before the stall, then it gives up
+
+
+def test_floor_ab_times_each_frame_with_the_fast_paths_on_and_off():
+    rows = _tool("floor_ab").main(["modnext-det-n.yaml", "--imgsz", "64", "--runs", "1"])
+    assert [(r["frame"], r["fast paths"]) for r in rows] == [("flat", "on"), ("flat", "off"), ("busy", "on"),
+                                                            ("busy", "off")]
+    assert all(r["ms"] > 0 for r in rows)
