@@ -322,3 +322,12 @@ def test_heatmaps_show_every_routed_layer_on_its_own_grid(model):
     for m, entry in zip(maps.blocks, rec.blocks):
         assert m.sum() == entry.index.shape[1] == -(-m.size // 4)
     assert maps.grid == (12, 16) and maps.depth.max() <= 11 and maps.depth.sum() > 0
+
+
+def test_flops_count_the_routed_work_at_each_capacity(model):
+    """FLOP counting (torch's module tracker) runs through every routed layer in inference, and counts less routed work
+    at a lower capacity: the neighbourhood MLPs and the routed head included."""
+    from mod_vision.flops import capacity_table
+
+    (c1, full), (c2, quarter) = capacity_table(model, 96, (1.0, 0.25))
+    assert (c1, c2) == (1.0, 0.25) and 0 < quarter < 0.5 * full

@@ -66,7 +66,10 @@ class RoutedDetect(Detect):
             b, _, h, w = feat.shape
             background = self.background[i]
             if decode:
-                far = self.dfl(background[:nb].view(1, nb, 1)).view(4)  # the background's distances
+                # the background's distances; detached outside autograd, where a parameter's view has no grad_fn
+                # and torch's module tracker (FLOP counting) refuses it as a module input
+                far = background[:nb].view(1, nb, 1)
+                far = self.dfl(far if torch.is_grad_enabled() else far.detach()).view(4)
                 background = torch.cat([background, far])
 
             def branches(t, attn_mask=None, i=i, background=background):
