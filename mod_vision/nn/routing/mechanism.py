@@ -58,8 +58,8 @@ def route_tokens(
         delta: `block` returns the update itself, not the token's new value: a layer that changes width (a patch merge,
             a head) reads `inputs` of another width and adds to a base `x` of its output width.
         owned: x is the caller's own new tensor (a base or a position-mixed map it just made), not read after this
-            call, so outside autograd the updates are written into it rather than into a copy: a frame-sized copy per
-            routed layer is most of what a routed layer costs on a flat frame.
+            call, so outside autograd the updates are written into it rather than into a copy, a frame-sized copy that
+            every routed layer would otherwise pay on every frame, however few tokens it routes.
 
     Whole rows of the flattened (B*N, C) tokens are gathered and scattered (ONNX Gather/ScatterND): every export runtime
     has them, and they move B*K rows rather than a B*K*C index.
