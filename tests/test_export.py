@@ -435,6 +435,10 @@ def said_ignored(said: list[str]) -> list[str]:
 def test_modnext_exports_with_every_routed_layer_in_the_graph(fmt, images, tmp_path):
     """modnext-det (routed merges, neighbourhood-reading MLP stages, the routed head) exports with each router's top-k,
     gathers and scatter in the graph, and the runtime's raw outputs match PyTorch's at the exported capacity."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
     from mod_vision import MoDYOLO
     from mod_vision.engine.export import routing_op_counts
 
@@ -445,7 +449,20 @@ def test_modnext_exports_with_every_routed_layer_in_the_graph(fmt, images, tmp_p
         torch.nn.init.normal_(router.scorer.net.weight, std=1.0)
     pt = tmp_path / "modnext.pt"
     model.save(pt)
-    f = MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ, capacity=0.25)
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    try:
+        f = MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ, capacity=0.25)
+        assert not [m for m in said if "per-image budget" in m]  # a capacity was chosen: nothing to say
+        if fmt == "onnx":  # the model's own default is per image: the graph's static capacities are said once
+            MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ)
+            (line,) = [m for m in said if "per-image budget" in m]
+            assert "onnx export: this model's per-image budget (dynamic_capacity=[0.02, 1.0]) needs" in line
+            assert line.endswith("routes its static capacities [0.25] (pass capacity= to choose)")
+    finally:
+        LOGGER.removeHandler(handler)
     counts, r = routing_op_counts(f, fmt), routed(pt)
     assert r == 11 and counts["topk"] >= r and counts["gather"] >= r and counts["scatter"] == r, counts
     # a little noise: on an exactly flat field, conv features tie exactly, and runtimes may break top-k ties by other

@@ -27,7 +27,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 
 from ..cfg import apply_capacity, apply_routing, split_extra_args, with_extra_defaults
 from ..flops import compute_line
-from ..nn.routing import record_routing, routed_blocks, set_dynamic, token_stride, tokens_for
+from ..nn.routing import dynamic_bounds, record_routing, routed_blocks, set_dynamic, token_stride, tokens_for
 from ..nn.vit import MoDViTStage
 
 # Formats whose conversion of the routing ops is checked (tests/test_export.py); ncnn converts but its runtime has no
@@ -160,7 +160,13 @@ class MoDExporter(Exporter):
     def __call__(self, model: torch.nn.Module) -> str:
         fmt = self.args.format = check_format(self.args.format)
         model = deepcopy(model)  # the capacity given here must not change the caller's model
-        apply_capacity(model, getattr(self.args, "capacity", None))
+        capacity = getattr(self.args, "capacity", None)
+        bounds = dynamic_bounds(model)
+        apply_capacity(model, capacity)
+        if bounds is not None and capacity is None:  # the model's default is per image, which no static graph holds
+            LOGGER.warning(f"{fmt} export: this model's per-image budget (dynamic_capacity={list(bounds)}) needs "
+                           f"shapes that depend on the image; the graph routes its static capacities "
+                           f"{sorted(set(b.capacity for b in routed_blocks(model)))} (pass capacity= to choose)")
         set_dynamic(model, None)  # export is always the static top-k path
         for b in routed_blocks(model):  # k computed in the graph (from N) only where the input shape may change
             b.export_dynamic_shapes = bool(self.args.dynamic)
