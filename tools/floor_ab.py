@@ -8,19 +8,26 @@ Detect's decoding on every anchor, and the letterbox share tests every pixel).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
-import sys
 import time
 from pathlib import Path
 from unittest import mock
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+
+def sibling(name: str):
+    """A tool beside this one, loaded from its file (the import path stays as the user set it)."""
+    spec = importlib.util.spec_from_file_location("tool_" + name, Path(__file__).with_name(name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from frame_cost import frames, letterboxed
+    frame_cost = sibling("frame_cost")
+    frames, letterboxed = frame_cost.frames, frame_cost.letterboxed
 
     from mod_vision import MoDYOLO
     from mod_vision.nn.routing import routing_input
