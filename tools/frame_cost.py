@@ -3,7 +3,9 @@
 Each frame is letterboxed as the predictor letterboxes it and run through the model's forward at batch 1 with the
 model's default routing (a checkpoint keeps the budget it was trained with: per image for modnext-det), every frame and
 model timed round-robin in one run. Frames: `flat` (one grey), `sparse` (two small shapes on a flat field), `busy`
-(40 shapes on a photograph). YOLO11n has random weights: its forward does not depend on them.
+(40 shapes on a photograph). YOLO11n has random weights: its forward does not depend on them. Our models take their
+input channels-last in eager inference (RoutedModelMixin.predict); YOLO11n is timed as Ultralytics runs it (the plain
+layout) and, for a like-for-like figure, on the same input made channels-last (the conversion timed with it).
 
     python tools/frame_cost.py runs/.../best.pt --imgsz 640 1280 --threads 2 --runs 7 --out docs/routing_carries/frame_cost.md
 """
@@ -51,7 +53,9 @@ def letterboxed(img: np.ndarray, imgsz: int, stride: int = 32) -> torch.Tensor:
 
 def parts_of(model) -> dict[str, list[torch.nn.Module]]:
     """The modules whose time makes up what a flat frame still spends: the dense stem, the dense position (depthwise)
-    terms, the routers' scorers and predictors, the head; the rest of the forward is everything else."""
+    terms, the routers' scorers and predictors, the head; the rest of the forward is everything else. A patch merge's
+    router on a channels-last map reads the patches as one strided convolution inside the merge (`MoDDown`): that
+    time counts in the merge's layer, not in the routers."""
     from mod_vision.nn.blocks import TokenStage
     from mod_vision.nn.routing import TokenRouter
 
@@ -91,18 +95,21 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
                     ours(x)
                 shares[k] = float(rec.token_share()[0]) if len(rec) else None
             for x in inputs.values():  # warm-up
-                ours(x), peer(x)
+                ours(x), peer(x), peer(x.contiguous(memory_format=torch.channels_last))
             times = defaultdict(list)
             for _ in range(runs):  # round-robin: every (model, frame) once per round
                 for k, x in inputs.items():
                     times[("ours", k)].append(timed(lambda: ours(x), 1))
                     times[("yolo", k)].append(timed(lambda: peer(x), 1))
+                    times[("yolo-cl", k)].append(timed(lambda: peer(x.contiguous(memory_format=torch.channels_last)), 1))
         ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
         for k in inputs:
             rows.append({"imgsz": size, "frame": k, "token share": f"{shares[k]:.3f}" if shares[k] is not None else "",
                          "ms (ours)": f"{ms[('ours', k)]:.1f}", "ms (YOLO11n)": f"{ms[('yolo', k)]:.1f}",
                          "vs busy (ours)": f"{ms[('ours', k)] / ms[('ours', 'busy')]:.2f}",
-                         "speed vs YOLO11n": f"{ms[('yolo', k)] / ms[('ours', k)]:.2f}x"})  # fmt: skip
+                         "speed vs YOLO11n": f"{ms[('yolo', k)] / ms[('ours', k)]:.2f}x",
+                         "ms (YOLO11n, channels-last)": f"{ms[('yolo-cl', k)]:.1f}",
+                         "speed vs it": f"{ms[('yolo-cl', k)] / ms[('ours', k)]:.2f}x"})  # fmt: skip
         parts_rows.append(flat_profile(ours, inputs["flat"], size, runs, ms[("ours", "flat")]))
     return rows, parts_rows
 

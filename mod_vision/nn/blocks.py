@@ -216,6 +216,15 @@ class MoDDown(nn.Module):
             base = self.dense_base(x, mean)
             return as_map(self.router.add_to(base, mean, merge, (gh, gw), lambda index: patches(x, index), owned=True),
                           gh, gw)
+        if self.router is not None and self.router_reads == "patch" and eager_layout(x):
+            # The router reads every 2x2 patch: its readout is one 2x2 stride-2 convolution over the map (a weight row
+            # in pixel_unshuffle's order, 4c + 2i + j, is a (C, 2, 2) kernel), and only the routed patches are gathered.
+            # Unshuffling a channels-last map would cost more than the rest of this layer on a flat frame.
+            readout = F.conv2d(x, self.router.readout().view(-1, x.shape[1], 2, 2), stride=2).flatten(2).transpose(1, 2)
+            # token reuse tests each patch for change against the last frame's: its pixels, in any fixed order
+            features = pixel_major_patches(x) if reuses_tokens(self.router) else readout
+            return as_map(self.router.add_to(self.dense_base(x), features, merge, (gh, gw),
+                                             lambda index: patches(x, index), owned=True, readout=readout), gh, gw)
         tokens = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)  # (B, N, 4C): channel 4c + 2i + j is pixel (i, j)
         base = self.dense_base(x)
         if self.router is None:
@@ -235,6 +244,20 @@ class MoDDown(nn.Module):
         return mean.repeat(1, 1, -(-self.c2 // mean.shape[-1]))[..., : self.c2]
 
 
+def eager_layout(x: torch.Tensor) -> bool:
+    """Whether x is a channels-last map in eager inference (RoutedModelMixin.predict's layout), where a layer may take
+    a faster path that computes the same values: never under autograd, tracing or export."""
+    return (x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
+def pixel_major_patches(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last (B, C, H, W) map's 2x2 patches as (B, N, 4C) rows, pixel (i, j)'s channel c at (2i + j) * C + c:
+    from channels-last memory a copy in runs of C, several times faster than `pixel_unshuffle`'s order."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).transpose(2, 3).reshape(b, -1, 4 * c)
+
+
 def patches(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, K, 4C): the 2x2 patch of the (B, C, H, W) map under each token `index` (B, K) of its 2x2 grid, in
     pixel_unshuffle's channel order (channel c's pixel (i, j) at 4c + 2i + j), read without unshuffling the map."""
@@ -246,12 +269,22 @@ def patches(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def neighbourhoods(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, K, 9C): the 3x3 neighbourhood of each position `index` (B, K) of the (B, C, H, W) map, zero beyond its
     border, in the order of a 3x3 convolution's unfolded input (channel-major, then row, then column)."""
-    w = x.shape[3]
-    # a zero border, channels-last: each neighbourhood is 9 whole pixel rows of the padded map
-    padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
-    offsets = torch.tensor([dy * (w + 2) + dx for dy in range(3) for dx in range(3)], device=x.device)
-    corner = index // w * (w + 2) + index % w  # the top-left of each neighbourhood in the padded map
-    return pixel_rows(padded, corner[..., None] + offsets)
+    b, c, h, w = x.shape
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # exports: a zero border, channels-last: each neighbourhood is 9 whole pixel rows of the padded map
+        padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+        offsets = torch.tensor([dy * (w + 2) + dx for dy in range(3) for dx in range(3)], device=x.device)
+        corner = index // w * (w + 2) + index % w  # the top-left of each neighbourhood in the padded map
+        return pixel_rows(padded, corner[..., None] + offsets)
+    # eager: the map's own pixels at clamped positions, zeroed beyond the border, so a frame that routes few tokens
+    # does not pay for a padded copy of the whole map
+    step = torch.arange(-1, 2, device=x.device)
+    rows = (index // w)[..., None, None] + step[:, None]  # (B, K, 3, 1): the rows above, at and below
+    cols = (index % w)[..., None, None] + step  # (B, K, 1, 3)
+    inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).flatten(2)  # (B, K, 9), row-major
+    at = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).flatten(2)
+    nbh = pixel_rows(x, at).view(b, index.shape[1], c, 9)
+    return nbh.masked_fill(~inside[:, :, None], 0).view(b, index.shape[1], c * 9)
 
 
 def pixel_rows(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:

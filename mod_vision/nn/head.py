@@ -61,7 +61,7 @@ class RoutedDetect(Detect):
         decode = not (self.training or self.export or torch.compiler.is_compiling()) and all(
             getattr(r, "gate", "none") == "none" for r in self.routers)
         nb = 4 * self.reg_max
-        boxes, scores, distances = [], [], []
+        levels = []
         for i, (feat, router) in enumerate(zip(x, self.routers)):
             b, _, h, w = feat.shape
             background = self.background[i]
@@ -87,13 +87,12 @@ class RoutedDetect(Detect):
                 out = base + branches(read(torch.arange(h * w, device=feat.device).expand(b, -1)))
             else:
                 out = router.add_to(base, feat.flatten(2).transpose(1, 2), branches, (h, w), read)
-            out = out.transpose(1, 2)  # (B, no (+4), N), Detect's layout
-            boxes.append(out[:, :nb])
-            scores.append(out[:, nb : self.no])
-            distances.append(out[:, self.no :])
-        preds = {"boxes": torch.cat(boxes, -1), "scores": torch.cat(scores, -1), "feats": x}
+            levels.append(out)
+        # (B, no (+4), A), Detect's layout: one copy of the levels' rows joined, then views of it
+        out = torch.cat(levels, 1).transpose(1, 2)
+        preds = {"boxes": out[:, :nb], "scores": out[:, nb : self.no], "feats": x}
         if decode:
-            preds["distances"] = torch.cat(distances, -1)
+            preds["distances"] = out[:, self.no :]
         return preds
 
     def _get_decode_boxes(self, x: dict[str, torch.Tensor]) -> torch.Tensor:

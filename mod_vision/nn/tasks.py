@@ -184,6 +184,17 @@ def mod_parser():
             ul_tasks.parse_model = previous
 
 
+def channels_last(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input in channels-last memory for eager inference: the dense stride-4 layers (a patch stem, a depthwise
+    3x3, the 2x2 means) run several times faster so on CPU, and the token layers then read and write the maps without
+    transposes. Training, tracing and exports keep the input as it comes (an exported graph has no memory format)."""
+    if model.training or x.ndim != 4 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return x
+    if getattr(model.model[-1], "export", False):
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class RoutedModelMixin:
     """Routing controls shared by the routed detection and segmentation models."""
 
@@ -231,7 +242,7 @@ class RoutedModelMixin:
         if not isinstance(x, torch.Tensor):
             return super().predict(x, *args, **kwargs)
         with routing_input(x):  # routers rank constant cells (padding) last
-            return super().predict(x, *args, **kwargs)
+            return super().predict(channels_last(self, x), *args, **kwargs)
 
     def loss(self, batch, preds=None):
         """The task loss, plus `router_aux` x the auxiliary predictor loss and `router_rank` x the scorers' ranking loss

@@ -145,19 +145,32 @@ class TokenRouter(nn.Module):
         valid = valid.gather(1, order)
         return index, None if bool(valid.all()) else valid
 
-    def decide(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> Decision | None:
+    def readout(self) -> torch.Tensor:
+        """(R, C): the weights with which the scorer, then the object predictor, read each token (their first layers,
+        stacked): a layer that can compute them more cheaply than from token rows (as one strided convolution over a
+        map's patches) passes the product to `decide` as `readout=`."""
+        return torch.cat([self.scorer.readout(), self.predictor.readout()])
+
+    def decide(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
+               readout: torch.Tensor | None = None) -> Decision | None:
         """Which of the (B, N, C) tokens `x` to process and how much each update counts, recorded in the active
-        routing record; None under the "none" policy (the routed compute removed: nothing is processed)."""
+        routing record; None under the "none" policy (the routed compute removed: nothing is processed). `readout`,
+        outside autograd: the tokens times `readout()` (B, N, R), computed by the caller; x is then only its shape."""
         record = active_record()
         if self.policy == "none":
             if record is not None:
                 empty = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
                 record.add(BlockRouting(empty, None, x.shape[1], grid))
             return None
-        scores = self.scorer(x)
         want_pred = ((self.train_dynamic if self.training else self.dynamic) is not None or self.policy == "object"
                      or (record is not None and record.keep_predictions))
-        predicted = self.predictor(x.detach()) if want_pred else None
+        if readout is not None:
+            r = self.scorer.readout().shape[0]
+            scores = self.scorer.from_readout(readout[..., :r])
+            predicted = self.predictor.from_readout(readout[..., r:]) if want_pred else None
+        else:
+            scores = self.scorer(x)
+            predicted = self.predictor(x.detach()) if want_pred else None
         index, valid = self.select(scores, predicted, current_padding(grid))
         if record is not None:
             record.add(
@@ -207,12 +220,12 @@ class TokenRouter(nn.Module):
 
     def add_to(self, base: torch.Tensor, features: torch.Tensor, update: Callable[[torch.Tensor], torch.Tensor],
                grid: tuple[int, int] | None = None, read: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               owned: bool = False) -> torch.Tensor:
+               owned: bool = False, readout: torch.Tensor | None = None) -> torch.Tensor:
         """For a layer that changes width: `base` (B, N, C_out) plus the gated `update` of the routed tokens of
         `features` (B, N, C_in), which the scorer reads; the other tokens output `base`. `read`, a function of the
         (B, K) index, gives what `update` reads instead of the features' rows (their neighbourhoods, say); `owned` as
-        in `route_tokens`."""
-        decision = self.decide(features, grid)
+        in `route_tokens`. With `readout` (see `decide`) and `read`, `features` give only their shape."""
+        decision = self.decide(features, grid, readout)
         if decision is None:
             return base
         if reuses_tokens(self):

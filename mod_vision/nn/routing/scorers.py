@@ -25,6 +25,21 @@ class Scorer(nn.Module):
         """(B, N, C) tokens -> (B, N) scores."""
         return self.net(x).squeeze(-1)
 
+    def readout(self) -> torch.Tensor:
+        """(R, C): the weights of the first layer, the only one that reads the tokens."""
+        return self.layers()[0].weight
+
+    def from_readout(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, N) scores from y, the tokens times `readout()` (B, N, R), computed by the caller (as a convolution)."""
+        first, *rest = self.layers()
+        h = y + first.bias
+        for m in rest:
+            h = m(h)
+        return h.squeeze(-1)
+
+    def layers(self) -> list[nn.Module]:
+        return list(self.net) if isinstance(self.net, nn.Sequential) else [self.net]
+
 
 class ObjectPredictor(Scorer):
     """Says whether a token lies on an object: a 2-layer MLP on each token joined with its image's mean token.
@@ -43,6 +58,22 @@ class ObjectPredictor(Scorer):
         dim = x.shape[-1]
         w = first.weight
         h = F.linear(x, w[:, :dim]) + F.linear(x.mean(1, keepdim=True), w[:, dim:], first.bias)
+        for m in rest:
+            h = m(h)
+        return h.squeeze(-1)
+
+    def readout(self) -> torch.Tensor:
+        """(2R, C): the first layer's token half, then its mean half (the mean of the tokens read by the mean half is
+        the mean of the tokens' readouts, so both halves read each token)."""
+        w = self.net[0].weight
+        dim = w.shape[1] // 2
+        return torch.cat([w[:, :dim], w[:, dim:]])
+
+    def from_readout(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, N) logits from y, the tokens times `readout()` (B, N, 2R)."""
+        first, *rest = self.net
+        r = y.shape[-1] // 2
+        h = y[..., :r] + y[..., r:].mean(1, keepdim=True) + first.bias
         for m in rest:
             h = m(h)
         return h.squeeze(-1)
