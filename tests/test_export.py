@@ -459,7 +459,7 @@ def test_modnext_exports_with_every_routed_layer_in_the_graph(fmt, images, tmp_p
         if fmt == "onnx":  # the model's own default is per image: the graph's static capacities are said once
             MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ)
             (line,) = [m for m in said if "per-image budget" in m]
-            assert "onnx export: this model's per-image budget (dynamic_capacity=[0.02, 1.0]) needs" in line
+            assert "onnx export: this model's per-image budget (dynamic_capacity=[0.001, 1.0]) needs" in line
             assert line.endswith("routes its static capacities [0.25] (pass capacity= to choose)")
     finally:
         LOGGER.removeHandler(handler)
