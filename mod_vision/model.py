@@ -17,7 +17,9 @@ from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
 from .nn.routing import dynamic_bounds, routed_blocks, routing_mode, routing_restorer
-from .nn.tasks import MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, find_model_yaml, load_model_yaml
+from .nn.tasks import (
+    MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, dynamic_threshold, find_model_yaml, load_model_yaml,
+)
 
 
 MAX_IMGSZ = 8192  # px per side: the largest imgsz accepted (train/val/predict/export and the CLI)
@@ -227,12 +229,15 @@ class MoDYOLO(Model):
         self.model.set_capacity(capacity)
         return self
 
-    def set_dynamic(self, bounds) -> MoDYOLO:
+    def set_dynamic(self, bounds, threshold: float | None = None) -> MoDYOLO:
         """Make dynamic per-image k the model's default (what `dynamic_capacity=` does for one call): each image takes
-        as many tokens as its predictors find on objects, within `bounds` = [min, max] capacities; None or False
-        returns to static top-k at the set capacities."""
+        as many tokens as its predictors find on objects (logit above `threshold`; None keeps the model's, its YAML's
+        `dynamic_threshold`), within `bounds` = [min, max] capacities; None or False returns to static top-k at the set
+        capacities."""
         self._check_is_pytorch_model()  # private in Model: its own guard, so the error is the one train/export give
-        self.model.set_dynamic(check_bounds(bounds, "dynamic_capacity"))
+        if threshold is not None:
+            dynamic_threshold({"dynamic_threshold": threshold})  # the YAML key's check
+        self.model.set_dynamic(check_bounds(bounds, "dynamic_capacity"), threshold)
         return self
 
     @property

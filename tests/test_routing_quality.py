@@ -178,6 +178,23 @@ def test_routing_quality_tool_compares_learned_and_random_at_each_capacity(det_r
     assert out.read_text().strip() == text.strip()
 
 
+def test_routing_quality_tool_sets_the_per_image_budgets_threshold(det_run, sample_yaml):
+    """--threshold: a token counts as wanted above this predictor logit; far below every logit each image takes its
+    budget's maximum (letterbox padding is never wanted), far above them its minimum."""
+    from tests.test_dynamic_tools import _tool
+
+    shares = {}
+    for threshold in ("-100", "100"):
+        text = _tool("routing_quality").main(
+            [str(det_run / "weights" / "best.pt"), str(sample_yaml), "--imgsz", "96", "--capacities", "1.0",
+             "--rankings", "topk", "--dynamic", "0.02", "0.5", "--threshold", threshold]  # fmt: skip
+        )
+        (row,) = [line for line in text.splitlines() if line.startswith("| per image [0.02, 0.5] |")]
+        shares[threshold] = float(row.split("|")[4])
+    assert 0.02 <= shares["100"] < 0.05
+    assert 0.2 < shares["-100"] <= 0.5
+
+
 def test_routing_quality_tool_refuses_a_dense_model(tmp_path):
     from ultralytics import YOLO
 

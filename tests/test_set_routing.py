@@ -201,3 +201,28 @@ def test_modyolo_names_its_argument_in_a_bad_dynamic_value():
         yolo.set_capacity(1.5)
     with pytest.raises(ValueError, match="out of range for 3 routed blocks"):
         yolo.set_capacity({3: 0.5})
+
+
+def test_a_yaml_sets_its_per_image_budgets_threshold_and_a_checkpoint_keeps_it(tmp_path):
+    """`dynamic_threshold` in a model YAML: the logit its per-image budget counts a token wanted above. Setting the
+    bounds alone keeps it; MoDYOLO.set_dynamic(threshold=) changes it; a saved model loads with it; a bad value is
+    one clear error."""
+    from mod_vision.nn.tasks import load_model_yaml
+
+    spec = {**load_model_yaml("modnext-det-n.yaml"), "dynamic_threshold": -1.5}
+    model = MoDDetectionModel(spec, nc=4, verbose=False)
+    assert {r.threshold for r in routed_blocks(model)} == {-1.5}
+    model.set_dynamic((0.1, 1.0))
+    assert {r.threshold for r in routed_blocks(model)} == {-1.5} and dynamic_bounds(model) == (0.1, 1.0)
+    yolo = MoDYOLO("modnext-det-n.yaml")
+    assert {r.threshold for r in routed_blocks(yolo.model)} == {0.0}  # a YAML without the key: probability 0.5
+    yolo.set_dynamic([0.01, 1.0], threshold=-2)
+    assert {r.threshold for r in routed_blocks(yolo.model)} == {-2.0}
+    yolo.save(tmp_path / "m.pt")
+    assert {r.threshold for r in routed_blocks(MoDYOLO(tmp_path / "m.pt").model)} == {-2.0}
+    for bad in ("low", float("nan"), True):
+        with pytest.raises(ValueError, match=r"dynamic_threshold must be a finite number \(a predictor logit\), got"):
+            MoDDetectionModel({**spec, "dynamic_threshold": bad}, nc=4, verbose=False)
+        with pytest.raises(ValueError, match="dynamic_threshold must be a finite number"):
+            yolo.set_dynamic([0.01, 1.0], threshold=bad)
+    assert {r.threshold for r in routed_blocks(yolo.model)} == {-2.0}  # a refused value changed nothing

@@ -77,16 +77,18 @@ def timed(fn, runs: int) -> float:
 
 
 def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str = "yolo11n.yaml",
-            dynamic: tuple[float, float] | None = None) -> tuple[list, list]:
+            dynamic: tuple[float, float] | None = None, threshold: float | None = None) -> tuple[list, list]:
     from ultralytics import YOLO
 
     from mod_vision import MoDYOLO
-    from mod_vision.nn.routing import record_routing
+    from mod_vision.nn.routing import record_routing, set_routing
 
     torch.set_num_threads(threads)
     ours = MoDYOLO(weights).model.float().eval().fuse(verbose=False)
     if dynamic is not None:  # another per-image budget than the checkpoint's own
         ours.set_dynamic(tuple(dynamic))
+    if threshold is not None:  # the predictor logit the per-image budget counts a token wanted above
+        set_routing(ours, threshold=threshold)
     peer = YOLO(yolo).model.float().eval().fuse(verbose=False)
     rows, parts_rows = [], []
     for size in imgsz:
@@ -155,9 +157,11 @@ def main(argv=None) -> Path | None:
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--dynamic", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
                    help="per-image budget bounds (capacities) instead of the checkpoint's own")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="the predictor logit the per-image budget counts a token wanted above (default: the model's)")
     p.add_argument("--out", default=None, help="write the tables to this markdown file")
     a = p.parse_args(argv)
-    rows, parts = measure(a.weights, a.imgsz, a.threads, a.runs, dynamic=a.dynamic)
+    rows, parts = measure(a.weights, a.imgsz, a.threads, a.runs, dynamic=a.dynamic, threshold=a.threshold)
     command = "python tools/frame_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
     by_part = [{k: v for k, v in r.items() if not k.startswith("L")} for r in parts]
     by_layer = [{k: v for k, v in r.items() if k == "imgsz" or k.startswith("L")} for r in parts]

@@ -35,10 +35,13 @@ def main(argv=None) -> str:
                    help="topk: the learned scorer; object: the object predictor; random: the control")
     p.add_argument("--dynamic", type=float, nargs=2, metavar=("MIN", "MAX"), action="append", default=[],
                    help="also a row at this per-image budget (dynamic_capacity=[MIN, MAX]); repeatable")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="the predictor logit per-image budgets count a token wanted above (default: the model's own)")
     p.add_argument("--out", default=None, help="write the table to this Markdown file too")
     a = p.parse_args(argv)
     try:
-        rows, metric = routing_quality_rows(a.weights, a.data, a.imgsz, a.batch, a.capacities, a.rankings, a.dynamic)
+        rows, metric = routing_quality_rows(a.weights, a.data, a.imgsz, a.batch, a.capacities, a.rankings, a.dynamic,
+                                            a.threshold)
     except ValueError as e:  # a model without routed blocks
         p.error(str(e))
     command = "python tools/routing_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -44,15 +44,18 @@ def sweep(weights: Path, data: str, imgsz: int, batch: int, capacities, name: st
 
 
 def routing_quality_rows(weights: str | Path, data: str, imgsz: int = 160, batch: int = 16,
-                         capacities=DEFAULT_CAPACITIES, rankings=("topk", "random"), dynamic=()) -> tuple[list[dict], str]:
+                         capacities=DEFAULT_CAPACITIES, rankings=("topk", "random"), dynamic=(),
+                         threshold: float | None = None) -> tuple[list[dict], str]:
     """Where a routed model spends its tokens, against the random-ranking control: rows of one val each at the model's
     own budget, at each `dynamic` per-image budget, at each capacity with each ranking (`random`: same k, the learned
     gate kept, tokens picked at random), and with `routing="none"` (no token processed by any router); box AP, token
     share and, per background kind, object lift and recall (mean over routed blocks, worst block) and the padding
-    share. Returns the rows and the box AP metric's name. A model without routed blocks is a ValueError."""
+    share. `threshold`: the predictor logit per-image budgets count a token wanted above, instead of the model's own.
+    Returns the rows and the box AP metric's name. A model without routed blocks is a ValueError."""
     from .. import MoDYOLO
     from ..engine.coco_eval import box_ap
     from ..nn import routed_blocks
+    from ..nn.routing import set_routing
 
     def summarize(blocks: list[dict], key: str, worst) -> str:
         values = [b[key] for b in blocks if b[key] is not None]
@@ -61,6 +64,8 @@ def routing_quality_rows(weights: str | Path, data: str, imgsz: int = 160, batch
     model = MoDYOLO(str(weights))
     if not routed_blocks(model.model):
         raise ValueError(f"{weights} has no routed blocks: nothing to measure")
+    if threshold is not None:
+        set_routing(model.model, threshold=threshold)
     rows, metrics = [], set()
     runs = [(None, None, "topk"), *((None, list(d), "topk") for d in dynamic),
             *((c, None, r) for c in capacities for r in rankings), (None, None, "none")]

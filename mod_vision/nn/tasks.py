@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import re
 import threading
 from contextlib import contextmanager
@@ -184,6 +185,15 @@ def mod_parser():
             ul_tasks.parse_model = previous
 
 
+def dynamic_threshold(spec: dict) -> float:
+    """A model YAML's `dynamic_threshold`: the predictor logit its per-image budget counts a token wanted above (0.0,
+    probability 0.5, when the YAML has none). Lower routes more tokens where the predictors are unsure."""
+    value = spec.get("dynamic_threshold", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"dynamic_threshold must be a finite number (a predictor logit), got {value!r}")
+    return float(value)
+
+
 def channels_last(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The input in channels-last memory for eager inference: the dense stride-4 layers (a patch stem, a depthwise
     3x3, the 2x2 means) run several times faster so on CPU, and the token layers then read and write the maps without
@@ -207,7 +217,7 @@ class RoutedModelMixin:
         if self.yaml.get("capacities"):
             self.set_capacity(self.yaml["capacities"])
         if self.yaml.get("dynamic_capacity"):  # the YAML's default budget at val/predict: per image
-            self.set_dynamic(self.yaml["dynamic_capacity"])
+            self.set_dynamic(self.yaml["dynamic_capacity"], dynamic_threshold(self.yaml))
 
     def routed_blocks(self) -> list[TokenRouter]:
         return routed_blocks(self)
@@ -223,10 +233,10 @@ class RoutedModelMixin:
     def capacities(self) -> list[float]:
         return [b.capacity for b in self.routed_blocks()]
 
-    def set_dynamic(self, bounds: tuple[float, float] | None, threshold: float = 0.0) -> None:
+    def set_dynamic(self, bounds: tuple[float, float] | None, threshold: float | None = None) -> None:
         """Per-image k from the predictors' threshold within (min, max) capacity; None returns to static top-k
-        (`set_routing(dynamic=, threshold=)`)."""
-        set_routing(self, dynamic=bounds, threshold=threshold)
+        (`set_routing(dynamic=, threshold=)`). `threshold` None keeps the routers' own."""
+        set_routing(self, dynamic=bounds, **({} if threshold is None else {"threshold": threshold}))
 
     def predict(self, x, *args, **kwargs):
         """Ultralytics' forward, on an input padded at the bottom and right to a multiple of the largest stride.
