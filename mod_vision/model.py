@@ -18,7 +18,7 @@ from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
 from .nn.routing import dynamic_bounds, routed_blocks, routing_mode, routing_restorer
 from .nn.tasks import (
-    MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, dynamic_threshold, find_model_yaml, load_model_yaml,
+    MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, check_threshold, find_model_yaml, load_model_yaml,
 )
 
 
@@ -235,8 +235,7 @@ class MoDYOLO(Model):
         `dynamic_threshold`), within `bounds` = [min, max] capacities; None or False returns to static top-k at the set
         capacities."""
         self._check_is_pytorch_model()  # private in Model: its own guard, so the error is the one train/export give
-        if threshold is not None:
-            dynamic_threshold({"dynamic_threshold": threshold})  # the YAML key's check
+        threshold = None if threshold is None else check_threshold(threshold)
         self.model.set_dynamic(check_bounds(bounds, "dynamic_capacity"), threshold)
         return self
 

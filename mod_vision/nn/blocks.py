@@ -19,6 +19,7 @@ from ultralytics.nn.modules.block import A2C2f, ABlock
 
 from .reuse import reuse_step, reuses_tokens
 from .routing import DENSE, RouterSpec
+from .routing.mechanism import tracing
 
 
 class TokenABlock(ABlock):
@@ -247,8 +248,7 @@ class MoDDown(nn.Module):
 def eager_layout(x: torch.Tensor) -> bool:
     """Whether x is a channels-last map in eager inference (RoutedModelMixin.predict's layout), where a layer may take
     a faster path that computes the same values: never under autograd, tracing or export."""
-    return (x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+    return x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled() and not tracing()
 
 
 def pixel_major_patches(x: torch.Tensor) -> torch.Tensor:
@@ -270,8 +270,7 @@ def neighbourhoods(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, K, 9C): the 3x3 neighbourhood of each position `index` (B, K) of the (B, C, H, W) map, zero beyond its
     border, in the order of a 3x3 convolution's unfolded input (channel-major, then row, then column)."""
     b, c, h, w = x.shape
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        # exports: a zero border, channels-last: each neighbourhood is 9 whole pixel rows of the padded map
+    if tracing():  # exports: a zero border, channels-last: each neighbourhood is 9 whole pixel rows of the padded map
         padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
         offsets = torch.tensor([dy * (w + 2) + dx for dy in range(3) for dx in range(3)], device=x.device)
         corner = index // w * (w + 2) + index % w  # the top-left of each neighbourhood in the padded map

@@ -42,6 +42,7 @@ from .routing import (
     routing_input,
     set_routing,
 )
+from .routing.mechanism import tracing
 from .vit import MoDViTStage, PatchEmbed
 
 # Layers named in YAMLs. A layer listed in REPEATED gets the (depth-scaled) repeat count as its third argument,
@@ -185,10 +186,9 @@ def mod_parser():
             ul_tasks.parse_model = previous
 
 
-def dynamic_threshold(spec: dict) -> float:
-    """A model YAML's `dynamic_threshold`: the predictor logit its per-image budget counts a token wanted above (0.0,
-    probability 0.5, when the YAML has none). Lower routes more tokens where the predictors are unsure."""
-    value = spec.get("dynamic_threshold", 0.0)
+def check_threshold(value) -> float:
+    """A per-image budget's threshold (`dynamic_threshold`): the predictor logit it counts a token wanted above, a
+    finite number. Lower routes more tokens where the predictors are unsure."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"dynamic_threshold must be a finite number (a predictor logit), got {value!r}")
     return float(value)
@@ -198,7 +198,7 @@ def channels_last(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The input in channels-last memory for eager inference: the dense stride-4 layers (a patch stem, a depthwise
     3x3, the 2x2 means) run several times faster so on CPU, and the token layers then read and write the maps without
     transposes. Training, tracing and exports keep the input as it comes (an exported graph has no memory format)."""
-    if model.training or x.ndim != 4 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if model.training or x.ndim != 4 or tracing():
         return x
     if getattr(model.model[-1], "export", False):
         return x
@@ -217,7 +217,8 @@ class RoutedModelMixin:
         if self.yaml.get("capacities"):
             self.set_capacity(self.yaml["capacities"])
         if self.yaml.get("dynamic_capacity"):  # the YAML's default budget at val/predict: per image
-            self.set_dynamic(self.yaml["dynamic_capacity"], dynamic_threshold(self.yaml))
+            # its threshold 0.0 (probability 0.5) when the YAML names none
+            self.set_dynamic(self.yaml["dynamic_capacity"], check_threshold(self.yaml.get("dynamic_threshold", 0.0)))
 
     def routed_blocks(self) -> list[TokenRouter]:
         return routed_blocks(self)

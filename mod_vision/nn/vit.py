@@ -17,6 +17,7 @@ from torch import nn
 
 from .reuse import reuse_step, reuses_tokens
 from .routing import RoutedBlock, RouterSpec
+from .routing.mechanism import tracing
 
 
 class PatchEmbed(nn.Module):
@@ -63,11 +64,6 @@ def routed_indices(depth: int, routed: int | str | Sequence[int] | None) -> list
 
 # stage -> (key, resized position embedding); off the modules, so that checkpoints and deep copies never carry it
 _RESIZED_POS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def tracing() -> bool:
-    """Whether a forward is being traced for export (TorchScript, ONNX, torch.export / dynamo)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 class MoDViTStage(nn.Module):

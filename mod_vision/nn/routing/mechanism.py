@@ -14,6 +14,12 @@ from collections.abc import Callable
 import torch
 
 
+def tracing() -> bool:
+    """Whether a forward is being traced for export (TorchScript, ONNX, torch.export / dynamo): eager-only paths, which
+    read memory layouts, storage or data-dependent shapes, step aside then."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def check_capacity(capacity: float) -> float:
     """Return capacity as a float, or raise a ValueError that names the valid range."""
     if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or not 0.0 < float(capacity) <= 1.0:

@@ -15,6 +15,8 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from .mechanism import tracing
+
 
 _INPUT: ContextVar[dict | None] = ContextVar("mod_vision_routing_input", default=None)
 
@@ -72,7 +74,7 @@ def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     rows = image.reshape(-1, gh, BASE_CELL, gw * BASE_CELL)  # each cell row's 8 image rows
     hi = rows.amax(2).view(-1, gh, gw, BASE_CELL).amax(3).reshape(b, c, gh, gw)
     lo = rows.amin(2).view(-1, gh, gw, BASE_CELL).amin(3).reshape(b, c, gh, gw)
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # an exported graph has no data-dependent shapes
+    if tracing():  # an exported graph has no data-dependent shapes
         fill = (pixel_fill(image).to(image.dtype).reshape(shape)).mean(4).mean(2).reshape(b, 1, gh, gw)
     else:
         fill = fill_share(image, hi, lo)

@@ -31,14 +31,16 @@ class Scorer(nn.Module):
 
     def from_readout(self, y: torch.Tensor) -> torch.Tensor:
         """(B, N) scores from y, the tokens times `readout()` (B, N, R), computed by the caller (as a convolution)."""
-        first, *rest = self.layers()
-        h = y + first.bias
-        for m in rest:
-            h = m(h)
-        return h.squeeze(-1)
+        return self.after_first(y + self.layers()[0].bias)
 
     def layers(self) -> list[nn.Module]:
         return list(self.net) if isinstance(self.net, nn.Sequential) else [self.net]
+
+    def after_first(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, N) outputs from the first layer's (B, N, R) outputs: the layers after it."""
+        for m in self.layers()[1:]:
+            h = m(h)
+        return h.squeeze(-1)
 
 
 class ObjectPredictor(Scorer):
@@ -54,13 +56,11 @@ class ObjectPredictor(Scorer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the first layer on [token, mean] is split in two, so the mean's half runs once per image and no (B, N, 2C)
         # copy is made: this runs on every token of every routed layer in dynamic mode
-        first, *rest = self.net
+        first = self.net[0]
         dim = x.shape[-1]
         w = first.weight
         h = F.linear(x, w[:, :dim]) + F.linear(x.mean(1, keepdim=True), w[:, dim:], first.bias)
-        for m in rest:
-            h = m(h)
-        return h.squeeze(-1)
+        return self.after_first(h)
 
     def readout(self) -> torch.Tensor:
         """(2R, C): the first layer's token half, then its mean half (the mean of the tokens read by the mean half is
@@ -71,9 +71,5 @@ class ObjectPredictor(Scorer):
 
     def from_readout(self, y: torch.Tensor) -> torch.Tensor:
         """(B, N) logits from y, the tokens times `readout()` (B, N, 2R)."""
-        first, *rest = self.net
         r = y.shape[-1] // 2
-        h = y[..., :r] + y[..., r:].mean(1, keepdim=True) + first.bias
-        for m in rest:
-            h = m(h)
-        return h.squeeze(-1)
+        return self.after_first(y[..., :r] + y[..., r:].mean(1, keepdim=True) + self.net[0].bias)
