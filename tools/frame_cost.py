@@ -64,7 +64,7 @@ def parts_of(model) -> dict[str, list[torch.nn.Module]]:
         "stem (dense, stride 4)": [m for m in layers[:2] if not any(isinstance(s, TokenRouter) for s in m.modules())],
         "position terms (dense depthwise)": [m.pe for m in model.modules() if isinstance(m, TokenStage)],
         "routers (scorers, predictors)": [p for r in model.modules() if isinstance(r, TokenRouter)
-                                          for p in (r.scorer, r.predictor)],  # fmt: skip
+                                          for p in (r.scorer, r.predictor) if p is not None],  # fmt: skip
         "head (all of it)": [layers[-1]],
     }
 

@@ -86,6 +86,8 @@ def main(argv=None):
           f"empty 0, 3+ objects {target[busy].mean():.3f}")  # fmt: skip
     rows = []
     for i, (b, x) in enumerate(zip(routed_blocks(model), tokens)):
+        if b.predictor is None:  # a router that takes its grid's decision has no predictor of its own
+            continue
         with torch.no_grad():
             score = b.predictor(x)
         above = (score > 0).float().mean(1)  # logit > 0: probability above 0.5

@@ -171,6 +171,7 @@ class MoDExporter(Exporter):
         for b in routed_blocks(model):  # k computed in the graph (from N) only where the input shape may change
             b.export_dynamic_shapes = bool(self.args.dynamic)
         self.routed = len(routed_blocks(model))
+        self.deciding = sum(b.decision == "own" for b in routed_blocks(model))  # the others take their grid's decision
         self._check_simplify(fmt)
         f = super().__call__(model)
         if f and self.routed:
@@ -256,7 +257,8 @@ class MoDExporter(Exporter):
             raise ExportOpError("coreml", [op[1] if op else str(e)]) from e
 
     def _check_export(self, f: Path, fmt: str) -> None:
-        """The routing ops are in the saved graph (one top-k per routed block at least), and the runtime loads it."""
+        """The routing ops are in the saved graph (a top-k per deciding router and a gather and a scatter per routed
+        block at least), and the runtime loads it."""
         if fmt == "litert":
             from ai_edge_litert.interpreter import Interpreter
 
@@ -267,7 +269,7 @@ class MoDExporter(Exporter):
                 raise ExportOpError("litert", [op[1] if op else str(e)]) from e
         if fmt in ROUTING_OPS:
             counts = routing_op_counts(f, fmt)
-            if min(counts.values()) < self.routed:
+            if counts["topk"] < self.deciding or min(counts["gather"], counts["scatter"]) < self.routed:
                 raise RuntimeError(
                     f"the {fmt} graph lost its routing: {dict(counts)} routing ops for {self.routed} routed blocks"
                 )

@@ -208,7 +208,8 @@ def routing_param_groups(optimizer, model, **lr_mults: float | None):
         if lr_mult == 1:
             continue
         module = {"router": "scorer", "predictor": "predictor"}[name]  # the router's own parts
-        mine = {id(p) for b in blocks for p in getattr(b, module).parameters()}
+        parts = [getattr(b, module) for b in blocks]
+        mine = {id(p) for part in parts if part is not None for p in part.parameters()}  # routers that decide
         if not mine:
             continue
         for g in list(optimizer.param_groups):

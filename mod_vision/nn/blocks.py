@@ -217,7 +217,8 @@ class MoDDown(nn.Module):
             base = self.dense_base(x, mean)
             return as_map(self.router.add_to(base, mean, merge, (gh, gw), lambda index: patches(x, index), owned=True),
                           gh, gw)
-        if self.router is not None and self.router_reads == "patch" and eager_layout(x):
+        reads_patches = self.router is not None and self.router_reads == "patch" and self.router.decision == "own"
+        if reads_patches and eager_layout(x):
             # The router reads every 2x2 patch: its readout is one 2x2 stride-2 convolution over the map (a weight row
             # in pixel_unshuffle's order, 4c + 2i + j, is a (C, 2, 2) kernel), and only the routed patches are gathered.
             # Unshuffling a channels-last map would cost more than the rest of this layer on a flat frame.

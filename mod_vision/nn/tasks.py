@@ -268,16 +268,18 @@ class RoutedModelMixin:
         detach = rank_weight > 0 and preds is None and bool(arg("router_rank_detach", False))
         seen, hooks = [], []
         if detach:  # each scorer's input, in call order (one scorer call per recorded block)
-            hooks = [r.scorer.register_forward_hook(lambda m, i, o: seen.append((m, i[0]))) for r in self.routed_blocks()]
+            hooks = [r.scorer.register_forward_hook(lambda m, i, o: seen.append((m, i[0])))
+                     for r in self.routed_blocks() if r.scorer is not None]  # routers that decide
         try:
             with record_routing(predictions=preds is None, scores=preds is None) as record:
                 loss, items = super().loss(batch, preds)
         finally:
             for h in hooks:
                 h.remove()
-        if detach and len(seen) == len(record.blocks):
+        scored = [e for e in record.blocks if e.scores is not None]
+        if detach and len(seen) == len(scored):
             # the ranking loss then trains the scorers' weights only, not the features they read
-            for e, (scorer, x) in zip(record.blocks, seen):
+            for e, (scorer, x) in zip(scored, seen):
                 if e.scores is not None and e.scores.requires_grad:
                     e.scores = scorer(x.detach())
         bs = batch["img"].shape[0]

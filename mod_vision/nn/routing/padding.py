@@ -23,12 +23,19 @@ _INPUT: ContextVar[dict | None] = ContextVar("mod_vision_routing_input", default
 
 @contextmanager
 def routing_input(image: torch.Tensor) -> Iterator[None]:
-    """Let the routers of forwards run inside the block see the network input (B, 3, H, W), to skip constant cells."""
-    token = _INPUT.set({"image": image, "cells": {}})
+    """Let the routers of forwards run inside the block see the network input (B, 3, H, W), to skip constant cells,
+    and pass their decisions on to the routers that share them (`forward_state`)."""
+    token = _INPUT.set({"image": image, "cells": {}, "decisions": {}})
     try:
         yield
     finally:
         _INPUT.reset(token)
+
+
+def forward_state() -> dict | None:
+    """The state of the forward running inside `routing_input` (its input, padding cells per grid, the routing
+    decisions made per grid), or None outside one: what a forward decided lives with that forward, not on modules."""
+    return _INPUT.get()
 
 
 LETTERBOX_FILL = 114 / 255  # Ultralytics' letterbox (and mosaic) fill, as the network sees it

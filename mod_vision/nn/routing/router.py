@@ -8,6 +8,7 @@ routes, only those whose input changed are computed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from torch import nn
 from ..policies import check_policy, ranking
 from ..reuse import gather_rows, reuse_delta, reuse_step, reuses_tokens
 from .mechanism import check_capacity, route_tokens, tokens_for, topk_raster
-from .padding import current_padding
+from .padding import current_padding, forward_state
 from .record import BlockRouting, active_record, record_computed
 from .scorers import ObjectPredictor, Scorer
 
@@ -28,6 +29,14 @@ if TYPE_CHECKING:  # the factory builds TokenRouters, so it imports this module
 
 
 GATES = ("sigmoid", "unit", "none")
+DECISIONS = ("own", "grid")
+
+
+def check_decision(decision: str) -> str:
+    """A router's decision kind, one of DECISIONS (see `TokenRouter`)."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    return decision
 
 
 def check_gate(gate: str | bool | None) -> str:
@@ -36,6 +45,16 @@ def check_gate(gate: str | bool | None) -> str:
     if name not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     return name
+
+
+def grid_key(grid: tuple) -> tuple[int, int]:
+    """A token grid as a key of the forward's decisions: while torch.jit traces for export, its sizes are 0-dim
+    tensors, which hash by identity (the key never enters the graph, so reading their values there is safe)."""
+    if not any(torch.is_tensor(g) for g in grid):
+        return tuple(grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return tuple(int(g) for g in grid)
 
 
 @dataclass
@@ -64,6 +83,10 @@ class TokenRouter(nn.Module):
             object cover, rates highest: Focus-DETR's foreground selection) or "random" (k random tokens: the control
             that shows what a ranking is worth). The gate always uses the scorer's scores. "none" processes no token:
             the block's routed compute removed, the control that shows what the routed blocks carry.
+        decision: "own" (this router scores the tokens and decides) or "grid" (it has no scorer or predictor and
+            takes the decision of the last router that decided on the same token grid earlier in the forward: one
+            decision per stride, shared by a merge, its stage, the neck and the head level, costs one scoring pass
+            instead of several, and a frame where that router finds nothing runs nothing routed at the stride).
 
     Dynamic mode (`dynamic=(min, max)` capacities) lets each image choose its k: the tokens its object predictor (the
     MoD paper's auxiliary predictor, trained by `router_aux_loss` on detached tokens) scores above `threshold`, clamped
@@ -76,13 +99,17 @@ class TokenRouter(nn.Module):
     random_source: torch.Generator | None = None  # the "random" policy's generator (`set_policy`); a class default
     # too, so that routers pickled in checkpoints from before it existed load
     train_dynamic: tuple[float, float] | None = None  # set by the trainer (`dynamic_training=`); a class default too
+    decision = "own"  # a class default too: checkpoints from before shared decisions have none
 
     def __init__(
-        self, dim: int, capacity: float = 0.25, hidden: int = 0, gate: str | bool = "sigmoid", policy: str = "topk"
+        self, dim: int, capacity: float = 0.25, hidden: int = 0, gate: str | bool = "sigmoid", policy: str = "topk",
+        decision: str = "own",
     ):
         super().__init__()
-        self.scorer = Scorer(dim, hidden)
-        self.predictor = ObjectPredictor(dim, max(16, dim // 8))
+        self.decision = check_decision(decision)
+        own = decision == "own"
+        self.scorer = Scorer(dim, hidden) if own else None
+        self.predictor = ObjectPredictor(dim, max(16, dim // 8)) if own else None
         self.capacity = capacity
         self.gate = check_gate(gate)
         self.policy = policy
@@ -148,7 +175,9 @@ class TokenRouter(nn.Module):
     def readout(self) -> torch.Tensor:
         """(R, C): the weights with which the scorer, then the object predictor, read each token (their first layers,
         stacked): a layer that can compute them more cheaply than from token rows (as one strided convolution over a
-        map's patches) passes the product to `decide` as `readout=`."""
+        map's patches) passes the product to `decide` as `readout=`. Only a router that decides has one."""
+        if self.scorer is None:
+            raise ValueError("a router with decision='grid' takes its grid's decision and reads no tokens: no readout")
         return torch.cat([self.scorer.readout(), self.predictor.readout()])
 
     def decide(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
@@ -162,16 +191,23 @@ class TokenRouter(nn.Module):
                 empty = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
                 record.add(BlockRouting(empty, None, x.shape[1], grid))
             return None
-        want_pred = ((self.train_dynamic if self.training else self.dynamic) is not None or self.policy == "object"
-                     or (record is not None and record.keep_predictions))
-        if readout is not None:
-            r = self.scorer.readout().shape[0]
-            scores = self.scorer.from_readout(readout[..., :r])
-            predicted = self.predictor.from_readout(readout[..., r:]) if want_pred else None
+        predicted = None
+        if self.decision == "grid":
+            index, valid, scores = self.followed(grid)
         else:
-            scores = self.scorer(x)
-            predicted = self.predictor(x.detach()) if want_pred else None
-        index, valid = self.select(scores, predicted, current_padding(grid))
+            want_pred = ((self.train_dynamic if self.training else self.dynamic) is not None or self.policy == "object"
+                         or (record is not None and record.keep_predictions))
+            if readout is not None:
+                r = self.scorer.readout().shape[0]
+                scores = self.scorer.from_readout(readout[..., :r])
+                predicted = self.predictor.from_readout(readout[..., r:]) if want_pred else None
+            else:
+                scores = self.scorer(x)
+                predicted = self.predictor(x.detach()) if want_pred else None
+            index, valid = self.select(scores, predicted, current_padding(grid))
+            state = forward_state()
+            if state is not None and grid is not None:
+                state["decisions"][grid_key(grid)] = index, valid, scores
         if record is not None:
             record.add(
                 BlockRouting(
@@ -179,7 +215,8 @@ class TokenRouter(nn.Module):
                     valid,
                     x.shape[1],
                     grid,
-                    None if not record.keep_scores else scores if self.training else scores.detach(),  # rank loss
+                    None if not record.keep_scores or self.decision == "grid"
+                    else scores if self.training else scores.detach(),  # rank loss
                     None if predicted is None or not record.keep_predictions
                     else predicted if self.training else predicted.detach(),  # the aux loss trains only in training
                 )
@@ -190,6 +227,18 @@ class TokenRouter(nn.Module):
             if self.gate == "unit":
                 gate = gate / gate.detach()
         return Decision(index, valid, gate, scores)
+
+    def followed(self, grid: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The index, validity and scores the last deciding router on `grid` chose in this forward."""
+        state = forward_state()
+        decided = None if state is None or grid is None else state["decisions"].get(grid_key(grid))
+        if decided is None:
+            raise ValueError(
+                f"a router with decision='grid' takes the decision of a router that decided earlier in the same forward "
+                f"on its token grid {None if grid is None else grid_key(grid)}, and none did: give an earlier layer on that grid its own decision "
+                f"(decision: own), and run the model's forward (the decisions live in its routing_input)"
+            )
+        return decided
 
     def forward(
         self,
