@@ -145,3 +145,25 @@ def test_bad_decision_values_are_clear_errors_and_old_routers_decide_for_themsel
     old = TokenRouter(8)
     del old.__dict__["decision"]  # pickled before the option existed
     assert old.decision == "own"
+
+
+def test_token_reuse_runs_on_shared_decisions(model):
+    """Under token reuse a repeated frame recomputes no token in any routed layer, leaders or followers, and gives the
+    same detections; a local change recomputes some tokens, not all."""
+    from mod_vision.nn.reuse import TokenReuse, reusing
+
+    x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain = model(x)[0]
+    cache = TokenReuse(threshold=0.05)
+    moved = x.clone()
+    moved[..., 40:56, 48:64] = 1 - moved[..., 40:56, 48:64]
+    outs, shares = [], []
+    for frame in (x, x, moved):
+        cache.begin(frame)
+        with torch.no_grad(), reusing(cache), record_routing() as rec:
+            outs.append(model(frame)[0])
+        shares.append(float(rec.token_share()[0]))
+    assert torch.allclose(outs[0], plain, atol=1e-4)
+    assert shares[1] == 0.0 and torch.allclose(outs[1], plain, atol=1e-4)
+    assert 0.0 < shares[2] < shares[0]
