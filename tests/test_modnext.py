@@ -255,6 +255,29 @@ def test_frame_cost_tool_times_three_frames_against_yolo11n_and_profiles_the_fla
     assert float(rows["flat"][3]) <= float(rows["busy"][3])
     assert float(rows["busy"][6]) == pytest.approx(1.0)  # the busy frame is its own reference
     assert "routers (scorers, predictors)" in text and "L14 RoutedDetect" in text
+    assert "against" not in text
+
+
+def test_frame_cost_tool_times_a_second_design_in_the_same_round_robin(tmp_path):
+    from tests.test_dynamic_tools import _tool
+    from tests.test_shared_decision import SHARED
+
+    out = tmp_path / "cost.md"
+    _tool("frame_cost").main(["modnext-det-n.yaml", "--against", str(SHARED), "--imgsz", "64", "--runs", "1",
+                              "--out", str(out)])
+    lines = out.read_text().splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| imgsz | frame")).split("|")]
+    table = lines[lines.index(next(line for line in lines if line.startswith("| imgsz | frame"))):]
+    table = table[: table.index("")]  # the frame table, up to the profile's
+    rows = {r[2]: r for r in ([c.strip() for c in line.split("|")] for line in table if line.startswith("| 64 |"))}
+    col = {name: header.index(name) for name in ("ms (against)", "vs busy (against)", "speed vs against",
+                                                 "token share (against)", "ms (ours)")}
+    assert set(rows) == {"flat", "sparse", "busy"}
+    assert float(rows["busy"][col["vs busy (against)"]]) == pytest.approx(1.0)
+    for r in rows.values():  # the speed ratio is the two times' ratio
+        ratio = float(r[col["ms (against)"]]) / float(r[col["ms (ours)"]])
+        assert float(r[col["speed vs against"]].rstrip("x")) == pytest.approx(ratio, abs=0.06)
+        assert 0.0 < float(r[col["token share (against)"]]) <= 1.0
 
 
 def test_a_router_pickled_before_the_random_source_existed_still_routes():

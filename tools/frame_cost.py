@@ -77,7 +77,8 @@ def timed(fn, runs: int) -> float:
 
 
 def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str = "yolo11n.yaml",
-            dynamic: tuple[float, float] | None = None, threshold: float | None = None) -> tuple[list, list]:
+            dynamic: tuple[float, float] | None = None, threshold: float | None = None,
+            against: str | None = None) -> tuple[list, list]:
     from ultralytics import YOLO
 
     from mod_vision import MoDYOLO
@@ -90,31 +91,46 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
     if threshold is not None:  # the predictor logit the per-image budget counts a token wanted above
         set_routing(ours, threshold=threshold)
     peer = YOLO(yolo).model.float().eval().fuse(verbose=False)
+    # another checkpoint of ours (a design to compare), at its own default routing, in the same round-robin
+    other = None if against is None else MoDYOLO(against).model.float().eval().fuse(verbose=False)
     rows, parts_rows = [], []
     for size in imgsz:
         inputs = {k: letterboxed(v, size) for k, v in frames().items()}
         shares = {}
         with torch.inference_mode():
             for k, x in inputs.items():
-                with record_routing() as rec:
-                    ours(x)
-                shares[k] = float(rec.token_share()[0]) if len(rec) else None
+                for key, model in (("ours", ours), ("other", other)):
+                    if model is not None:
+                        with record_routing() as rec:
+                            model(x)
+                        shares[key, k] = float(rec.token_share()[0]) if len(rec) else None
             for x in inputs.values():  # warm-up
                 ours(x), peer(x), peer(x.contiguous(memory_format=torch.channels_last))
+                if other is not None:
+                    other(x)
             times = defaultdict(list)
             for _ in range(runs):  # round-robin: every (model, frame) once per round
                 for k, x in inputs.items():
                     times[("ours", k)].append(timed(lambda: ours(x), 1))
                     times[("yolo", k)].append(timed(lambda: peer(x), 1))
                     times[("yolo-cl", k)].append(timed(lambda: peer(x.contiguous(memory_format=torch.channels_last)), 1))
+                    if other is not None:
+                        times[("other", k)].append(timed(lambda: other(x), 1))
         ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
         for k in inputs:
-            rows.append({"imgsz": size, "frame": k, "token share": f"{shares[k]:.3f}" if shares[k] is not None else "",
+            share = shares["ours", k]
+            rows.append({"imgsz": size, "frame": k, "token share": f"{share:.3f}" if share is not None else "",
                          "ms (ours)": f"{ms[('ours', k)]:.1f}", "ms (YOLO11n)": f"{ms[('yolo', k)]:.1f}",
                          "vs busy (ours)": f"{ms[('ours', k)] / ms[('ours', 'busy')]:.2f}",
                          "speed vs YOLO11n": f"{ms[('yolo', k)] / ms[('ours', k)]:.2f}x",
                          "ms (YOLO11n, channels-last)": f"{ms[('yolo-cl', k)]:.1f}",
                          "speed vs it": f"{ms[('yolo-cl', k)] / ms[('ours', k)]:.2f}x"})  # fmt: skip
+            if other is not None:
+                share = shares["other", k]
+                rows[-1].update({"token share (against)": f"{share:.3f}" if share is not None else "",
+                                 "ms (against)": f"{ms[('other', k)]:.1f}",
+                                 "vs busy (against)": f"{ms[('other', k)] / ms[('other', 'busy')]:.2f}",
+                                 "speed vs against": f"{ms[('other', k)] / ms[('ours', k)]:.2f}x"})  # fmt: skip
         parts_rows.append(flat_profile(ours, inputs["flat"], size, runs, ms[("ours", "flat")]))
     return rows, parts_rows
 
@@ -159,9 +175,12 @@ def main(argv=None) -> Path | None:
                    help="per-image budget bounds (capacities) instead of the checkpoint's own")
     p.add_argument("--threshold", type=float, default=None,
                    help="the predictor logit the per-image budget counts a token wanted above (default: the model's)")
+    p.add_argument("--against", default=None, metavar="WEIGHTS",
+                   help="another routed checkpoint timed in the same round-robin, at its own default routing")
     p.add_argument("--out", default=None, help="write the tables to this markdown file")
     a = p.parse_args(argv)
-    rows, parts = measure(a.weights, a.imgsz, a.threads, a.runs, dynamic=a.dynamic, threshold=a.threshold)
+    rows, parts = measure(a.weights, a.imgsz, a.threads, a.runs, dynamic=a.dynamic, threshold=a.threshold,
+                          against=a.against)
     command = "python tools/frame_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
     by_part = [{k: v for k, v in r.items() if not k.startswith("L")} for r in parts]
     by_layer = [{k: v for k, v in r.items() if k == "imgsz" or k.startswith("L")} for r in parts]
