@@ -1,6 +1,7 @@
 """Eager inference runs our models on channels-last maps, with faster paths that must compute what the plain paths
 compute: the patch merge's router read as one strided convolution, neighbourhoods gathered without a padded copy,
-the padding statistics reduced rows first, and the head's levels joined once."""
+the padding statistics reduced rows first, the head's levels joined once, and a fused stage's position term added by
+its own kernel."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mod_vision.nn.blocks import MoDDown, neighbourhoods, pixel_major_patches
+from mod_vision.nn.blocks import MoDDown, MoDNeXt, neighbourhoods, pixel_major_patches
 from mod_vision.nn.reuse import TokenReuse, reusing
 from mod_vision.nn.routing import pixel_extremes, record_routing, router_spec
 from mod_vision.nn.tasks import MoDDetectionModel, channels_last
@@ -103,11 +104,38 @@ def test_channels_last_input_only_in_eager_inference():
     assert channels_last(model, image) is image  # not a batch of maps: as it comes
 
 
-def test_a_model_detects_the_same_on_either_layout(model):
+def test_a_fused_stage_adds_its_position_term_through_its_kernel_in_eager_inference_only():
+    torch.manual_seed(0)
+    stage = MoDNeXt(16, 16, 1, router=router_spec(capacity=0.5, gate="none"), reads=3)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        stage.pe.bn.running_mean.uniform_(-1, 1), stage.pe.bn.running_var.uniform_(0.5, 2)
+    stage.eval()
+    x = torch.randn(2, 16, 12, 10)
+    with torch.no_grad():
+        expected = x + stage.pe(x)
+        xc = x.contiguous(memory_format=CL)
+        assert torch.equal(stage.position_mixed(xc), xc + stage.pe(xc))  # unfused: the plain sum
+        stage.pe.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(stage.pe.conv, stage.pe.bn)  # as Ultralytics fuses
+        del stage.pe.bn
+        stage.pe.forward = stage.pe.forward_fuse
+        folded = stage.position_mixed(x.contiguous(memory_format=CL))
+        assert torch.allclose(folded, expected, atol=1e-5)
+        assert torch.equal(stage.position_mixed(x), x + stage.pe(x))  # the plain layout: the plain sum
+    xc = x.contiguous(memory_format=CL)
+    with torch.enable_grad():
+        assert torch.equal(stage.position_mixed(xc), xc + stage.pe(xc))  # under autograd: the plain sum
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_model_detects_the_same_on_either_layout(model, fused):
     """The whole forward on a channels-last input (the default in eager inference) equals it on the plain layout: the
-    same routed tokens in every layer and the same decoded boxes and scores."""
+    same routed tokens in every layer and the same decoded boxes and scores; fused too (as predict runs it)."""
+    import copy
+
     import mod_vision.nn.tasks as tasks
 
+    if fused:
+        model = copy.deepcopy(model).fuse(verbose=False)
     x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
     outs, records = [], []
     for layout in (lambda m, t: t, channels_last):

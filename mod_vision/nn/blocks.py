@@ -83,9 +83,20 @@ class TokenStage(nn.Module):
             t = blk(t, attn_mask)
         return t
 
+    def position_mixed(self, x: torch.Tensor) -> torch.Tensor:
+        """x plus its depthwise position term. In eager inference on a fused model (the term's BatchNorm folded into
+        the convolution) it is one convolution whose kernel holds the identity at its centre: the same sum without a
+        second pass over the map, which on a frame that routes little is much of what the stage costs."""
+        conv = self.pe.conv
+        if eager_layout(x) and not hasattr(self.pe, "bn") and isinstance(self.pe.act, nn.Identity):
+            weight = conv.weight.clone()
+            weight[:, 0, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] += 1
+            return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return x + self.pe(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        t = (x + self.pe(x)).flatten(2).transpose(1, 2)  # dense and cheap: every token gets position and local mixing
+        t = self.position_mixed(x).flatten(2).transpose(1, 2)  # dense and cheap: position and local mixing
         if self.router is not None:
             out = self.router(t, self.run, (h, w), layers=self.blocks, owned=True)
         else:
@@ -165,7 +176,7 @@ class MoDNeXt(TokenStage):
         if getattr(self, "reads", 1) == 1:  # checkpoints from before the option have none
             return super().forward(x)
         b, c, h, w = x.shape
-        mixed = x + self.pe(x)
+        mixed = self.position_mixed(x)
         t = mixed.flatten(2).transpose(1, 2)
 
         def update(nbh: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
