@@ -432,16 +432,17 @@ def said_ignored(said: list[str]) -> list[str]:
     return [m.split("WARNING ⚠️ ")[-1] for m in said if " ignored: " in m and "static input" in m]
 
 
-SHARED = str(Path(__file__).parents[1] / "docs/routing_carries/candidates/modnext-shared-det.yaml")
+OWN = str(Path(__file__).parents[1] / "docs/routing_carries/candidates/modnext-own-det.yaml")  # every layer decides
 
 
-@pytest.mark.parametrize("fmt, cfg, deciding", [("onnx", "modnext-det-n.yaml", 11), ("openvino", "modnext-det-n.yaml", 11),
-                                                ("onnx", SHARED, 3)])
+@pytest.mark.parametrize(
+    "fmt, cfg, deciding", [("onnx", "modnext-det-n.yaml", 3), ("openvino", "modnext-det-n.yaml", 3), ("onnx", OWN, 11)]
+)
 def test_modnext_exports_with_every_routed_layer_in_the_graph(fmt, cfg, deciding, images, tmp_path):
     """modnext-det (routed merges, neighbourhood-reading MLP stages, the routed head) exports with each router's top-k,
-    gathers and scatter in the graph, and the runtime's raw outputs match PyTorch's at the exported capacity; with one
-    decision per stride (`decision: grid`), only the deciding routers' top-k are in the graph, and every routed layer
-    still gathers and scatters."""
+    gathers and scatter in the graph, and the runtime's raw outputs match PyTorch's at the exported capacity. With one
+    decision per stride (`decision: grid`, modnext-det's), only the deciding routers' top-k are in the graph, and every
+    routed layer still gathers and scatters; the candidate in which every routed layer decides has a top-k each."""
     import logging
 
     from ultralytics.utils import LOGGER

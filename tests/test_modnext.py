@@ -260,10 +260,10 @@ def test_frame_cost_tool_times_three_frames_against_yolo11n_and_profiles_the_fla
 
 def test_frame_cost_tool_times_a_second_design_in_the_same_round_robin(tmp_path):
     from tests.test_dynamic_tools import _tool
-    from tests.test_shared_decision import SHARED
+    from tests.test_shared_decision import OWN
 
     out = tmp_path / "cost.md"
-    _tool("frame_cost").main(["modnext-det-n.yaml", "--against", str(SHARED), "--imgsz", "64", "--runs", "1",
+    _tool("frame_cost").main(["modnext-det-n.yaml", "--against", OWN, "--imgsz", "64", "--runs", "1",
                               "--out", str(out)])
     lines = out.read_text().splitlines()
     header = [c.strip() for c in next(line for line in lines if line.startswith("| imgsz | frame")).split("|")]

@@ -15,13 +15,14 @@ from mod_vision.nn.routing import (
 )
 from mod_vision.nn.tasks import MoDDetectionModel, channels_last
 
-SHARED = Path(__file__).parents[1] / "docs/routing_carries/candidates/modnext-shared-det.yaml"
+SHARED = "modnext-det-n.yaml"  # one decision per stride
+OWN = str(Path(__file__).parents[1] / "docs/routing_carries/candidates/modnext-own-det.yaml")  # every layer decides
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = MoDDetectionModel(str(SHARED), nc=4, verbose=False).eval()
+    m = MoDDetectionModel(SHARED, nc=4, verbose=False).eval()
     for r in routed_blocks(m):  # well-separated scores: no near-ties in top-k
         if r.scorer is not None:
             torch.nn.init.normal_(r.scorer.net.weight, std=1.0)
@@ -96,7 +97,7 @@ def test_the_merges_fast_readout_and_the_followers_give_the_same_boxes_on_either
 
 def test_training_scores_and_supervises_only_the_deciding_routers():
     torch.manual_seed(0)
-    m = MoDDetectionModel(str(SHARED), nc=4, verbose=False).train()
+    m = MoDDetectionModel(SHARED, nc=4, verbose=False).train()
     set_routing(m, capacity=0.5)
     x = torch.rand(2, 3, 64, 64)
     with record_routing(scores=True, predictions=True) as rec:

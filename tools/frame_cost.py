@@ -138,10 +138,10 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
 def flat_profile(model, x: torch.Tensor, size: int, runs: int, total_ms: float) -> dict:
     """ms per part of a flat frame's forward (forward hooks; a part's time includes what it calls), and per top-level
     layer (`L<i> <type>`)."""
-    spent = defaultdict(float)
     hooks = []
     parts = parts_of(model)
     parts.update({f"L{m.i} {type(m).__name__}": [m] for m in model.model})
+    spent = dict.fromkeys(parts, 0.0)  # a part none of whose modules ran (routers read inside a merge) spent 0
     for name, modules in parts.items():
         for m in modules:
             def pre(mod, inp, name=name):
