@@ -254,7 +254,8 @@ def test_frame_cost_tool_times_three_frames_against_yolo11n_and_profiles_the_fla
     # a flat frame is all constant cells: its routers take the per-image budget's minimum, never more than a busy frame
     assert float(rows["flat"][3]) <= float(rows["busy"][3])
     assert float(rows["busy"][6]) == pytest.approx(1.0)  # the busy frame is its own reference
-    assert "routers (scorers, predictors)" in text and "L14 RoutedDetect" in text
+    assert "routers (decisions, padding statistics)" in text and "position terms (dense depthwise)" in text
+    assert "L14 RoutedDetect" in text
     assert "against" not in text
 
 

@@ -52,21 +52,28 @@ def letterboxed(img: np.ndarray, imgsz: int, stride: int = 32) -> torch.Tensor:
 
 
 def parts_of(model) -> dict[str, list[torch.nn.Module]]:
-    """The modules whose time makes up what a flat frame still spends: the dense stem, the dense position (depthwise)
-    terms, the routers' scorers and predictors, the head; the rest of the forward is everything else. A patch merge's
-    router on a channels-last map reads the patches as one strided convolution inside the merge (`MoDDown`): that
-    time counts in the merge's layer, not in the routers."""
-    from mod_vision.nn.blocks import TokenStage
+    """The modules whose time makes up what a flat frame still spends: the dense stem and the head; with `METHODS`,
+    the dense position terms and the routers' decisions; the rest of the forward is everything else."""
     from mod_vision.nn.routing import TokenRouter
 
     layers = list(model.model)
     return {
         "stem (dense, stride 4)": [m for m in layers[:2] if not any(isinstance(s, TokenRouter) for s in m.modules())],
-        "position terms (dense depthwise)": [m.pe for m in model.modules() if isinstance(m, TokenStage)],
-        "routers (scorers, predictors)": [p for r in model.modules() if isinstance(r, TokenRouter)
-                                          for p in (r.scorer, r.predictor) if p is not None],  # fmt: skip
         "head (all of it)": [layers[-1]],
     }
+
+
+def methods() -> dict[str, tuple[type, str]]:
+    """Parts timed by wrapping a method rather than by module hooks, because the fast eager paths do their work
+    without calling a submodule: a stage adds its depthwise position term through its own kernel
+    (`TokenStage.position_mixed`), and a router decides from the scores it reads (`TokenRouter.decide`: scoring,
+    selection, and on the first call of a forward the padding statistics; a patch merge's router reads its patches
+    as one strided convolution inside the merge, and that convolution counts in the merge's layer)."""
+    from mod_vision.nn.blocks import TokenStage
+    from mod_vision.nn.routing import TokenRouter
+
+    return {"position terms (dense depthwise)": (TokenStage, "position_mixed"),
+            "routers (decisions, padding statistics)": (TokenRouter, "decide")}
 
 
 def timed(fn, runs: int) -> float:
@@ -140,8 +147,19 @@ def flat_profile(model, x: torch.Tensor, size: int, runs: int, total_ms: float) 
     layer (`L<i> <type>`)."""
     hooks = []
     parts = parts_of(model)
+    wrapped = methods()
     parts.update({f"L{m.i} {type(m).__name__}": [m] for m in model.model})
-    spent = dict.fromkeys(parts, 0.0)  # a part none of whose modules ran (routers read inside a merge) spent 0
+    spent = dict.fromkeys([*list(parts)[:1], *wrapped, *list(parts)[1:]], 0.0)
+    saved = {name: getattr(cls, attr) for name, (cls, attr) in wrapped.items()}
+    for name, (cls, attr) in wrapped.items():
+        def timed_call(*args, name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return saved[name](*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+
+        setattr(cls, attr, timed_call)
     for name, modules in parts.items():
         for m in modules:
             def pre(mod, inp, name=name):
@@ -158,6 +176,8 @@ def flat_profile(model, x: torch.Tensor, size: int, runs: int, total_ms: float) 
     finally:
         for h in hooks:
             h.remove()
+        for name, (cls, attr) in wrapped.items():
+            setattr(cls, attr, saved[name])
     row = {"imgsz": size, "flat frame, ms": f"{total_ms:.1f}"}
     row.update({k: f"{1000 * v / runs:.1f}" for k, v in spent.items()})
     return row
