@@ -1,5 +1,6 @@
 """One routing decision per stride: routers with `decision: grid` take the decision of the last router that decided on
-their token grid in the same forward (a merge's, for its stage, the neck stage and the head level)."""
+their token grid in the same forward (a merge's, for its stage, the neck stage and the head level). modnext-det decides
+so; its layout, export and token reuse tests (test_inference_layout.py, test_export.py, test_modnext.py) run on it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mod_vision.nn.routing import (
     DECISIONS, TokenRouter, record_routing, routed_blocks, router_spec, routing_input, set_dynamic, set_policy,
     set_routing,
 )
-from mod_vision.nn.tasks import MoDDetectionModel, channels_last
+from mod_vision.nn.tasks import MoDDetectionModel
 
 SHARED = "modnext-det-n.yaml"  # one decision per stride
 OWN = str(Path(__file__).parents[1] / "docs/routing_carries/candidates/modnext-own-det.yaml")  # every layer decides
@@ -77,24 +78,6 @@ def test_a_static_capacity_routes_the_same_share_everywhere_and_none_removes_eve
     assert len(rec) == 11 and float(rec.token_share()[0]) == 0.0
 
 
-def test_the_merges_fast_readout_and_the_followers_give_the_same_boxes_on_either_layout(model):
-    import mod_vision.nn.tasks as tasks
-
-    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
-    outs, records = [], []
-    for layout in (lambda m, t: t, channels_last):
-        tasks.channels_last, saved = layout, tasks.channels_last
-        try:
-            with torch.no_grad(), record_routing() as rec:
-                outs.append(model(x)[0])
-        finally:
-            tasks.channels_last = saved
-        records.append(rec.blocks)
-    for a, b in zip(*records):
-        assert torch.equal(a.mask(), b.mask())
-    assert torch.allclose(outs[0], outs[1], atol=1e-3)
-
-
 def test_training_scores_and_supervises_only_the_deciding_routers():
     torch.manual_seed(0)
     m = MoDDetectionModel(SHARED, nc=4, verbose=False).train()
@@ -147,24 +130,3 @@ def test_bad_decision_values_are_clear_errors_and_old_routers_decide_for_themsel
     del old.__dict__["decision"]  # pickled before the option existed
     assert old.decision == "own"
 
-
-def test_token_reuse_runs_on_shared_decisions(model):
-    """Under token reuse a repeated frame recomputes no token in any routed layer, leaders or followers, and gives the
-    same detections; a local change recomputes some tokens, not all."""
-    from mod_vision.nn.reuse import TokenReuse, reusing
-
-    x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        plain = model(x)[0]
-    cache = TokenReuse(threshold=0.05)
-    moved = x.clone()
-    moved[..., 40:56, 48:64] = 1 - moved[..., 40:56, 48:64]
-    outs, shares = [], []
-    for frame in (x, x, moved):
-        cache.begin(frame)
-        with torch.no_grad(), reusing(cache), record_routing() as rec:
-            outs.append(model(frame)[0])
-        shares.append(float(rec.token_share()[0]))
-    assert torch.allclose(outs[0], plain, atol=1e-4)
-    assert shares[1] == 0.0 and torch.allclose(outs[1], plain, atol=1e-4)
-    assert 0.0 < shares[2] < shares[0]
