@@ -299,11 +299,17 @@ def reuse_delta(
     read: Callable[[torch.Tensor], torch.Tensor],
     update: Callable[[torch.Tensor], torch.Tensor],
     gate: torch.Tensor | None,
+    owned: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A width-changing routed layer (a patch merge, a head: `TokenRouter.add_to`) under the active `TokenReuse`:
     (output, routed mask, computed mask). Of the routed tokens `index` (B, K), only those whose `features` (B, N, C)
     moved are computed (`update(read(rows))`, gated by `gate` (B, N)); the others keep their cached update. The
-    change is tested on each token's own features, which the layer reads with its neighbours (the head's 3x3)."""
+    change is tested on each token's own features, which the layer reads with its neighbours (the head's 3x3).
+
+    The cached updates are added to the routed rows of `base` only, written into `base` itself where it is the
+    caller's own (`owned`, as in `route_tokens`): a pass over the whole map per layer would cost a still frame more
+    than the few tokens it computes."""
+    from .routing.mechanism import writable
     state = active_reuse()
     b, n, _ = features.shape
     cache = state.next_block(features)
@@ -321,7 +327,15 @@ def reuse_delta(
         scatter_rows(cache.ref, rows, own, real)
         scatter_rows(cache.ref_norm, rows, torch.linalg.vector_norm(own, dim=-1), real)
         cache.have |= compute
-    return torch.addcmul(base, cache.delta, routed.unsqueeze(-1).to(base.dtype)), routed, compute
+    c = base.shape[-1]
+    flat = base.reshape(-1, c)
+    out = flat if writable(flat, base, owned) else flat.clone()
+    rows = (index + torch.arange(b, device=index.device).unsqueeze(1) * n).flatten()
+    add = gather_rows(cache.delta, index)
+    if valid is not None:
+        add = add * valid.unsqueeze(-1).to(add.dtype)
+    out.index_add_(0, rows, add.reshape(-1, c))
+    return out.view(b, n, c), routed, compute
 
 
 def reuse_step(

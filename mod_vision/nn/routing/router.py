@@ -280,7 +280,7 @@ class TokenRouter(nn.Module):
         if reuses_tokens(self):
             gate = decision.scores.sigmoid() if self.gate == "sigmoid" else None
             rows = read or (lambda index: gather_rows(features, index))
-            out, _, computed = reuse_delta(base, features, decision.index, decision.valid, rows, update, gate)
+            out, _, computed = reuse_delta(base, features, decision.index, decision.valid, rows, update, gate, owned)
             record_computed(computed)
             return out
         return route_tokens(base, decision.index, update, decision.gate, decision.valid, read or features, delta=True,
