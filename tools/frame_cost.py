@@ -52,7 +52,7 @@ def letterboxed(img: np.ndarray, imgsz: int, stride: int = 32) -> torch.Tensor:
 
 
 def parts_of(model) -> dict[str, list[torch.nn.Module]]:
-    """The modules whose time makes up what a flat frame still spends: the dense stem and the head; with `METHODS`,
+    """The modules whose time makes up what a flat frame still spends: the dense stem and the head; with `methods()`,
     the dense position terms and the routers' decisions; the rest of the forward is everything else."""
     from mod_vision.nn.routing import TokenRouter
 
@@ -149,7 +149,9 @@ def flat_profile(model, x: torch.Tensor, size: int, runs: int, total_ms: float) 
     parts = parts_of(model)
     wrapped = methods()
     parts.update({f"L{m.i} {type(m).__name__}": [m] for m in model.model})
-    spent = dict.fromkeys([*list(parts)[:1], *wrapped, *list(parts)[1:]], 0.0)
+    names = list(parts)
+    names[1:1] = wrapped  # the wrapped parts after the stem, before the head and the layers
+    spent = dict.fromkeys(names, 0.0)
     saved = {name: getattr(cls, attr) for name, (cls, attr) in wrapped.items()}
     for name, (cls, attr) in wrapped.items():
         def timed_call(*args, name=name, **kwargs):

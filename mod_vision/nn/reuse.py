@@ -309,7 +309,7 @@ def reuse_delta(
     The cached updates are added to the routed rows of `base` only, written into `base` itself where it is the
     caller's own (`owned`, as in `route_tokens`): a pass over the whole map per layer would cost a still frame more
     than the few tokens it computes."""
-    from .routing.mechanism import writable
+    from .routing.mechanism import flat_rows, writable
     state = active_reuse()
     b, n, _ = features.shape
     cache = state.next_block(features)
@@ -330,11 +330,10 @@ def reuse_delta(
     c = base.shape[-1]
     flat = base.reshape(-1, c)
     out = flat if writable(flat, base, owned) else flat.clone()
-    rows = (index + torch.arange(b, device=index.device).unsqueeze(1) * n).flatten()
     add = gather_rows(cache.delta, index)
     if valid is not None:
         add = add * valid.unsqueeze(-1).to(add.dtype)
-    out.index_add_(0, rows, add.reshape(-1, c))
+    out.index_add_(0, flat_rows(index, n), add.reshape(-1, c))
     return out.view(b, n, c), routed, compute
 
 

@@ -52,8 +52,9 @@ DENSE = RouterSpec(capacity=None)  # no router: the dense twin
 
 
 def router_spec(default: RouterSpec = RouterSpec(), **keywords) -> RouterSpec | list[RouterSpec]:
-    """The spec a YAML layer's router keywords (`capacity`, `router_hidden`, `gate`, `decision`) describe, `default`'s values for
-    those not given. A list of capacities, one per routed block of a stage (`MoDViTStage`), gives a list of specs."""
+    """The spec a YAML layer's router keywords (`capacity`, `router_hidden`, `gate`, `decision`) describe, `default`'s
+    values for those not given. A list of capacities, one per routed block of a stage (`MoDViTStage`), gives a list of
+    specs."""
     unknown = sorted(set(keywords) - set(ROUTER_KEYWORDS))
     if unknown:
         raise TypeError(f"unknown router keywords {unknown}; a router takes {list(ROUTER_KEYWORDS)}")

@@ -71,7 +71,7 @@ def route_tokens(
     has them, and they move B*K rows rather than a B*K*C index.
     """
     b, n, c = x.shape
-    rows = (index + torch.arange(b, device=x.device).unsqueeze(1) * n).flatten()
+    rows = flat_rows(index, n)
     flat = x.reshape(-1, c)
     selected = flat.index_select(0, rows).view(b, -1, c)
     if inputs is None:
@@ -91,6 +91,11 @@ def route_tokens(
     result = flat if writable(flat, x, owned) else flat.clone()
     result[rows] = new.reshape(-1, c)  # in place on a copy: OpenVINO converts index_put_, not index_put
     return result.view(b, n, c)
+
+
+def flat_rows(index: torch.Tensor, n: int) -> torch.Tensor:
+    """(B*K,) the rows of the flattened (B*N, C) tokens that `index` (B, K) names in each image."""
+    return (index + torch.arange(index.shape[0], device=index.device).unsqueeze(1) * n).flatten()
 
 
 def writable(flat: torch.Tensor, x: torch.Tensor, owned: bool) -> bool:

@@ -8,6 +8,7 @@ here, so they agree on what padding is.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -36,6 +37,17 @@ def forward_state() -> dict | None:
     """The state of the forward running inside `routing_input` (its input, padding cells per grid, the routing
     decisions made per grid), or None outside one: what a forward decided lives with that forward, not on modules."""
     return _INPUT.get()
+
+
+def grid_key(grid: tuple) -> tuple[int, int]:
+    """A token grid as a key of the forward's state (padding cells, decisions): while torch.jit traces for export,
+    its sizes are 0-dim tensors, which hash by identity (the key never enters the graph: reading their values is
+    safe)."""
+    if not any(torch.is_tensor(g) for g in grid):
+        return tuple(grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return tuple(int(g) for g in grid)
 
 
 LETTERBOX_FILL = 114 / 255  # Ultralytics' letterbox (and mosaic) fill, as the network sees it
@@ -136,8 +148,9 @@ def current_padding(grid: tuple[int, int] | None) -> torch.Tensor | None:
     state = _INPUT.get()
     if state is None or grid is None:
         return None
-    if grid not in state["cells"]:
+    key = grid_key(grid)
+    if key not in state["cells"]:
         if "pixels" not in state:
             state["pixels"] = pixel_extremes(state["image"])
-        state["cells"][grid] = levels_from_pixels(state["pixels"], grid)
-    return state["cells"][grid]
+        state["cells"][key] = levels_from_pixels(state["pixels"], grid)
+    return state["cells"][key]

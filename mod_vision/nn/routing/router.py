@@ -8,7 +8,6 @@ routes, only those whose input changed are computed.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +19,7 @@ from torch import nn
 from ..policies import check_policy, ranking
 from ..reuse import gather_rows, reuse_delta, reuse_step, reuses_tokens
 from .mechanism import check_capacity, route_tokens, tokens_for, topk_raster
-from .padding import current_padding, forward_state
+from .padding import current_padding, forward_state, grid_key
 from .record import BlockRouting, active_record, record_computed
 from .scorers import ObjectPredictor, Scorer
 
@@ -45,16 +44,6 @@ def check_gate(gate: str | bool | None) -> str:
     if name not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     return name
-
-
-def grid_key(grid: tuple) -> tuple[int, int]:
-    """A token grid as a key of the forward's decisions: while torch.jit traces for export, its sizes are 0-dim
-    tensors, which hash by identity (the key never enters the graph, so reading their values there is safe)."""
-    if not any(torch.is_tensor(g) for g in grid):
-        return tuple(grid)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return tuple(int(g) for g in grid)
 
 
 @dataclass
@@ -233,9 +222,10 @@ class TokenRouter(nn.Module):
         state = forward_state()
         decided = None if state is None or grid is None else state["decisions"].get(grid_key(grid))
         if decided is None:
+            where = None if grid is None else grid_key(grid)
             raise ValueError(
-                f"a router with decision='grid' takes the decision of a router that decided earlier in the same forward "
-                f"on its token grid {None if grid is None else grid_key(grid)}, and none did: give an earlier layer on that grid its own decision "
+                f"a router with decision='grid' takes the decision of a router that decided earlier in the same "
+                f"forward on its token grid {where}, and none did: give an earlier layer on that grid its own decision "
                 f"(decision: own), and run the model's forward (the decisions live in its routing_input)"
             )
         return decided
