@@ -92,6 +92,7 @@ ROUTING_KEYS = ("capacity", "dynamic_capacity")
 # message gives it in brackets.
 CAPACITY_KEYS = frozenset({"capacity"})  # a capacity in (0, 1], a list with one per routed block, or {index: capacity}
 BOUNDS_KEYS = frozenset({"capacity_range", "dynamic_capacity", "dynamic_training"})  # [min, max] capacities, or off
+PER_IMAGE_BOUNDS = frozenset({"dynamic_capacity", "dynamic_training"})  # per-image budgets: their min may be 0
 NUMBER_KEYS = {  # a number >= 0
     "capacity_warmup": "epochs of the ramp from dense; 0: none",
     "router_aux": "weight of the predictors' auxiliary loss; 0: off",
@@ -182,16 +183,19 @@ def check_capacity_arg(value, key: str = "capacity"):
 
 
 def check_bounds(value, key: str) -> tuple[float, float] | None:
-    """None/False/empty, or [min, max] capacities in (0, 1] with min <= max."""
-    from .nn.routing import check_capacity
+    """None/False/empty, or [min, max] capacities in (0, 1] with min <= max; a per-image budget's min may be 0
+    (`check_floor`)."""
+    from .nn.routing import check_capacity, check_floor
 
+    per_image = key in PER_IMAGE_BOUNDS
     if value is None or value is False or (isinstance(value, (list, tuple)) and not value):
         return None
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         off = " (False or None: static top-k)" if key == "dynamic_capacity" else " (None: fixed capacity)"
-        raise ValueError(f"{key} must be [min, max] with both in (0, 1]{off}, got {value!r}")
+        within = "min in [0, 1] and max in (0, 1]" if per_image else "both in (0, 1]"
+        raise ValueError(f"{key} must be [min, max] with {within}{off}, got {value!r}")
     try:
-        lo, hi = map(check_capacity, value)
+        lo, hi = (check_floor if per_image else check_capacity)(value[0]), check_capacity(value[1])
     except ValueError as e:
         raise ValueError(f"{key}={list(value)}: {e}") from None
     if lo > hi:

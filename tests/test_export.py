@@ -468,7 +468,8 @@ def test_modnext_exports_with_every_routed_layer_in_the_graph(fmt, cfg, deciding
         if fmt == "onnx":  # the model's own default is per image: the graph's static capacities are said once
             MoDYOLO(pt).export(format=fmt, imgsz=IMGSZ)
             (line,) = [m for m in said if "per-image budget" in m]
-            assert "onnx export: this model's per-image budget (dynamic_capacity=[0.001, 1.0]) needs" in line
+            budget = list(map(float, model.model.yaml["dynamic_capacity"]))  # [0.0, 1.0]; the per-layer candidate's
+            assert f"onnx export: this model's per-image budget (dynamic_capacity={budget}) needs" in line  # 0.001
             assert line.endswith("routes its static capacities [0.25] (pass capacity= to choose)")
     finally:
         LOGGER.removeHandler(handler)

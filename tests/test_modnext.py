@@ -188,18 +188,18 @@ def test_random_policy_is_seeded(model):
             indices.append(torch.cat([e.index.flatten() for e in rec.blocks]))
     finally:
         set_policy(model, "topk")
-        set_dynamic(model, (0.001, 1.0))
+        set_dynamic(model, (0.0, 1.0))
     assert torch.equal(indices[0], indices[1])
     assert not torch.equal(indices[0], indices[2])
 
 
 def test_the_yaml_sets_a_per_image_budget_that_training_does_not_use(model):
-    assert all(r.dynamic == (0.001, 1.0) for r in routed_blocks(model))
+    assert all(r.dynamic == (0.0, 1.0) for r in routed_blocks(model))
     x = torch.rand(2, 3, 64, 64)
     train = MoDDetectionModel("modnext-det-n.yaml", nc=4, verbose=False).train()
     # as the trainer sets its batch capacity: the YAML's per-image budget stays on (a capacity alone would end it)
     set_routing(train, capacity=0.5, dynamic=dynamic_bounds(train))
-    assert dynamic_bounds(train) == (0.001, 1.0)
+    assert dynamic_bounds(train) == (0.0, 1.0)
     with record_routing() as rec:
         train(x)
     # static top-k at the training capacity in every block, whatever the (untrained) predictors say

@@ -218,7 +218,8 @@ def test_dynamic_batch_pads_without_mixing_images():
 
 @pytest.mark.parametrize(
     "bounds, match",
-    [((0.5, 0.1), "min 0.5 is above max 0.1"), ((0.1,), r"needs \[min, max\]"), (0.5, r"needs \[min, max\]"), ((0.0, 1.0), r"range \(0, 1\]")],
+    [((0.5, 0.1), "min 0.5 is above max 0.1"), ((0.1,), r"needs \[min, max\]"), (0.5, r"needs \[min, max\]"),
+     ((-0.1, 1.0), r"min must be a float in the range \[0, 1\]"), ((0.0, 0.0), r"range \(0, 1\]")],
 )
 def test_set_dynamic_rejects_bad_bounds(bounds, match):
     stage = MoDViTStage(32, 32, depth=2, routed=2)

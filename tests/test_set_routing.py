@@ -169,7 +169,8 @@ BAD = [
     (dict(dynamic=(0.5, 0.1)), "min 0.5 is above max 0.1"),
     (dict(dynamic=(0.1,)), r"needs \[min, max\]"),
     (dict(dynamic=0.5), r"needs \[min, max\]"),
-    (dict(dynamic=(0.0, 1.0)), r"range \(0, 1\]"),
+    (dict(dynamic=(-0.1, 1.0)), r"min must be a float in the range \[0, 1\]"),
+    (dict(dynamic=(0.0, 0.0)), r"range \(0, 1\]"),  # a min of 0 is valid, a max of 0 is not
     (dict(policy="best"), "routing policy must be one of"),
     (dict(capacity=0.25, policy="best"), "routing policy must be one of"),  # the good capacity is not set either
 ]

@@ -53,7 +53,7 @@ def test_only_the_merges_decide_and_every_later_layer_on_a_grid_takes_their_deci
                 model(x)
             finally:
                 set_routing(model, capacity=0.25, policy="topk")
-                set_dynamic(model, (0.001, 1.0))
+                set_dynamic(model, (0.0, 1.0))
         assert len(rec) == 11
         for e, lead in zip(rec.blocks, leaders_of(rec.blocks, deciding)):
             assert e.tokens == lead.tokens
@@ -74,7 +74,7 @@ def test_a_static_capacity_routes_the_same_share_everywhere_and_none_removes_eve
             model(x)
     finally:
         set_policy(model, "topk")
-        set_dynamic(model, (0.001, 1.0))
+        set_dynamic(model, (0.0, 1.0))
     assert len(rec) == 11 and float(rec.token_share()[0]) == 0.0
 
 

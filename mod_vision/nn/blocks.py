@@ -11,6 +11,8 @@ which halves the routing overhead that dominates at these small widths.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,14 +50,16 @@ class TokenABlock(ABlock):
         return t + pointwise(self.mlp[1], pointwise(self.mlp[0], t))
 
 
-def pointwise(conv: Conv, t: torch.Tensor) -> torch.Tensor:
+def pointwise(conv: Conv, t: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """An Ultralytics 1x1 `Conv` applied to (B, K, C) tokens: a matmul on the tokens, then (before fusion, in training
-    and unfused eval) its BatchNorm over all B*K tokens, then its activation.
+    and unfused eval) its BatchNorm over all B*K tokens, then its activation. `weight`: the convolution's (out, C)
+    weight with its columns in the order the tokens hold their channels, when that is not the convolution's own
+    (`pixel_major_weight`).
 
     The BatchNorm runs on the (B*K, C) rows rather than on a (B, C, K, 1) view of the tokens: on the CPU, torch's
     BatchNorm2d backward returns wrong gradients when its input or its output gradient has the strides of such a view
     (its forward is right), and training then stalls."""
-    y = F.linear(t, conv.conv.weight.flatten(1), conv.conv.bias)
+    y = F.linear(t, conv.conv.weight.flatten(1) if weight is None else weight, conv.conv.bias)
     bn = getattr(conv, "bn", None)
     if bn is not None:
         if bn.training and bn.track_running_stats:
@@ -143,13 +147,38 @@ class NeighbourhoodMLP(TokenMLP):
         super().__init__(dim, mlp_ratio)
         self.fc1 = Conv(9 * dim, int(dim * mlp_ratio), 1)
 
-    def forward(self, nbh: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return centre(nbh) + pointwise(self.fc2, pointwise(self.fc1, nbh))
+    def forward(self, nbh: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                pixel_major: bool = False) -> torch.Tensor:
+        """`pixel_major`: the neighbourhoods are in `neighbourhoods(pixel_major=True)`'s order."""
+        weight = pixel_major_weight(self.fc1) if pixel_major else None
+        return centre(nbh, pixel_major) + pointwise(self.fc2, pointwise(self.fc1, nbh, weight))
 
 
-def centre(nbh: torch.Tensor) -> torch.Tensor:
-    """(B, K, C): the middle pixel of (B, K, 9C) 3x3 neighbourhoods in `neighbourhoods`' order."""
+def centre(nbh: torch.Tensor, pixel_major: bool = False) -> torch.Tensor:
+    """(B, K, C): the middle pixel of (B, K, 9C) 3x3 neighbourhoods in `neighbourhoods`' order (`pixel_major` as
+    there)."""
+    if pixel_major:
+        c = nbh.shape[-1] // 9
+        return nbh[..., 4 * c : 5 * c]
     return nbh.unflatten(-1, (-1, 9))[..., 4]
+
+
+_PIXEL_MAJOR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> (its weight's identity, reordered)
+
+
+def pixel_major_weight(conv: Conv) -> torch.Tensor:
+    """The (out, 9C) weight of a layer that reads 3x3 neighbourhoods (a 1x1 `Conv` on 9C channels in a convolution's
+    unfolded order, channel-major), its columns reordered to pixel-major (pixel p's channel c at p * C + c), so that
+    it reads `neighbourhoods(pixel_major=True)`. Kept per weight until the weight changes: inference reorders it once,
+    not on every frame."""
+    w = conv.conv.weight
+    now = w.data_ptr(), w._version, w.dtype
+    cached = _PIXEL_MAJOR.get(conv)
+    if cached is None or cached[0] != now:
+        out = w.shape[0]
+        cached = now, w.detach().view(out, -1, 9).transpose(1, 2).reshape(out, -1).contiguous()
+        _PIXEL_MAJOR[conv] = cached
+    return cached[1]
 
 
 class MoDNeXt(TokenStage):
@@ -178,12 +207,17 @@ class MoDNeXt(TokenStage):
         b, c, h, w = x.shape
         mixed = self.position_mixed(x)
         t = mixed.flatten(2).transpose(1, 2)
+        fast = eager_layout(mixed)  # pixel-major neighbourhoods: no transposing copy of the rows read
 
         def update(nbh: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-            return self.run(nbh, attn_mask) - centre(nbh)
+            first, *rest = self.blocks
+            out = first(nbh, attn_mask, pixel_major=fast)
+            for blk in rest:
+                out = blk(out, attn_mask)
+            return out - centre(nbh, fast)
 
         def read(index: torch.Tensor) -> torch.Tensor:
-            return neighbourhoods(mixed, index)
+            return neighbourhoods(mixed, index, fast)
 
         if self.router is None:
             return as_map(t + update(read(torch.arange(h * w, device=x.device).expand(b, -1))), h, w)
@@ -278,10 +312,15 @@ def patches(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return pixel_rows(x, corner[..., None] + torch.tensor([0, 1, w, w + 1], device=x.device))  # (0,0) (0,1) (1,0) (1,1)
 
 
-def neighbourhoods(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def neighbourhoods(x: torch.Tensor, index: torch.Tensor, pixel_major: bool = False) -> torch.Tensor:
     """(B, K, 9C): the 3x3 neighbourhood of each position `index` (B, K) of the (B, C, H, W) map, zero beyond its
-    border, in the order of a 3x3 convolution's unfolded input (channel-major, then row, then column)."""
+    border, in the order of a 3x3 convolution's unfolded input (channel-major, then row, then column), or with
+    `pixel_major` (eager inference on a channels-last map) pixel-major: pixel p (row-major) channel c at p * C + c, the
+    rows as read, without the transposing copy that is much of a busy frame's gathering (the reading layer takes its
+    weight so, `pixel_major_weight`)."""
     b, c, h, w = x.shape
+    if pixel_major and not eager_layout(x):
+        raise ValueError("pixel-major neighbourhoods are read from a channels-last map in eager inference")
     if tracing():  # exports: a zero border, channels-last: each neighbourhood is 9 whole pixel rows of the padded map
         padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
         offsets = torch.tensor([dy * (w + 2) + dx for dy in range(3) for dx in range(3)], device=x.device)
@@ -294,20 +333,29 @@ def neighbourhoods(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     cols = (index % w)[..., None, None] + step  # (B, K, 1, 3)
     inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).flatten(2)  # (B, K, 9), row-major
     at = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).flatten(2)
+    if pixel_major:
+        nbh = pixel_rows(x, at, pixel_major=True).view(b, index.shape[1], 9, c)
+        return nbh.masked_fill_(~inside[..., None], 0).view(b, index.shape[1], 9 * c)
     nbh = pixel_rows(x, at).view(b, index.shape[1], c, 9)
     return nbh.masked_fill(~inside[:, :, None], 0).view(b, index.shape[1], c * 9)
 
 
-def pixel_rows(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+def pixel_rows(x: torch.Tensor, at: torch.Tensor, pixel_major: bool = False) -> torch.Tensor:
     """(B, K, C * P): for each of K tokens, the P pixels of the (B, C, H, W) map at flat positions `at` (B, K, P),
-    channel-major (channel c's p-th pixel at c * P + p, a convolution's unfolded order). A channels-last map (a token
-    map, `as_map`) is read by rows, whole pixels at a time; another by a gather per channel, without a copy of it."""
+    channel-major (channel c's p-th pixel at c * P + p, a convolution's unfolded order), or pixel-major (`pixel_major`,
+    a channels-last map only: pixel p's channel c at p * C + c). A channels-last map (a token map, `as_map`) is read
+    by rows, whole pixels at a time; another by a gather per channel, without a copy of it."""
     b, c, h, w = x.shape
     k, p = at.shape[1:]
     if x.is_contiguous(memory_format=torch.channels_last):
         rows = x.permute(0, 2, 3, 1).reshape(-1, c)
         at = at + (torch.arange(b, device=x.device) * h * w)[:, None, None]
-        return rows.index_select(0, at.flatten()).view(b, k, p, c).transpose(2, 3).reshape(b, k, c * p)
+        picked = rows.index_select(0, at.flatten())
+        if pixel_major:
+            return picked.view(b, k, p * c)
+        return picked.view(b, k, p, c).transpose(2, 3).reshape(b, k, c * p)
+    if pixel_major:
+        raise ValueError("pixel-major rows are read from a channels-last map")
     return x.flatten(2).gather(2, at.flatten(1)[:, None].expand(b, c, -1)).view(b, c, k, p).transpose(1, 2).reshape(
         b, k, c * p)
 

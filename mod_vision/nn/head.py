@@ -18,14 +18,18 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.modules.head import Detect
 from ultralytics.utils.tal import make_anchors
 
-from .blocks import neighbourhoods, pointwise
+from .blocks import eager_layout, neighbourhoods, pixel_major_weight, pointwise
 from .routing import RouterSpec
 
 
-def tokenwise(layers: nn.Sequential, t: torch.Tensor) -> torch.Tensor:
-    """A stack of 1x1 convolutions (Ultralytics `Conv`s, then a plain `nn.Conv2d`) applied to (B, K, C) tokens."""
-    for m in layers:
-        t = pointwise(m, t) if isinstance(m, Conv) else F.linear(t, m.weight.flatten(1), m.bias)
+def tokenwise(layers: nn.Sequential, t: torch.Tensor, pixel_major: bool = False) -> torch.Tensor:
+    """A stack of 1x1 convolutions (Ultralytics `Conv`s, then a plain `nn.Conv2d`) applied to (B, K, C) tokens; with
+    `pixel_major`, the first reads pixel-major 3x3 neighbourhoods (`neighbourhoods`)."""
+    for i, m in enumerate(layers):
+        if isinstance(m, Conv):
+            t = pointwise(m, t, pixel_major_weight(m) if pixel_major and i == 0 else None)
+        else:
+            t = F.linear(t, m.weight.flatten(1), m.bias)
     return t
 
 
@@ -72,15 +76,17 @@ class RoutedDetect(Detect):
                 far = self.dfl(far if torch.is_grad_enabled() else far.detach()).view(4)
                 background = torch.cat([background, far])
 
-            def branches(t, attn_mask=None, i=i, background=background):
-                out = torch.cat([tokenwise(box_head[i], t), tokenwise(cls_head[i], t)], -1)
+            fast = eager_layout(feat)  # pixel-major neighbourhoods: no transposing copy of the rows read
+
+            def branches(t, attn_mask=None, i=i, background=background, fast=fast):
+                out = torch.cat([tokenwise(box_head[i], t, fast), tokenwise(cls_head[i], t, fast)], -1)
                 if not decode:
                     return out
                 dist = self.dfl((background[:nb] + out[..., :nb]).transpose(1, 2)).transpose(1, 2)
                 return torch.cat([out, dist - background[self.no :]], -1)  # an update, as the raw outputs'
 
-            def read(index, feat=feat):
-                return neighbourhoods(feat, index)
+            def read(index, feat=feat, fast=fast):
+                return neighbourhoods(feat, index, fast)
 
             base = background.expand(b, h * w, len(background))
             if isinstance(router, nn.Identity):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..policies import check_policy
-from .mechanism import check_capacity
+from .mechanism import check_capacity, check_floor
 from .router import TokenRouter
 
 STATIC, DYNAMIC = "static", "dynamic"
@@ -56,7 +56,8 @@ def set_routing(
       per block, or {block index: capacity}, the others left as they are). It ENDS dynamic mode, unless the same call
       also gives `dynamic`.
     - `dynamic`: (min, max) capacities START dynamic mode: each image processes the tokens its object predictors score
-      above `threshold`, clamped to these bounds. None or False ends it: static top-k at the capacities set.
+      above `threshold`, clamped to these bounds (a min of 0: an image that wants none routes none). None or False
+      ends it: static top-k at the capacities set.
     - `threshold`: the predictor logit dynamic mode counts a token wanted above (a new router has 0.0).
     - `policy`: how tokens are ranked (nn/policies.py): "topk", "object", "random" (one generator for the model,
       seeded by `seed`, 0 if not given) or "none". It changes neither the capacities nor the mode.
@@ -108,7 +109,7 @@ def _bounds(dynamic) -> tuple[float, float] | None:
         return None
     if not isinstance(dynamic, (list, tuple)) or len(dynamic) != 2:
         raise ValueError(f"dynamic capacity needs [min, max], got {dynamic!r}")
-    lo, hi = map(check_capacity, dynamic)
+    lo, hi = check_floor(dynamic[0]), check_capacity(dynamic[1])
     if lo > hi:
         raise ValueError(f"dynamic capacity min {lo} is above max {hi}")
     return lo, hi

@@ -27,6 +27,14 @@ def check_capacity(capacity: float) -> float:
     return float(capacity)
 
 
+def check_floor(capacity: float) -> float:
+    """A per-image budget's min as a float in [0, 1], or a ValueError that names the range. Unlike a capacity it may
+    be 0: an image whose object predictors want no token then routes none, so an empty scene skips the routed layers."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or not 0.0 <= float(capacity) <= 1.0:
+        raise ValueError(f"a per-image budget's min must be a float in the range [0, 1], got {capacity!r}")
+    return float(capacity)
+
+
 def tokens_for(capacity: float, n: int | torch.Tensor) -> int | torch.Tensor:
     """Return k = ceil(capacity * n), at least one token, at most n.
 

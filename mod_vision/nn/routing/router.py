@@ -79,7 +79,8 @@ class TokenRouter(nn.Module):
 
     Dynamic mode (`dynamic=(min, max)` capacities) lets each image choose its k: the tokens its object predictor (the
     MoD paper's auxiliary predictor, trained by `router_aux_loss` on detached tokens) scores above `threshold`, clamped
-    to the bounds; the scorer's ranking decides which. Batches pad to the largest k; padded tokens are masked out of
+    to the bounds (a min of 0 lets an image want none: when no image of a batch does, the block's routed work is
+    skipped); the scorer's ranking decides which. Batches pad to the largest k; padded tokens are masked out of
     attention and keep their value, so an image's output does not depend on its batch-mates. It is an inference mode: a
     router in training mode runs its static capacity, unless `train_dynamic=(min, max)` makes training choose k per
     image the same way (so a model learns in the regime it runs in).
@@ -152,9 +153,11 @@ class TokenRouter(nn.Module):
             # a runtime plan fixed shapes and fuse the block's matmuls.
             k = tokens_for(self.capacity, n if self.export_dynamic_shapes or not torch.is_tensor(n) else int(n))
             return topk_raster(ranked, k), None
-        lo, hi = (tokens_for(c, n) for c in bounds)
+        lo, hi = (0 if c == 0 else tokens_for(c, n) for c in bounds)  # a min of 0: an image may want none
         want = (predicted > self.threshold).sum(1).clamp(lo, hi)  # (B,) tokens each image asks for
         k = int(want.max())
+        if k == 0:  # no image wants a token: the block's routed work is skipped (`routes_nothing`)
+            return scores.new_zeros(scores.shape[0], 0, dtype=torch.long), None
         top = ranked.topk(k, dim=1).indices  # best first, so the first want[b] are image b's own
         valid = torch.arange(k, device=scores.device) < want[:, None]
         index, order = top.sort(dim=1)
@@ -245,7 +248,7 @@ class TokenRouter(nn.Module):
         `layers` are the block's transformer layers, for token reuse across video frames (nn/reuse.py): under an active
         `TokenReuse`, only the routed tokens whose input changed are computed."""
         decision = self.decide(x, grid)
-        if decision is None:
+        if routes_nothing(decision, self):
             return x
         if reuses_tokens(self):
             if not layers or inputs is not None:
@@ -265,7 +268,7 @@ class TokenRouter(nn.Module):
         (B, K) index, gives what `update` reads instead of the features' rows (their neighbourhoods, say); `owned` as
         in `route_tokens`. With `readout` (see `decide`) and `read`, `features` give only their shape."""
         decision = self.decide(features, grid, readout)
-        if decision is None:
+        if routes_nothing(decision, self):
             return base
         if reuses_tokens(self):
             gate = decision.scores.sigmoid() if self.gate == "sigmoid" else None
@@ -275,6 +278,12 @@ class TokenRouter(nn.Module):
             return out
         return route_tokens(base, decision.index, update, decision.gate, decision.valid, read or features, delta=True,
                             owned=owned)
+
+
+def routes_nothing(decision: Decision | None, router: TokenRouter) -> bool:
+    """Whether a block call has no routed work: the "none" policy, or a per-image budget under which no image of the
+    batch wanted a token (an empty scene). Under token reuse the call still runs, which keeps its cache in step."""
+    return decision is None or (decision.index.shape[1] == 0 and not reuses_tokens(router))
 
 
 class RoutedBlock(Block):
