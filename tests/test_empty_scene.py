@@ -150,3 +150,21 @@ def test_the_eager_fast_path_of_the_model_equals_its_plain_path(model):
     finally:
         set_routing(model, threshold=0.0)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-3)
+
+
+def test_results_csv_columns_stay_the_same_when_a_block_processed_nothing():
+    """The trainer writes results.csv's header once: a validation where a block processed no token (an empty budget)
+    must give the same routing columns as one where it did, its undefined lift and padding share as 0."""
+    from mod_vision.engine.val import RoutedDetMetrics
+
+    def columns(lift, share):
+        m = RoutedDetMetrics()
+        m.token_share = 0.0 if lift is None else 0.2
+        m.routing = {"all": [{"object_lift": lift, "object_recall": 0.0 if lift is None else 0.9,
+                              "padding_share": share}] * 2}
+        return m.routing_results
+
+    empty, busy = columns(None, None), columns(2.5, 0.1)
+    assert list(empty) == list(busy) == ["routing/token_share"] + [
+        f"routing/{k}_b{j}" for j in range(2) for k in ("object_lift", "object_recall", "padding_share")]
+    assert empty["routing/object_lift_b1"] == 0.0 and busy["routing/object_lift_b1"] == 2.5

@@ -54,11 +54,13 @@ class RoutedDetMetrics(DetMetrics):
     @property
     def routing_results(self) -> dict[str, float]:
         """The routing columns of results.csv: `routing/token_share` and, per routed block j over all images,
-        `routing/object_lift_b<j>`, `routing/object_recall_b<j>`, `routing/padding_share_b<j>`; an undefined value is
-        left out, never NaN."""
+        `routing/object_lift_b<j>`, `routing/object_recall_b<j>`, `routing/padding_share_b<j>`. An undefined value
+        (a block that processed no token, as a per-image budget with a min of 0 allows; data with no object) is 0,
+        never NaN, and never left out: the trainer writes results.csv's header at its first epoch, so every epoch must
+        give the same columns."""
         out = {} if self.token_share is None else {"routing/token_share": self.token_share}
         for j, block in enumerate(self.routing.get("all", [])):
-            out.update({f"routing/{k}_b{j}": v for k, v in block.items() if v is not None})
+            out.update({f"routing/{k}_b{j}": 0.0 if v is None else v for k, v in block.items()})
         return out
 
     @property
