@@ -335,7 +335,10 @@ def neighbourhoods(x: torch.Tensor, index: torch.Tensor, pixel_major: bool = Fal
     at = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).flatten(2)
     if pixel_major:
         nbh = pixel_rows(x, at, pixel_major=True).view(b, index.shape[1], 9, c)
-        return nbh.masked_fill_(~inside[..., None], 0).view(b, index.shape[1], 9 * c)
+        edge = ~inside.all(-1)  # (B, K) the neighbourhoods that cross the border: few, so only theirs are zeroed
+        if edge.any():
+            nbh[edge] = nbh[edge].masked_fill_(~inside[edge][..., None], 0)
+        return nbh.view(b, index.shape[1], 9 * c)
     nbh = pixel_rows(x, at).view(b, index.shape[1], c, 9)
     return nbh.masked_fill(~inside[:, :, None], 0).view(b, index.shape[1], c * 9)
 
