@@ -34,6 +34,18 @@ def test_pixel_extremes_are_each_8x8_cells_channel_max_and_min_with_a_zero_borde
     assert torch.equal(traced(img), hi)
 
 
+def test_pixel_extremes_and_fill_are_the_same_on_a_channels_last_input():
+    from mod_vision.nn.routing.padding import LETTERBOX_FILL
+
+    img = torch.rand(2, 3, 100, 84, generator=torch.Generator().manual_seed(0))
+    img[:, :, :21] = LETTERBOX_FILL  # a letterbox band that ends inside a cell row: cells of mixed fill
+    img[1, :, 40:56, 8:24] = 0.25  # one-colour cells
+    plain = pixel_extremes(img)
+    assert 0 < float(plain[2][:, 0, 2].min()) < 1  # the band's last cell row is part fill
+    for a, b in zip(plain, pixel_extremes(img.contiguous(memory_format=CL))):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("h,w", [(5, 6), (1, 7), (4, 1)])
 def test_neighbourhoods_are_the_unfolded_3x3_input_of_the_tokens_asked_for_in_eager_and_traced_graphs(h, w):
     torch.manual_seed(0)
@@ -168,3 +180,31 @@ def test_token_reuse_of_a_channels_last_merge_recomputes_only_moved_patches():
     with torch.no_grad():
         assert torch.allclose(out, down(moved), atol=1e-5)
     assert computed == [16, 0, 1]
+
+
+def test_the_predictor_hands_a_routed_model_its_input_channels_last_with_ultralytics_values(monkeypatch):
+    import cv2
+    from ultralytics.models.yolo.detect import DetectionPredictor
+    from ultralytics.utils import ASSETS
+
+    from mod_vision import MoDYOLO
+    from mod_vision.engine.predict import MoDDetectionPredictor
+
+    model = MoDYOLO("modnext-det-n.yaml")
+    seen = []
+    hook = model.model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    try:
+        ours = model.predict(ASSETS / "bus.jpg", imgsz=160, conf=0.0, verbose=False)[0]
+        image = cv2.imread(str(ASSETS / "bus.jpg"))
+        made = model.predictor.preprocess([image])
+        theirs = DetectionPredictor.preprocess(model.predictor, [image])
+        assert made.is_contiguous(memory_format=CL) and not theirs.is_contiguous(memory_format=CL)
+        assert torch.equal(made, theirs)
+        assert seen[-1].is_contiguous(memory_format=CL)  # the forward got it so: no copy into that layout
+        monkeypatch.setattr(MoDDetectionPredictor, "preprocess", DetectionPredictor.preprocess)  # Ultralytics' own
+        plain = model.predict(ASSETS / "bus.jpg", imgsz=160, conf=0.0, verbose=False)[0]
+    finally:
+        hook.remove()
+    assert not seen[-1].is_contiguous(memory_format=CL)
+    assert len(ours.boxes) > 0
+    torch.testing.assert_close(ours.boxes.data, plain.boxes.data)

@@ -3,9 +3,10 @@
 Each frame is letterboxed as the predictor letterboxes it and run through the model's forward at batch 1 with the
 model's default routing (a checkpoint keeps the budget it was trained with: per image for modnext-det), every frame and
 model timed round-robin in one run. Frames: `flat` (one grey), `sparse` (two small shapes on a flat field), `busy`
-(40 shapes on a photograph). YOLO11n has random weights: its forward does not depend on them. Our models take their
-input channels-last in eager inference (RoutedModelMixin.predict); YOLO11n is timed as Ultralytics runs it (the plain
-layout) and, for a like-for-like figure, on the same input made channels-last (the conversion timed with it).
+(40 shapes on a photograph). YOLO11n has random weights: its forward does not depend on them. Each model gets the
+input its predictor makes: ours channels-last (mod_vision's predictor makes the float image so, straight from the
+decoded pixels), YOLO11n the plain layout, as Ultralytics runs it, and, for a like-for-like figure, the same
+channels-last input.
 
     python tools/frame_cost.py runs/.../best.pt --imgsz 640 1280 --threads 2 --runs 7 --out docs/routing_carries/frame_cost.md
 """
@@ -103,26 +104,27 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
     rows, parts_rows = [], []
     for size in imgsz:
         inputs = {k: letterboxed(v, size) for k, v in frames().items()}
+        cl = {k: x.contiguous(memory_format=torch.channels_last) for k, x in inputs.items()}  # as our predictor makes it
         shares = {}
         with torch.inference_mode():
-            for k, x in inputs.items():
+            for k, x in cl.items():
                 for key, model in (("ours", ours), ("other", other)):
                     if model is not None:
                         with record_routing() as rec:
                             model(x)
                         shares[key, k] = float(rec.token_share()[0]) if len(rec) else None
-            for x in inputs.values():  # warm-up
-                ours(x), peer(x), peer(x.contiguous(memory_format=torch.channels_last))
+            for k, x in inputs.items():  # warm-up
+                ours(cl[k]), peer(x), peer(cl[k])
                 if other is not None:
-                    other(x)
+                    other(cl[k])
             times = defaultdict(list)
             for _ in range(runs):  # round-robin: every (model, frame) once per round
                 for k, x in inputs.items():
-                    times[("ours", k)].append(timed(lambda: ours(x), 1))
+                    times[("ours", k)].append(timed(lambda: ours(cl[k]), 1))
                     times[("yolo", k)].append(timed(lambda: peer(x), 1))
-                    times[("yolo-cl", k)].append(timed(lambda: peer(x.contiguous(memory_format=torch.channels_last)), 1))
+                    times[("yolo-cl", k)].append(timed(lambda: peer(cl[k]), 1))
                     if other is not None:
-                        times[("other", k)].append(timed(lambda: other(x), 1))
+                        times[("other", k)].append(timed(lambda: other(cl[k]), 1))
         ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
         for k in inputs:
             share = shares["ours", k]
@@ -138,7 +140,7 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
                                  "ms (against)": f"{ms[('other', k)]:.1f}",
                                  "vs busy (against)": f"{ms[('other', k)] / ms[('other', 'busy')]:.2f}",
                                  "speed vs against": f"{ms[('other', k)] / ms[('ours', k)]:.2f}x"})  # fmt: skip
-        parts_rows.append(flat_profile(ours, inputs["flat"], size, runs, ms[("ours", "flat")]))
+        parts_rows.append(flat_profile(ours, cl["flat"], size, runs, ms[("ours", "flat")]))
     return rows, parts_rows
 
 

@@ -95,6 +95,21 @@ class RoutedPredictorMixin:
             )
         return TokenReuse(self.args.reuse_threshold, self.args.reuse_refresh, self.args.reuse_max_change)
 
+    def preprocess(self, im):
+        """Ultralytics' preprocessing, except that for a routed PyTorch model the float image is made channels-last
+        straight from the decoded pixels (which are channels-last already): the layout the model runs in eager
+        inference (RoutedModelMixin.predict), so no forward copies the input into it. Ultralytics lays the pixels out
+        channel-first here; the model then copied them back, several ms of an empty frame's forward at 1280."""
+        if isinstance(im, torch.Tensor) or self.exported or not routed_blocks(self.model):
+            return super().preprocess(im)
+        im = self.pre_transform(im)
+        im = torch.from_numpy(im[0]).unsqueeze(0) if len(im) == 1 else torch.from_numpy(np.stack(im))
+        im = im.to(self.device)
+        if im.shape[-1] == 3:
+            im = im.flip(-1)  # BGR to RGB
+        im = (im.half() if self.model.fp16 else im.float()).div_(255)
+        return im.permute(0, 3, 1, 2)  # (n, 3, h, w), channels-last memory
+
     def inference(self, im, *args, **kwargs):
         cache = getattr(self, "token_cache", None)
         if self.exported or not routed_blocks(self.model):

@@ -90,9 +90,16 @@ def pixel_extremes(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
         image = nn.functional.pad(image, (0, pw, 0, ph))
     gh, gw = (h + ph) // BASE_CELL, (w + pw) // BASE_CELL
     shape = (-1, gh, BASE_CELL, gw, BASE_CELL)  # rank 5 (batch and channels merged): CoreML allows no more
-    rows = image.reshape(-1, gh, BASE_CELL, gw * BASE_CELL)  # each cell row's 8 image rows
-    hi = rows.amax(2).view(-1, gh, gw, BASE_CELL).amax(3).reshape(b, c, gh, gw)
-    lo = rows.amin(2).view(-1, gh, gw, BASE_CELL).amin(3).reshape(b, c, gh, gw)
+    if not tracing() and c > 1 and image.is_contiguous(memory_format=torch.channels_last):
+        # the same reductions on the pixel rows of a channels-last input (what mod_vision's predictor hands the model),
+        # without a copy of it in the plain layout
+        rows = image.permute(0, 2, 3, 1).reshape(b, gh, BASE_CELL, gw * BASE_CELL * c)
+        hi = rows.amax(2).view(b, gh, gw, BASE_CELL, c).amax(3).permute(0, 3, 1, 2)
+        lo = rows.amin(2).view(b, gh, gw, BASE_CELL, c).amin(3).permute(0, 3, 1, 2)
+    else:
+        rows = image.reshape(-1, gh, BASE_CELL, gw * BASE_CELL)  # each cell row's 8 image rows
+        hi = rows.amax(2).view(-1, gh, gw, BASE_CELL).amax(3).reshape(b, c, gh, gw)
+        lo = rows.amin(2).view(-1, gh, gw, BASE_CELL).amin(3).reshape(b, c, gh, gw)
     if tracing():  # an exported graph has no data-dependent shapes
         fill = (pixel_fill(image).to(image.dtype).reshape(shape)).mean(4).mean(2).reshape(b, 1, gh, gw)
     else:
@@ -120,7 +127,7 @@ def fill_share(image: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor) -> torch
     mixed = ~every & ~none
     if mixed.any():
         b, c, gh, gw = hi.shape
-        cells = image[..., : gh * BASE_CELL, : gw * BASE_CELL].reshape(b, c, gh, BASE_CELL, gw, BASE_CELL)
+        cells = image[..., : gh * BASE_CELL, : gw * BASE_CELL].unflatten(3, (gw, BASE_CELL)).unflatten(2, (gh, BASE_CELL))
         pixels = cells.permute(0, 2, 4, 1, 3, 5)[mixed]  # (M, C, 8, 8) the mixed cells' pixels
         fill[mixed] = pixel_fill(pixels).flatten(1).sum(1).to(image.dtype) / BASE_CELL**2
     return fill.unsqueeze(1)
