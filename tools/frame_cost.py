@@ -144,6 +144,30 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
     return rows, parts_rows
 
 
+def preprocess_costs(weights: str, imgsz: list[int], runs: int, yolo: str = "yolo11n.yaml") -> list[dict]:
+    """ms to make the busy frame's input, by each predictor's own `preprocess` (letterbox, layout, float), round-robin:
+    ours makes it channels-last, Ultralytics' channel-first; the forward times above start from these inputs."""
+    from ultralytics import YOLO
+
+    from mod_vision import MoDYOLO
+
+    image = frames()["busy"]
+    rows = []
+    for size in imgsz:
+        predictors = {}
+        for name, model in (("ours", MoDYOLO(weights)), ("YOLO11n", YOLO(yolo))):
+            model.predict(image, imgsz=size, verbose=False)  # sets the predictor up at this size
+            predictors[name] = model.predictor
+        times = defaultdict(list)
+        for _ in range(runs):
+            for name, predictor in predictors.items():
+                times[name].append(timed(lambda: predictor.preprocess([image]), 1))
+        row = {"imgsz": size, "input": "x".join(map(str, predictors["ours"].preprocess([image]).shape[2:]))}
+        row.update({f"preprocess ms ({k})": f"{1000 * statistics.median(v):.2f}" for k, v in times.items()})
+        rows.append(row)
+    return rows
+
+
 def flat_profile(model, x: torch.Tensor, size: int, runs: int, total_ms: float) -> dict:
     """ms per part of a flat frame's forward (forward hooks; a part's time includes what it calls), and per top-level
     layer (`L<i> <type>`)."""
@@ -205,6 +229,8 @@ def main(argv=None) -> Path | None:
     a = p.parse_args(argv)
     rows, parts = measure(a.weights, a.imgsz, a.threads, a.runs, dynamic=a.dynamic, threshold=a.threshold,
                           against=a.against)
+    torch.set_num_threads(a.threads)
+    pre = preprocess_costs(a.weights, a.imgsz, a.runs)
     command = "python tools/frame_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
     by_part = [{k: v for k, v in r.items() if not k.startswith("L")} for r in parts]
     by_layer = [{k: v for k, v in r.items() if k == "imgsz" or k.startswith("L")} for r in parts]
@@ -212,7 +238,9 @@ def main(argv=None) -> Path | None:
                       "Where a flat frame's time goes (ms; forward hooks, a part includes what it calls):", "",
                       markdown_table(by_part, list(dict.fromkeys(k for r in by_part for k in r))), "",
                       "The same, per top-level layer (L<index> <type>):", "",
-                      markdown_table(by_layer, list(dict.fromkeys(k for r in by_layer for k in r)))])  # fmt: skip
+                      markdown_table(by_layer, list(dict.fromkeys(k for r in by_layer for k in r))), "",
+                      "What each predictor's preprocessing of the busy frame costs (the input the forwards start from):",
+                      "", markdown_table(pre, list(pre[0]))])  # fmt: skip
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
