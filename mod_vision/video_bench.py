@@ -53,3 +53,21 @@ def profile(yolo, video: Path, imgsz: int, threshold: float | None = None, **kw)
             h.remove()
     total = sum(spent.values())
     return {k: v / total for k, v in sorted(spent.items())}
+
+
+PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::_scaled_dot_product_flash_attention_for_cpu")
+
+
+def op_split(yolo, video: Path, imgsz: int, threshold: float | None = None, **kw) -> dict[str, float]:
+    """ms per frame of one clip pass (`run_clip`'s settings) spent in matrix products (what routing and reuse skip:
+    the routed tokens' heavy work) and in every other operator (torch.profiler's self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    run_clip(yolo, video, imgsz, threshold, **kw)  # sets up the predictor (fused model), unprofiled
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        frames = len(run_clip(yolo, video, imgsz, threshold, **kw))
+    ops = prof.key_averages()
+    products = sum(e.self_cpu_time_total for e in ops if e.key in PRODUCTS) / 1000 / frames
+    total = sum(e.self_cpu_time_total for e in ops) / 1000 / frames
+    return {"matrix products ms": products, "other operators ms": total - products}
+

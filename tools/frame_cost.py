@@ -104,7 +104,8 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
     rows, parts_rows = [], []
     for size in imgsz:
         inputs = {k: letterboxed(v, size) for k, v in frames().items()}
-        cl = {k: x.contiguous(memory_format=torch.channels_last) for k, x in inputs.items()}  # as our predictor makes it
+        # our input as our predictor makes it
+        cl = {k: x.contiguous(memory_format=torch.channels_last) for k, x in inputs.items()}
         shares = {}
         with torch.inference_mode():
             for k, x in cl.items():
@@ -239,7 +240,8 @@ def main(argv=None) -> Path | None:
                       markdown_table(by_part, list(dict.fromkeys(k for r in by_part for k in r))), "",
                       "The same, per top-level layer (L<index> <type>):", "",
                       markdown_table(by_layer, list(dict.fromkeys(k for r in by_layer for k in r))), "",
-                      "What each predictor's preprocessing of the busy frame costs (the input the forwards start from):",
+                      "What each predictor's preprocessing of the busy frame costs (the inputs the forwards start "
+                      "from):",
                       "", markdown_table(pre, list(pre[0]))])  # fmt: skip
     print(text)
     if a.out:

@@ -7,7 +7,8 @@ median and p90 over all frames of all repetitions), the token share (routed-bloc
 against the clip's ground truth, and the agreement with per-frame predict (the share of per-frame detections at
 conf >= 0.25 that have a reuse detection of the same class with box IoU >= 0.7). Configurations run round-robin, one
 clip pass each, `--reps` times. With `--profile`, each model's forward time is also split by layer kind (routed or
-attention layers against the dense convolutions and the head), without reuse and at the first reuse threshold.
+attention layers against the dense convolutions and the head) and, per frame, into matrix products (the routed tokens'
+heavy work, which reuse skips) and every other operator, without reuse and at the first reuse threshold.
 
 Usage:
     python tools/video_reuse.py --weights runs/video/hybrid11-e40/weights/best.pt --imgsz 640 --name v1
@@ -29,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mod_vision.report import markdown_table, write_csv  # noqa: E402
-from mod_vision.video_bench import PER_FRAME, profile, run_clip  # noqa: E402
+from mod_vision.video_bench import PER_FRAME, op_split, profile, run_clip  # noqa: E402
 
 AGREE_CONF, AGREE_IOU = 0.25, 0.7
 
@@ -156,8 +157,9 @@ def main(argv=None) -> Path:
         for mname, model in models.items():
             for thr in (None, args.thresholds[0]):
                 shares = profile(model, clips[0][1], args.imgsz, thr, capacity=args.capacity, refresh=args.refresh)
+                ops = op_split(model, clips[0][1], args.imgsz, thr, capacity=args.capacity, refresh=args.refresh)
                 profiles.append({"model": mname, "reuse_threshold": PER_FRAME if thr is None else thr,
-                                 **{f"{k} share": v for k, v in shares.items()}})  # fmt: skip
+                                 **{f"{k} share": v for k, v in shares.items()}, **ops})  # fmt: skip
     report = [
         "# Token reuse against per-frame predict",
         "",
@@ -173,7 +175,9 @@ def main(argv=None) -> Path:
         markdown_table(rows, columns, floatfmt=fmt),
     ]
     if profiles:
-        report += ["", "Forward time by layer kind (forward hooks on the top-level layers, first clip):", "",
+        report += ["", "Forward time by layer kind (forward hooks on the top-level layers, first clip), and per "
+                   "frame by operator (torch.profiler's self CPU time, a second pass; the profiler adds its own "
+                   "overhead):", "",
                    markdown_table(profiles, floatfmt=".2f")]  # fmt: skip
     (out / "results.md").write_text("\n".join(report) + "\n")
     plot(rows, out / "reuse_threshold.png")

@@ -127,7 +127,8 @@ def fill_share(image: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor) -> torch
     mixed = ~every & ~none
     if mixed.any():
         b, c, gh, gw = hi.shape
-        cells = image[..., : gh * BASE_CELL, : gw * BASE_CELL].unflatten(3, (gw, BASE_CELL)).unflatten(2, (gh, BASE_CELL))
+        cells = image[..., : gh * BASE_CELL, : gw * BASE_CELL]
+        cells = cells.unflatten(3, (gw, BASE_CELL)).unflatten(2, (gh, BASE_CELL))  # views, of either layout
         pixels = cells.permute(0, 2, 4, 1, 3, 5)[mixed]  # (M, C, 8, 8) the mixed cells' pixels
         fill[mixed] = pixel_fill(pixels).flatten(1).sum(1).to(image.dtype) / BASE_CELL**2
     return fill.unsqueeze(1)
