@@ -103,12 +103,11 @@ class RoutedPredictorMixin:
         if isinstance(im, torch.Tensor) or self.exported or not routed_blocks(self.model):
             return super().preprocess(im)
         # BGR to RGB by OpenCV on the pixels: torch's flip of a 3-wide innermost dimension is several times slower
-        im = [cv2.cvtColor(x, cv2.COLOR_BGR2RGB) if x.ndim == 3 and x.shape[-1] == 3 else x
-              for x in self.pre_transform(im)]
+        # (pre_transform's letterbox gives every image a channel axis, one-channel ones too)
+        im = [cv2.cvtColor(x, cv2.COLOR_BGR2RGB) if x.shape[-1] == 3 else x for x in self.pre_transform(im)]
         im = torch.from_numpy(im[0]).unsqueeze(0) if len(im) == 1 else torch.from_numpy(np.stack(im))
-        if im.ndim == 3:  # one-channel images
-            im = im.unsqueeze(-1)
-        im = (im.to(self.device).half() if self.model.fp16 else im.to(self.device).float()).div_(255)
+        im = im.to(self.device)
+        im = (im.half() if self.model.fp16 else im.float()).div_(255)
         return im.permute(0, 3, 1, 2)  # (n, c, h, w), channels-last memory
 
     def inference(self, im, *args, **kwargs):
