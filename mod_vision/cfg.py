@@ -26,6 +26,14 @@ EXTRA_ARGS = {
     "capacity_range": None,
     # (int) epochs over which training capacity ramps linearly from 1.0 (dense) down to its target
     "capacity_warmup": 0,
+    # (float) share of training batches run at capacity 1.0 (every token routed), the others at the capacity drawn from
+    # capacity_range (or the model's own): the sandwich rule's full network, so the shared weights also learn as the
+    # dense twin does. 0: none
+    "capacity_full_share": 0.0,
+    # (float) weight of inplace distillation: a batch trained below capacity 1.0 also learns the detections of the same
+    # model at capacity 1.0 on that batch (class probabilities and box distributions; a forward without grad, the
+    # sandwich rule's teacher). 0: off
+    "capacity_distill": 0.0,
     # ([min, max] | None) per-image training: each routed block trains on the tokens its object predictor finds in
     # each image, clamped to these capacities, as dynamic mode runs at val/predict, so the model learns in the regime it
     # runs in; needs router_aux > 0 (the predictor's training). None: static (or elastic) top-k
@@ -97,11 +105,13 @@ NUMBER_KEYS = {  # a number >= 0
     "capacity_warmup": "epochs of the ramp from dense; 0: none",
     "router_aux": "weight of the predictors' auxiliary loss; 0: off",
     "router_rank": "weight of the scorers' ranking loss; 0: off",
+    "capacity_distill": "weight of the distillation from capacity 1.0; 0: off",
     "router_lr_mult": "learning rate relative to lr0",
     "predictor_lr_mult": "learning rate relative to lr0",
 }
 OPTIONAL_KEYS = frozenset({"router_lr_mult", "predictor_lr_mult"})  # None too: as 1, the parameters keep their groups
-FINITE_KEYS = {"router_rank": "weight of the ranking loss"}  # nan and inf refused too: the loss would be nan
+FINITE_KEYS = {"router_rank": "weight of the ranking loss", "capacity_distill": "weight of the distillation"}  # nan and inf refused too: the loss would be nan
+SHARE_KEYS = {"capacity_full_share": "share of batches trained at capacity 1.0"}  # a number in [0, 1]
 INT_KEYS = {  # an int >= 0
     "router_rank_dilate": "token cells the object targets grow by; 0: none",
     "heatmap_period": "epochs between routing heatmaps; 0: only at the end",
@@ -125,6 +135,12 @@ def check_number(value, key: str, integer: bool = False):
         raise ValueError(f"{key} must be {kind} >= 0 ({what}), got {value!r}")
     if key in FINITE_KEYS and (value != value or value == float("inf")):
         raise ValueError(f"{key} must be a finite number >= 0 ({FINITE_KEYS[key]}), got {value!r}")
+    return value
+
+
+def check_share(value, key: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError(f"{key} must be a number in [0, 1] ({SHARE_KEYS[key]}), got {value!r}")
     return value
 
 
@@ -212,6 +228,7 @@ KEY_CHECKS = (  # each key set and the one check its keys go through
     (CAPACITY_KEYS, check_capacity_arg),
     (BOUNDS_KEYS, check_bounds),
     (NUMBER_KEYS, check_number),
+    (SHARE_KEYS, check_share),
     (INT_KEYS, check_int),
     (BOOL_KEYS, check_bool),
     (CHOICE_KEYS, check_choice),

@@ -41,6 +41,17 @@ def test_capacity_warmup_ramps_down_from_dense(sample_yaml, runs):
 
 
 @pytest.mark.slow  # trains
+def test_capacity_full_share_trains_that_share_of_batches_dense(sample_yaml, runs):
+    _, seen = _train_recording(sample_yaml, runs, "full-share", capacity_range=[0.2, 0.8], capacity_full_share=0.5)
+    firsts = [caps[0] for caps in seen]
+    assert len(firsts) == 6 and all(caps == [caps[0]] * len(caps) for caps in seen)
+    assert all(c == 1.0 or 0.2 <= c <= 0.8 for c in firsts)
+    assert 0 < firsts.count(1.0) < 6  # seed 0 draws 1.0 for some batches, a range capacity for the others
+    _, dense = _train_recording(sample_yaml, runs, "full-share-1", capacity_range=[0.2, 0.8], capacity_full_share=1.0)
+    assert [caps[0] for caps in dense] == [1.0] * 6
+
+
+@pytest.mark.slow  # trains
 def test_router_aux_loss_is_trained_and_logged(sample_yaml, runs):
     import torch
 
@@ -117,7 +128,9 @@ def test_dynamic_training_picks_each_images_k_within_bounds(sample_yaml, runs, m
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"capacity_range": [0.25, 1.0]}, "chooses k per image; capacity_range and capacity_warmup choose it per batch"),
+    ({"capacity_range": [0.25, 1.0]}, "chooses k per image; capacity_range, capacity_warmup, capacity_full_share and capacity_distill"),
+    ({"capacity_full_share": 0.5}, "work per batch: give one"),
+    ({"capacity_distill": 1.0}, "work per batch: give one"),
     ({"router_aux": 0}, "needs router_aux > 0"),
     ({}, r"dynamic_training must be \[min, max\]"),
 ])

@@ -165,6 +165,7 @@ def test_every_mod_vision_key_is_in_exactly_one_typed_key_set():
     [("CAPACITY_KEYS", 2, r"^{key}=2 is not valid: "),
      ("BOUNDS_KEYS", [0.5, 0.1], r"^{key} min 0.5 is above max 0.1$"),
      ("NUMBER_KEYS", -1, r"^{key} must be a number >= 0 \(.+\), got -1$"),
+     ("SHARE_KEYS", 1.5, r"^{key} must be a number in \[0, 1\] \(.+\), got 1.5$"),
      ("INT_KEYS", 1.5, r"^{key} must be an int >= 0 \(.+\), got 1.5$"),
      ("BOOL_KEYS", "yes", r"^{key} must be True or False, got 'yes'$"),
      ("CHOICE_KEYS", "x", r"^{key} must be .+, got 'x'$"),

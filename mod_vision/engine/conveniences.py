@@ -42,6 +42,7 @@ PLOTTED_AS = {
     "val/router_aux": "val/router_aux (loss)",
     "train/router_rank": "train/router_rank (loss)",
     "val/router_rank": "val/router_rank (loss)",
+    "train/distill": "train/distill (loss)",
 }
 
 

@@ -29,10 +29,10 @@ def per_image_training(args) -> tuple[float, float] | None:
     bounds = check_bounds(getattr(args, "dynamic_training", None), "dynamic_training")
     if bounds is None:
         return None
-    if args.capacity_range or args.capacity_warmup:
+    if args.capacity_range or args.capacity_warmup or args.capacity_full_share or args.capacity_distill:
         raise ValueError(
-            f"dynamic_training={list(bounds)} chooses k per image; capacity_range and capacity_warmup choose it per "
-            f"batch: give one"
+            f"dynamic_training={list(bounds)} chooses k per image; capacity_range, capacity_warmup, "
+            f"capacity_full_share and capacity_distill work per batch: give one"
         )
     if not args.router_aux:
         raise ValueError(
@@ -111,7 +111,7 @@ class MoDDetectionTrainer(TrainerConveniences, DetectionTrainer):
 
     def set_training_capacity(self) -> None:
         """Capacity for this batch (run by the `on_train_batch_start` callback): elastic (drawn from capacity_range) or
-        the model's own, ramped from dense during capacity_warmup epochs. The EMA, and so validation and the saved
+        the model's own, ramped from dense during capacity_warmup epochs; 1.0 for a capacity_full_share of the batches. The EMA, and so validation and the saved
         checkpoint, keep the model's own capacity."""
         model = unwrap_model(self.model)
         if not hasattr(self, "_target_capacities"):
@@ -134,6 +134,9 @@ class MoDDetectionTrainer(TrainerConveniences, DetectionTrainer):
         if warmup > 0:
             done = min(1.0, (self.epoch + self._batch_in_epoch / max(len(self.train_loader), 1)) / warmup)
             caps = [1.0 - done * (1.0 - c) for c in caps]
+        share = self.args.capacity_full_share
+        if share and self._capacity_rng.random() < share:
+            caps = [1.0] * len(caps)
         # The training model alone (the EMA is a copy made before the first batch). dynamic= keeps its dynamic mode,
         # which a capacity alone would end: a router in training never reads it, but this stays a capacity change
         set_routing(model, capacity=caps, dynamic=dynamic_bounds(model))

@@ -34,12 +34,14 @@ from .routing import (
     LETTERBOX_FILL,
     ROUTER_KEYWORDS,
     TokenRouter,
+    capacity_distill_loss,
     record_routing,
     routed_blocks,
     router_aux_loss,
     router_rank_loss,
     router_spec,
     routing_input,
+    routing_kept,
     set_routing,
 )
 from .routing.mechanism import tracing
@@ -270,9 +272,11 @@ class RoutedModelMixin:
         if detach:  # each scorer's input, in call order (one scorer call per recorded block)
             hooks = [r.scorer.register_forward_hook(lambda m, i, o: seen.append((m, i[0])))
                      for r in self.routed_blocks() if r.scorer is not None]  # routers that decide
+        teacher = self.full_capacity_outputs(batch["img"]) if preds is None and arg("capacity_distill", 0.0) > 0 else None
         try:
             with record_routing(predictions=preds is None, scores=preds is None) as record:
-                loss, items = super().loss(batch, preds)
+                outputs = self.forward(batch["img"]) if preds is None else preds
+                loss, items = super().loss(batch, outputs)
         finally:
             for h in hooks:
                 h.remove()
@@ -294,10 +298,27 @@ class RoutedModelMixin:
                 rank = next(e.scores for e in record.blocks if e.scores is not None).sum() * 0
             if rank is not None:
                 extra.append((rank_weight, rank, "router_rank"))
+        if preds is None and arg("capacity_distill", 0.0) > 0:  # a column on every batch: 0 where nothing was distilled
+            distill = torch.zeros((), device=loss.device)
+            if teacher is not None:
+                cls, box = capacity_distill_loss(outputs, teacher, self.model[-1].reg_max)
+                distill = arg("cls", 0.5) * cls + arg("dfl", 1.5) * box  # the gains of the class and DFL losses
+            extra.append((arg("capacity_distill", 0.0), distill, "distill"))
         for weight, value, name in extra:
             loss = torch.cat([loss.reshape(-1), (weight * value * bs).reshape(1)])
             items = {**items, name: value.detach()}
         return loss, items
+
+
+    def full_capacity_outputs(self, img: torch.Tensor) -> dict | None:
+        """The training outputs of this model at capacity 1.0, without grad: the teacher of `capacity_distill`. None
+        when the batch already trains at capacity 1.0 (or the model has no routed block): nothing to distill."""
+        routers = self.routed_blocks()
+        if not self.training or not routers or all(r.capacity >= 1.0 for r in routers):
+            return None
+        with torch.no_grad(), routing_kept(self):
+            set_routing(self, capacity=1.0)
+            return self.forward(img)
 
 
 class MoDDetectionModel(RoutedModelMixin, DetectionModel):

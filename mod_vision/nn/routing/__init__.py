@@ -11,7 +11,8 @@
   which reads it from a YAML layer's keywords;
 - controls: a model's routers found, set together by the one setter `set_routing` (capacity, dynamic mode, policy),
   read back (`routing_mode`) or restored;
-- losses: object supervision of the routers (`router_aux_loss`, `router_rank_loss`).
+- losses: object supervision of the routers (`router_aux_loss`, `router_rank_loss`), and the distillation of a
+  low-capacity forward from the full one (`capacity_distill_loss`).
 
 Everything public is importable from here. Checkpoints pickled before the split name the routing modules by this
 package's path (`mod_vision.nn.routing.TokenRouter`, ...): these re-exports are what loads them.
@@ -35,7 +36,15 @@ from .controls import (
     stage_summary,
 )
 from .factory import DENSE, ROUTER_KEYWORDS, RouterSpec, router_spec
-from .losses import RANK_KINDS, box_overlaps, dilate_tokens, object_tokens, router_aux_loss, router_rank_loss
+from .losses import (
+    RANK_KINDS,
+    box_overlaps,
+    capacity_distill_loss,
+    dilate_tokens,
+    object_tokens,
+    router_aux_loss,
+    router_rank_loss,
+)
 from .mechanism import check_capacity, check_floor, route_tokens, tokens_for, topk_raster
 from .padding import (
     BASE_CELL,
@@ -64,7 +73,7 @@ from .scorers import ObjectPredictor, Scorer
 __all__ = [
     "BASE_CELL", "DECISIONS", "DENSE", "DYNAMIC", "GATES", "KEEP", "LETTERBOX_FILL", "RANK_KINDS", "ROUTER_KEYWORDS",
     "STATIC", "BlockRouting", "Decision", "ObjectPredictor", "RoutedBlock", "RouterSpec", "RoutingRecord", "Scorer",
-    "TokenRouter", "active_record", "box_overlaps", "check_capacity", "check_floor", "constant_cells",
+    "TokenRouter", "active_record", "box_overlaps", "capacity_distill_loss", "check_capacity", "check_floor", "constant_cells",
     "current_padding", "dilate_tokens", "dynamic_bounds", "forward_state", "join_images", "levels_from_pixels",
     "native_model", "object_tokens",
     "padding_levels", "pixel_extremes", "record_computed", "record_routing", "route_tokens", "routed_blocks",

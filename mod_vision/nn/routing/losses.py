@@ -141,3 +141,28 @@ def router_rank_loss(
         per_image = (nn.functional.softplus(diff) * pairs).sum((1, 2)) / n.clamp(min=1)
         losses.append(per_image[has].mean())
     return torch.stack(losses).mean() if losses else None
+
+
+def capacity_distill_loss(student: dict, teacher: dict, reg_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inplace distillation (slimmable networks' sandwich rule): a training forward at a capacity below 1 learns the
+    detection outputs of the same model at capacity 1.0, computed on the same batch without grad.
+
+    `student` and `teacher` are Detect's training outputs ({"boxes": (B, 4 * reg_max, A) logits, "scores": (B, nc, A)
+    logits}). Returns (class term, box term):
+    - class: the binary KL divergence of the student's class probabilities from the teacher's, summed, normalised by
+      the teacher's summed probabilities (as Ultralytics normalises its class loss by the target scores' sum);
+    - box: the KL divergence of each side's distance distribution (DFL's bins) from the teacher's, each anchor
+      weighted by the teacher's top class probability, so the background's boxes, which nothing reads, barely count.
+    """
+    t = teacher["scores"].detach().float()
+    s = student["scores"].float()
+    p = t.sigmoid()
+    entropy = nn.functional.binary_cross_entropy_with_logits(t, p, reduction="sum")
+    cls = (nn.functional.binary_cross_entropy_with_logits(s, p, reduction="sum") - entropy) / p.sum().clamp(min=1)
+    b, _, a = s.shape
+    log_t = teacher["boxes"].detach().float().view(b, 4, reg_max, a).log_softmax(2)
+    log_s = student["boxes"].float().view(b, 4, reg_max, a).log_softmax(2)
+    kl = (log_t.exp() * (log_t - log_s)).sum(2).mean(1)  # (B, A)
+    weight = p.amax(1)
+    box = (kl * weight).sum() / weight.sum().clamp(min=1e-6)
+    return cls, box
