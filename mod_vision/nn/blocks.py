@@ -82,9 +82,10 @@ class TokenStage(nn.Module):
         self.blocks = nn.ModuleList(layers)
         self.router = router.make(dim)
 
-    def run(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for blk in self.blocks:
-            t = blk(t, attn_mask)
+    def run(self, t: torch.Tensor, attn_mask: torch.Tensor | None = None, **first) -> torch.Tensor:
+        """The blocks in turn; `first`: keywords for the first block only (the one that reads neighbourhoods)."""
+        for i, blk in enumerate(self.blocks):
+            t = blk(t, attn_mask, **first) if i == 0 and first else blk(t, attn_mask)
         return t
 
     def position_mixed(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,11 +211,7 @@ class MoDNeXt(TokenStage):
         fast = eager_layout(mixed)  # pixel-major neighbourhoods: no transposing copy of the rows read
 
         def update(nbh: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-            first, *rest = self.blocks
-            out = first(nbh, attn_mask, pixel_major=fast)
-            for blk in rest:
-                out = blk(out, attn_mask)
-            return out - centre(nbh, fast)
+            return self.run(nbh, attn_mask, pixel_major=fast) - centre(nbh, fast)
 
         def read(index: torch.Tensor) -> torch.Tensor:
             return neighbourhoods(mixed, index, fast)
