@@ -25,13 +25,14 @@ def run_clip(model, video: Path, imgsz: int, threshold: float | None = None, cap
 
 
 def layer_kinds(model) -> dict[int, str]:
-    """Top-level layer index -> 'attention' (routed or token layers), 'head' or 'conv'."""
-    from mod_vision.nn.blocks import MoDA2C2f
-    from mod_vision.nn.vit import MoDViTStage
+    """Top-level layer index -> 'head' (the last layer), 'routed' (a layer that holds routers: the only work token
+    reuse can skip) or 'dense'."""
+    from mod_vision.nn.routing import TokenRouter
 
     kinds = {}
     for m in model.model:
-        kinds[m.i] = "attention" if isinstance(m, (MoDA2C2f, MoDViTStage)) else "head" if m is model.model[-1] else "conv"
+        routed = any(isinstance(x, TokenRouter) for x in m.modules())
+        kinds[m.i] = "head" if m is model.model[-1] else "routed" if routed else "dense"
     return kinds
 
 
@@ -58,12 +59,15 @@ def profile(yolo, video: Path, imgsz: int, threshold: float | None = None, **kw)
 PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::_scaled_dot_product_flash_attention_for_cpu")
 
 
-def op_split(yolo, video: Path, imgsz: int, threshold: float | None = None, **kw) -> dict[str, float]:
+def op_split(yolo, video: Path, imgsz: int, threshold: float | None = None, set_up: bool = True, **kw) -> dict[str, float]:
     """ms per frame of one clip pass (`run_clip`'s settings) spent in matrix products (what routing and reuse skip:
-    the routed tokens' heavy work) and in every other operator (torch.profiler's self CPU time)."""
+    the routed tokens' heavy work) and in every other operator (torch.profiler's self CPU time). `set_up=False` when
+    a pass with the same settings has just run (`profile`): the predictor is then ready, and no unprofiled pass is
+    needed."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    run_clip(yolo, video, imgsz, threshold, **kw)  # sets up the predictor (fused model), unprofiled
+    if set_up:
+        run_clip(yolo, video, imgsz, threshold, **kw)  # sets up the predictor (fused model), unprofiled
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         frames = len(run_clip(yolo, video, imgsz, threshold, **kw))
     ops = prof.key_averages()

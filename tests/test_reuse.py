@@ -360,28 +360,28 @@ def test_video_reuse_tool_reports_per_frame_and_reuse_rows(det_run, tmp_path):
         assert float(base["fewer tokens"]) == 1.0 and float(base["AP - per-frame"]) == 0.0
         assert float(high["token share"]) <= float(low["token share"]) < float(base["token share"])  # monotonic
     text = (out / "results.md").read_text()
-    assert "tools/video_reuse.py --weights" in text and "attention share" in text
+    assert "tools/video_reuse.py --weights" in text and "routed share" in text
     assert (out / "reuse_threshold.png").stat().st_size > 0 and len(list((out / "clips").glob("*.json"))) == 2
 
 
 def test_reuse_bound_tool_bound_of_a_known_split(tmp_path, monkeypatch):
-    """With the attention layers at 3/4 of the frame time, reuse can make the forward at most 4x faster (the rest runs
+    """With the routed layers at 3/4 of the frame time, reuse can make the forward at most 4x faster (the rest runs
     in full); at 1/2, 2x."""
     from mod_vision import video_bench
     from tests.test_dynamic_tools import _tool
 
-    splits = iter([{"attention": 0.75, "conv": 0.2, "head": 0.05}, {"attention": 0.5, "conv": 0.4, "head": 0.1}])
+    splits = iter([{"routed": 0.75, "dense": 0.2, "head": 0.05}, {"routed": 0.5, "dense": 0.4, "head": 0.1}])
     monkeypatch.setattr(video_bench, "profile", lambda *a, **k: next(splits))
     rows = _tool("reuse_bound").main(["hybrid11p-det-n.yaml", "--imgsz", str(IMGSZ), "--frames", "2", "--size", "128",
                                       "96", "--out", str(tmp_path)])  # fmt: skip
-    assert [(r["reuse_threshold"], r["attention"], r["conv"], r["head"]) for r in rows] == [
+    assert [(r["reuse_threshold"], r["routed"], r["dense"], r["head"]) for r in rows] == [
         ("per-frame", 0.75, 0.2, 0.05), (0.1, 0.5, 0.4, 0.1)]  # fmt: skip
     assert [r["bound on the reuse speedup"] for r in rows] == pytest.approx([4.0, 2.0])
 
 
 def test_reuse_bound_tool_splits_the_frame_time_by_layer_kind(tmp_path, monkeypatch):
-    """Each attention layer is made to take 50 ms longer (a forward hook that sleeps, timed inside the tool's own
-    hooks), so attention must be most of the frame time, far more than the few ms the whole tiny model takes."""
+    """Each routed attention layer is made to take 50 ms longer (a forward hook that sleeps, timed inside the tool's
+    own hooks), so the routed layers must be most of the frame time, far more than the few ms the whole tiny model takes."""
     import time
 
     from mod_vision import video_bench
@@ -407,6 +407,18 @@ def test_reuse_bound_tool_splits_the_frame_time_by_layer_kind(tmp_path, monkeypa
     assert [r["reuse_threshold"] for r in rows] == ["per-frame", 0.1]
     for r in rows:
         assert r["model"] == "hybrid11p-det-n"
-        assert r["attention"] > 0.8 and 0 < r["conv"] < 0.2 and 0 < r["head"] < 0.2
-        assert r["attention"] + r["conv"] + r["head"] == pytest.approx(1.0)
+        assert r["routed"] > 0.8 and 0 < r["dense"] < 0.2 and 0 < r["head"] < 0.2
+        assert r["routed"] + r["dense"] + r["head"] == pytest.approx(1.0)
         assert r["bound on the reuse speedup"] > 5
+
+
+def test_layer_kinds_name_every_layer_that_holds_routers_routed():
+    from mod_vision import MoDYOLO
+    from mod_vision.video_bench import layer_kinds
+
+    model = MoDYOLO("modnext-det-n.yaml").model
+    kinds = layer_kinds(model)
+    # the stem and its depthwise 3x3, the FPN's 1x1 laterals and upsample-adds run densely; merges and stages route
+    assert [i for i, k in kinds.items() if k == "dense"] == [0, 1, 8, 9, 11, 12]
+    assert [i for i, k in kinds.items() if k == "routed"] == [2, 3, 4, 5, 6, 7, 10, 13]
+    assert kinds[14] == "head" and len(kinds) == 15

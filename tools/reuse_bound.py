@@ -1,7 +1,8 @@
 """The most that token reuse can save on a model: its forward time split by layer kind on a fixed-camera clip.
 
-Token reuse skips work only inside the routed attention layers; the dense convolutions and the head run in full on
-every frame. So 1 / (1 - attention share) bounds the forward speedup that reuse can give, whatever the threshold. The
+Token reuse skips work only inside the routed layers (those that hold routers: the hybrids' attention, MoDNeXt's
+merges and stages, whose depthwise position terms still run on every token); the dense layers and the head run in
+full on every frame. So 1 / (1 - routed share) bounds the forward speedup that reuse can give, whatever the threshold. The
 split is a property of the architecture, so untrained YAML models are profiled (forward hooks on the top-level layers,
 one pass over a generated 640x480 clip, per-frame and at reuse_threshold 0.1).
 
@@ -45,10 +46,10 @@ def main(argv=None) -> list[dict]:
         yolo = MoDYOLO(cfg)
         for thr in (None, a.threshold):
             s = vb.profile(yolo, video, a.imgsz, thr)
-            attention = s.get("attention", 0.0)
+            routed = s.get("routed", 0.0)
             rows.append({"model": Path(cfg).stem, "reuse_threshold": vb.PER_FRAME if thr is None else thr,
-                         "attention": attention, "conv": s.get("conv", 0.0), "head": s.get("head", 0.0),
-                         "bound on the reuse speedup": 1 / (1 - attention)})  # fmt: skip
+                         "routed": routed, "dense": s.get("dense", 0.0), "head": s.get("head", 0.0),
+                         "bound on the reuse speedup": 1 / (1 - routed)})  # fmt: skip
     print(markdown_table(rows, floatfmt=".2f"))
     return rows
 

@@ -157,7 +157,8 @@ def main(argv=None) -> Path:
         for mname, model in models.items():
             for thr in (None, args.thresholds[0]):
                 shares = profile(model, clips[0][1], args.imgsz, thr, capacity=args.capacity, refresh=args.refresh)
-                ops = op_split(model, clips[0][1], args.imgsz, thr, capacity=args.capacity, refresh=args.refresh)
+                ops = op_split(model, clips[0][1], args.imgsz, thr, set_up=False, capacity=args.capacity,
+                               refresh=args.refresh)
                 profiles.append({"model": mname, "reuse_threshold": PER_FRAME if thr is None else thr,
                                  **{f"{k} share": v for k, v in shares.items()}, **ops})  # fmt: skip
     report = [
