@@ -134,6 +134,8 @@ def test_mod_model_keeps_its_name_scale_and_export_args():
 BAD = [
     ("capacity_warmup", "abc", "capacity_warmup must be a number >= 0 .*got 'abc'"),
     ("capacity_warmup", -1, "capacity_warmup must be a number >= 0 .*got -1"),
+    ("capacity_full_share", 2, r"capacity_full_share must be a number in \[0, 1\] .*got 2"),
+    ("capacity_distill", -1, "capacity_distill must be a number >= 0 .*got -1"),
     ("router_aux", "abc", "router_aux must be a number >= 0 .*got 'abc'"),
     ("router_aux", -1, "router_aux must be a number >= 0 .*got -1"),
     ("dynamic_capacity", 0.5,
@@ -188,7 +190,11 @@ def test_each_typed_key_set_is_checked_by_its_function(key_set, bad, match):
      ("router_rank", float("inf"), "router_rank must be a finite number >= 0 (weight of the ranking loss), got inf"),
      ("router_lr_mult", "x", "router_lr_mult must be a number >= 0 (learning rate relative to lr0), got 'x'"),
      ("router_rank_dilate", -1, "router_rank_dilate must be an int >= 0 (token cells the object targets grow by; 0: "
-                                "none), got -1")],
+                                "none), got -1"),
+     ("capacity_full_share", -0.5, "capacity_full_share must be a number in [0, 1] (share of batches trained at "
+                                   "capacity 1.0), got -0.5"),
+     ("capacity_distill", float("nan"), "capacity_distill must be a finite number >= 0 (weight of the distillation), "
+                                        "got nan")],
 )  # fmt: skip
 def test_key_set_errors_read_as_written(key, bad, message):
     with pytest.raises(ValueError) as e:
