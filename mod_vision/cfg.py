@@ -200,23 +200,15 @@ def check_capacity_arg(value, key: str = "capacity"):
 
 def check_bounds(value, key: str) -> tuple[float, float] | None:
     """None/False/empty, or [min, max] capacities in (0, 1] with min <= max; a per-image budget's min may be 0
-    (`check_floor`)."""
-    from .nn.routing import check_capacity, check_floor
+    (`check_budget`)."""
+    from .nn.routing import check_budget
 
-    per_image = key in PER_IMAGE_BOUNDS
     if value is None or value is False or (isinstance(value, (list, tuple)) and not value):
         return None
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        off = " (False or None: static top-k)" if key == "dynamic_capacity" else " (None: fixed capacity)"
-        within = "min in [0, 1] and max in (0, 1]" if per_image else "both in (0, 1]"
-        raise ValueError(f"{key} must be [min, max] with {within}{off}, got {value!r}")
-    try:
-        lo, hi = (check_floor if per_image else check_capacity)(value[0]), check_capacity(value[1])
-    except ValueError as e:
-        raise ValueError(f"{key}={list(value)}: {e}") from None
-    if lo > hi:
-        raise ValueError(f"{key} min {lo} is above max {hi}")
-    return lo, hi
+    per_image = key in PER_IMAGE_BOUNDS
+    off = " (False or None: static top-k)" if key == "dynamic_capacity" else " (None: fixed capacity)"
+    within = "min in [0, 1] and max in (0, 1]" if per_image else "both in (0, 1]"
+    return check_budget(value, key, per_image, f"{key} must be [min, max] with {within}{off}, got {value!r}")
 
 
 def capacity_range(value) -> tuple[float, float] | None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..policies import check_policy
-from .mechanism import check_capacity, check_floor
+from .mechanism import check_budget, check_capacity
 from .router import TokenRouter
 
 STATIC, DYNAMIC = "static", "dynamic"
@@ -107,12 +107,7 @@ def _bounds(dynamic) -> tuple[float, float] | None:
     """`set_routing`'s `dynamic`, checked: (min, max) capacities, or None for static top-k (None or False)."""
     if dynamic is None or dynamic is False:
         return None
-    if not isinstance(dynamic, (list, tuple)) or len(dynamic) != 2:
-        raise ValueError(f"dynamic capacity needs [min, max], got {dynamic!r}")
-    lo, hi = check_floor(dynamic[0]), check_capacity(dynamic[1])
-    if lo > hi:
-        raise ValueError(f"dynamic capacity min {lo} is above max {hi}")
-    return lo, hi
+    return check_budget(dynamic, "dynamic capacity", True, f"dynamic capacity needs [min, max], got {dynamic!r}")
 
 
 def dynamic_bounds(model: nn.Module) -> tuple[float, float] | None:

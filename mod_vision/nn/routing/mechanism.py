@@ -35,6 +35,22 @@ def check_floor(capacity: float) -> float:
     return float(capacity)
 
 
+def check_budget(value, name: str, per_image: bool, wrong_shape: str) -> tuple[float, float]:
+    """[min, max] capacities as floats: max in (0, 1], min in (0, 1] or, for a per-image budget, in [0, 1]
+    (`check_floor`), min <= max. The one check of every budget (elastic training's range, dynamic mode's bounds,
+    whether given as a key or to `set_routing`); its callers name it. `wrong_shape` is the message for a value that is
+    not a pair; a bad min or max reads `name=[min, max]: <its range>`."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(wrong_shape)
+    try:
+        lo, hi = (check_floor if per_image else check_capacity)(value[0]), check_capacity(value[1])
+    except ValueError as e:
+        raise ValueError(f"{name}={list(value)}: {e}") from None
+    if lo > hi:
+        raise ValueError(f"{name} min {lo} is above max {hi}")
+    return lo, hi
+
+
 def tokens_for(capacity: float, n: int | torch.Tensor) -> int | torch.Tensor:
     """Return k = ceil(capacity * n), at least one token, at most n.
 
