@@ -110,7 +110,10 @@ NUMBER_KEYS = {  # a number >= 0
     "predictor_lr_mult": "learning rate relative to lr0",
 }
 OPTIONAL_KEYS = frozenset({"router_lr_mult", "predictor_lr_mult"})  # None too: as 1, the parameters keep their groups
-FINITE_KEYS = {"router_rank": "weight of the ranking loss", "capacity_distill": "weight of the distillation"}  # nan and inf refused too: the loss would be nan
+FINITE_KEYS = {  # nan and inf refused too: the loss would be nan
+    "router_rank": "weight of the ranking loss",
+    "capacity_distill": "weight of the distillation",
+}
 SHARE_KEYS = {"capacity_full_share": "share of batches trained at capacity 1.0"}  # a number in [0, 1]
 INT_KEYS = {  # an int >= 0
     "router_rank_dilate": "token cells the object targets grow by; 0: none",

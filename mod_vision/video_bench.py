@@ -59,7 +59,9 @@ def profile(yolo, video: Path, imgsz: int, threshold: float | None = None, **kw)
 PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::_scaled_dot_product_flash_attention_for_cpu")
 
 
-def op_split(yolo, video: Path, imgsz: int, threshold: float | None = None, set_up: bool = True, **kw) -> dict[str, float]:
+def op_split(
+    yolo, video: Path, imgsz: int, threshold: float | None = None, set_up: bool = True, **kw
+) -> dict[str, float]:
     """ms per frame of one clip pass (`run_clip`'s settings) spent in matrix products (what routing and reuse skip:
     the routed tokens' heavy work) and in every other operator (torch.profiler's self CPU time). `set_up=False` when
     a pass with the same settings has just run (`profile`): the predictor is then ready, and no unprofiled pass is

@@ -272,7 +272,8 @@ class RoutedModelMixin:
         if detach:  # each scorer's input, in call order (one scorer call per recorded block)
             hooks = [r.scorer.register_forward_hook(lambda m, i, o: seen.append((m, i[0])))
                      for r in self.routed_blocks() if r.scorer is not None]  # routers that decide
-        teacher = self.full_capacity_outputs(batch["img"]) if preds is None and arg("capacity_distill", 0.0) > 0 else None
+        distilled = preds is None and arg("capacity_distill", 0.0) > 0
+        teacher = self.full_capacity_outputs(batch["img"]) if distilled else None
         try:
             with record_routing(predictions=preds is None, scores=preds is None) as record:
                 outputs = self.forward(batch["img"]) if preds is None else preds
@@ -298,7 +299,7 @@ class RoutedModelMixin:
                 rank = next(e.scores for e in record.blocks if e.scores is not None).sum() * 0
             if rank is not None:
                 extra.append((rank_weight, rank, "router_rank"))
-        if preds is None and arg("capacity_distill", 0.0) > 0:  # a column on every batch: 0 where nothing was distilled
+        if distilled:  # a column on every batch: 0 where nothing was distilled
             distill = torch.zeros((), device=loss.device)
             if teacher is not None:
                 cls, box = capacity_distill_loss(outputs, teacher, self.model[-1].reg_max)

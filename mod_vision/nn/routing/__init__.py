@@ -73,7 +73,8 @@ from .scorers import ObjectPredictor, Scorer
 __all__ = [
     "BASE_CELL", "DECISIONS", "DENSE", "DYNAMIC", "GATES", "KEEP", "LETTERBOX_FILL", "RANK_KINDS", "ROUTER_KEYWORDS",
     "STATIC", "BlockRouting", "Decision", "ObjectPredictor", "RoutedBlock", "RouterSpec", "RoutingRecord", "Scorer",
-    "TokenRouter", "active_record", "box_overlaps", "capacity_distill_loss", "check_budget", "check_capacity", "check_floor", "constant_cells",
+    "TokenRouter", "active_record", "box_overlaps", "capacity_distill_loss", "check_budget", "check_capacity",
+    "check_floor", "constant_cells",
     "current_padding", "dilate_tokens", "dynamic_bounds", "forward_state", "join_images", "levels_from_pixels",
     "native_model", "object_tokens",
     "padding_levels", "pixel_extremes", "record_computed", "record_routing", "route_tokens", "routed_blocks",
