@@ -83,3 +83,13 @@ def test_training_with_distillation_logs_its_loss_and_keeps_each_batchs_capacity
     column, capacities = _distill_column(sample_yaml, runs, "distill-dense", capacity_range=[0.2, 0.8],
                                          capacity_full_share=1.0, capacity_distill=1.0)  # fmt: skip
     assert column == [0.0, 0.0] and capacities == [1.0] * 6  # every batch dense: nothing to distill
+
+
+@pytest.mark.slow  # trains
+def test_a_segmentation_model_distils_its_detections_too(sample_yaml, runs):
+    model = MoDYOLO("modvit-seg.yaml")
+    model.train(data=str(sample_yaml), project=str(runs), name="distill-seg", capacity_range=[0.2, 0.8],
+                capacity_distill=1.0, **TRAIN_ARGS)  # fmt: skip
+    with open(model.trainer.save_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[0]["train/distill"]) > 0 and float(rows[0]["train/seg_loss"]) > 0
