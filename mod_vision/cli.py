@@ -40,6 +40,7 @@ plus mod_vision's:
   capacity_range=[0.125,1]  elastic training: each batch trains at a capacity drawn from this range
   capacity_warmup=3         epochs over which training capacity ramps down from 1.0 to its target
   capacity_full_share=0.5   share of training batches run at capacity 1.0, the others elastic or at the model's own
+  capacity_distill=1.0      weight of distilling each batch below capacity 1.0 from the same model at 1.0 (default 0)
   dynamic_training=[0.1,1]  train per image: each block trains on the tokens its predictor finds, within bounds
   router_aux=0.1            weight of the loss that trains the routers' predictors (for dynamic mode)
   router_rank=1.0           weight of the loss that teaches the routers' scorers to rank object tokens first (default 0: off)

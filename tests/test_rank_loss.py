@@ -18,6 +18,7 @@ from mod_vision.nn.routing import (
     object_tokens,
     router_rank_loss,
     router_spec,
+    set_routing,
 )
 from mod_vision.nn.vit import MoDViTStage
 
@@ -184,6 +185,17 @@ def test_model_loss_adds_the_rank_column_and_trains_every_scorer():
     loss[-1].backward()  # detached: the scorers learn from it, the features under them do not
     assert all(r.scorer.net.weight.grad.abs().sum() > 0 for r in routed_blocks(detached))
     g = detached.model[0].conv.weight.grad
+    assert g is None or g.abs().sum() == 0
+
+    # with distillation too: its teacher's forward (at capacity 1.0, before the student's) must not count as the
+    # student's scorer calls, or the detach would be skipped
+    both = hybrid_with(router_rank=1.0, router_aux=0.0, router_rank_detach=True, capacity_distill=1.0)
+    both.load_state_dict(model.state_dict())
+    set_routing(both, capacity=0.5)
+    loss, items = both.loss(batch)
+    assert list(items)[-2:] == ["router_rank", "distill"] and items["distill"] > 0
+    loss[-2].backward()  # the rank term
+    g = both.model[0].conv.weight.grad
     assert g is None or g.abs().sum() == 0
 
     assert EXTRA_ARGS["router_rank"] == 0 and EXTRA_ARGS["router_rank_kind"] == "bce"  # opt-in (measured: AP cost)

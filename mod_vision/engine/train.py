@@ -111,8 +111,8 @@ class MoDDetectionTrainer(TrainerConveniences, DetectionTrainer):
 
     def set_training_capacity(self) -> None:
         """Capacity for this batch (run by the `on_train_batch_start` callback): elastic (drawn from capacity_range) or
-        the model's own, ramped from dense during capacity_warmup epochs; 1.0 for a capacity_full_share of the batches. The EMA, and so validation and the saved
-        checkpoint, keep the model's own capacity."""
+        the model's own, ramped from dense during capacity_warmup epochs; 1.0 for a capacity_full_share of the batches.
+        The EMA, and so validation and the saved checkpoint, keep the model's own capacity."""
         model = unwrap_model(self.model)
         if not hasattr(self, "_target_capacities"):
             self._target_capacities = model.capacities()

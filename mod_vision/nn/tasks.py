@@ -258,22 +258,24 @@ class RoutedModelMixin:
             return super().predict(channels_last(self, x), *args, **kwargs)
 
     def loss(self, batch, preds=None):
-        """The task loss, plus `router_aux` x the auxiliary predictor loss and `router_rank` x the scorers' ranking loss
-        (each its own loss column, `router_aux` and `router_rank`)."""
+        """The task loss, plus `router_aux` x the auxiliary predictor loss, `router_rank` x the scorers' ranking loss
+        and `capacity_distill` x the distillation from capacity 1.0 (each its own loss column: `router_aux`,
+        `router_rank`, `distill`)."""
         args = getattr(self, "args", None)
 
         def arg(key, default):
             value = args.get(key) if isinstance(args, dict) else getattr(args, key, None)
             return default if value is None else value
 
+        # the teacher first: the hooks below must see the scorer calls of the student's forward only
+        distilled = preds is None and arg("capacity_distill", 0.0) > 0
+        teacher = self.full_capacity_outputs(batch["img"]) if distilled else None
         rank_weight = arg("router_rank", 0.0)
         detach = rank_weight > 0 and preds is None and bool(arg("router_rank_detach", False))
         seen, hooks = [], []
         if detach:  # each scorer's input, in call order (one scorer call per recorded block)
             hooks = [r.scorer.register_forward_hook(lambda m, i, o: seen.append((m, i[0])))
                      for r in self.routed_blocks() if r.scorer is not None]  # routers that decide
-        distilled = preds is None and arg("capacity_distill", 0.0) > 0
-        teacher = self.full_capacity_outputs(batch["img"]) if distilled else None
         try:
             with record_routing(predictions=preds is None, scores=preds is None) as record:
                 outputs = self.forward(batch["img"]) if preds is None else preds
@@ -309,7 +311,6 @@ class RoutedModelMixin:
             loss = torch.cat([loss.reshape(-1), (weight * value * bs).reshape(1)])
             items = {**items, name: value.detach()}
         return loss, items
-
 
     def full_capacity_outputs(self, img: torch.Tensor) -> dict | None:
         """The training outputs of this model at capacity 1.0, without grad: the teacher of `capacity_distill`. None
