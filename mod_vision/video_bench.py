@@ -27,13 +27,9 @@ def run_clip(model, video: Path, imgsz: int, threshold: float | None = None, cap
 def layer_kinds(model) -> dict[int, str]:
     """Top-level layer index -> 'head' (the last layer), 'routed' (a layer that holds routers: the only work token
     reuse can skip) or 'dense'."""
-    from mod_vision.nn.routing import TokenRouter
+    from mod_vision.nn.routing import routed_blocks
 
-    kinds = {}
-    for m in model.model:
-        routed = any(isinstance(x, TokenRouter) for x in m.modules())
-        kinds[m.i] = "head" if m is model.model[-1] else "routed" if routed else "dense"
-    return kinds
+    return {m.i: "head" if m is model.model[-1] else "routed" if routed_blocks(m) else "dense" for m in model.model}
 
 
 def profile(yolo, video: Path, imgsz: int, threshold: float | None = None, **kw) -> dict[str, float]:
