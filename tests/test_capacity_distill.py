@@ -65,6 +65,21 @@ def test_full_capacity_outputs_run_at_capacity_one_and_leave_the_routing_as_it_w
     assert model.full_capacity_outputs(torch.rand(2, 3, 64, 64)) is None  # validation has no teacher
 
 
+def test_the_teacher_forward_leaves_the_batch_norm_running_statistics_as_they_were():
+    model = MoDYOLO("modnext-det-n.yaml").model.train()
+    set_routing(model, capacity=0.25)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in norms]
+    img = torch.rand(2, 3, 64, 64)
+    assert model.full_capacity_outputs(img) is not None
+    for m, (mean, var, count) in zip(norms, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert int(m.num_batches_tracked) == count
+    with torch.no_grad():
+        model(img)  # the student's own forward does update them
+    assert any(not torch.equal(m.running_mean, mean) for m, (mean, _, _) in zip(norms, before))
+
+
 def _distill_column(sample_yaml, runs, name, **kw) -> list[float]:
     model = MoDYOLO("modvit-det.yaml")
     capacities = []

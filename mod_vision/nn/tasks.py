@@ -318,9 +318,24 @@ class RoutedModelMixin:
         routers = self.routed_blocks()
         if not self.training or not routers or all(r.capacity >= 1.0 for r in routers):
             return None
-        with torch.no_grad(), routing_kept(self):
+        with torch.no_grad(), routing_kept(self), batch_norm_stats_kept(self):
             set_routing(self, capacity=1.0)
             return self.forward(img)
+
+
+@contextmanager
+def batch_norm_stats_kept(model: nn.Module):
+    """Put every BatchNorm's running statistics back on exit. A teacher forward in training mode normalises with its
+    own batch statistics, as the student's does, but must not fold them into the running statistics that inference
+    uses: those are the student's, at the budgets it trains at."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, saved):
+                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
 
 
 class MoDDetectionModel(RoutedModelMixin, DetectionModel):
