@@ -13,7 +13,7 @@ from mod_vision import MoDYOLO
 from mod_vision.data import make_sample_video
 from mod_vision.mjpeg import MJPEGServer
 from mod_vision.nn.blocks import ABlockPair
-from mod_vision.nn.reuse import TokenReuse, reusing
+from mod_vision.nn.reuse import TokenReuse, cell_means, reusing
 from mod_vision.nn.routing import RoutedBlock, record_routing, route_tokens, router_spec, topk_raster
 from mod_vision.nn.tasks import MoDDetectionModel
 
@@ -422,3 +422,13 @@ def test_layer_kinds_name_every_layer_that_holds_routers_routed():
     assert [i for i, k in kinds.items() if k == "dense"] == [0, 1, 8, 9, 11, 12]
     assert [i for i, k in kinds.items() if k == "routed"] == [2, 3, 4, 5, 6, 7, 10, 13]
     assert kinds[14] == "head" and len(kinds) == 15
+
+
+@pytest.mark.parametrize("size", [(64, 96), (70, 52)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_cell_means_are_the_8x8_average_pool_in_either_layout_and_at_any_size(size, layout):
+    image = torch.rand(2, 3, *size).contiguous(memory_format=layout)
+    expected = torch.nn.functional.avg_pool2d(image, 8, 8, ceil_mode=True)
+    means = cell_means(image)
+    assert means.shape == (2, 3, -(-size[0] // 8), -(-size[1] // 8))
+    torch.testing.assert_close(means, expected)

@@ -200,8 +200,16 @@ def attention_layer(block: nn.Module):
 def cell_means(image: torch.Tensor, cell: int = 8) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 3, H/cell, W/cell): each pixel cell's mean colour, what the scene-cut test compares. Means
     rather than pixels: the test decides only the full refresh (a scene cut changes most cells' means; smaller changes
-    are the per-token tests' job), and a frame-sized difference per frame cost more than a still frame's blocks."""
-    return F.avg_pool2d(image, cell, cell, ceil_mode=True)
+    are the per-token tests' job), and a frame-sized difference per frame cost more than a still frame's blocks.
+    The predictor's input is channels-last in memory (its HWC pixels), where the pooling operator is slow on 3
+    channels: there, at a size divisible by `cell` (a letterboxed input always is), each cell is summed as whole pixel
+    rows, about 5x faster on CPU."""
+    b, c, h, w = image.shape
+    if h % cell or w % cell or not image.is_contiguous(memory_format=torch.channels_last):
+        return F.avg_pool2d(image, cell, cell, ceil_mode=True)
+    rows = image.permute(0, 2, 3, 1).reshape(b * h // cell, cell, w // cell, cell * c).sum(1)  # each cell's columns
+    sums = rows.view(b, h // cell, w // cell, cell, c).sum(3)
+    return sums.div_(cell * cell).permute(0, 3, 1, 2)
 
 
 def changed_cells(cells: torch.Tensor, last: torch.Tensor | None, threshold: float) -> torch.Tensor:
@@ -219,10 +227,14 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
 
 
-def scatter_rows(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> None:
-    """Write `rows` (B, K, ...) at `index` (B, K) of x (B, N, ...) in place, where `valid` (B, K); others untouched."""
+def scatter_rows(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None) -> None:
+    """Write `rows` (B, K, ...) at `index` (B, K) of x (B, N, ...) in place, where `valid` (B, K) (None: every row);
+    others untouched."""
     image = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(index)
-    x[image[valid], index[valid]] = rows[valid]
+    if valid is None:
+        x[image, index] = rows
+    else:
+        x[image[valid], index[valid]] = rows[valid]
 
 
 def index_mask(index: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -281,10 +293,13 @@ def reuse_route(
     return torch.addcmul(x, cache.update, routed.unsqueeze(-1).to(x.dtype), out=cache.out)
 
 
-def computed_rows(compute: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def computed_rows(compute: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, M) the tokens to compute of each image (`compute` (B, N) bool) first, in raster order, M the most of any
-    image, and (B, M) bool which of them are real (images with fewer are padded)."""
+    image, and (B, M) bool which of them are real (images with fewer are padded), None when all are (one image: a
+    video's frames, one stream)."""
     b, n = compute.shape
+    if b == 1:  # nothing to pad: the computed tokens in raster order, without a sort over all of them
+        return compute[0].nonzero().view(1, -1), None
     counts = compute.sum(1)
     key = torch.arange(n, device=compute.device).expand(b, n) + (~compute) * n
     m = int(counts.max())
