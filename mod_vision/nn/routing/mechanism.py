@@ -20,10 +20,10 @@ def tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
-def check_capacity(capacity: float) -> float:
-    """Return capacity as a float, or raise a ValueError that names the valid range."""
+def check_capacity(capacity: float, name: str = "capacity") -> float:
+    """Return capacity as a float, or raise a ValueError that names the key (`name`) and the valid range."""
     if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or not 0.0 < float(capacity) <= 1.0:
-        raise ValueError(f"capacity must be a float in the range (0, 1], got {capacity!r}")
+        raise ValueError(f"{name} must be a float in the range (0, 1], got {capacity!r}")
     return float(capacity)
 
 

@@ -76,6 +76,9 @@ class TokenRouter(nn.Module):
             takes the decision of the last router that decided on the same token grid earlier in the forward: one
             decision per stride, shared by a merge, its stage, the neck and the head level, costs one scoring pass
             instead of several, and a frame where that router finds nothing runs nothing routed at the stride).
+        train_capacity: None, or the capacity at which this router trains, whatever the trainer sets (an elastic range,
+            a warm-up, per-image training): a router at a coarse stride trained at 1.0 gives every later layer there
+            and the head's level their whole grid in training, while inference routes it as any other.
 
     Dynamic mode (`dynamic=(min, max)` capacities) lets each image choose its k: the tokens its object predictor (the
     MoD paper's auxiliary predictor, trained by `router_aux_loss` on detached tokens) scores above `threshold`, clamped
@@ -90,13 +93,15 @@ class TokenRouter(nn.Module):
     # too, so that routers pickled in checkpoints from before it existed load
     train_dynamic: tuple[float, float] | None = None  # set by the trainer (`dynamic_training=`); a class default too
     decision = "own"  # a class default too: checkpoints from before shared decisions have none
+    train_capacity: float | None = None  # a class default too: checkpoints from before the option have none
 
     def __init__(
         self, dim: int, capacity: float = 0.25, hidden: int = 0, gate: str | bool = "sigmoid", policy: str = "topk",
-        decision: str = "own",
+        decision: str = "own", train_capacity: float | None = None,
     ):
         super().__init__()
         self.decision = check_decision(decision)
+        self.train_capacity = None if train_capacity is None else check_capacity(train_capacity, "train_capacity")
         own = decision == "own"
         self.scorer = Scorer(dim, hidden) if own else None
         self.predictor = ObjectPredictor(dim, max(16, dim // 8)) if own else None
@@ -147,6 +152,8 @@ class TokenRouter(nn.Module):
             ranked = ranked - padding.to(ranked.dtype) * 1e4
             if predicted is not None:
                 predicted = predicted.masked_fill(padding > 0, -1e4)
+        if self.training and self.train_capacity is not None:
+            return topk_raster(ranked, tokens_for(self.train_capacity, n)), None
         bounds = self.train_dynamic if self.training else self.dynamic
         if bounds is None or predicted is None:  # static top-k (a router in training without a predictor's output too)
             # While tracing, n is a tensor: k stays in the graph only for exports with dynamic shapes; a constant k lets
