@@ -91,6 +91,10 @@ EXTRA_ARGS = {
     "reuse_refresh": 30,
     # (float) token reuse: a frame on which more than this share of tokens changed (a scene cut) is recomputed in full
     "reuse_max_change": 0.5,
+    # (bool) val/predict of a PyTorch model on CPU: the token layers' matrix products (the routed MLPs, merges and head
+    # branches) in bfloat16, everything else in float32; several times faster products on a CPU with AVX512-BF16 or
+    # AMX, for a small change in the outputs (docs/routing_carries.md, "bfloat16 products")
+    "bf16": False,
 }
 
 ROUTING_KEYS = ("capacity", "dynamic_capacity")
@@ -119,7 +123,7 @@ INT_KEYS = {  # an int >= 0
     "router_rank_dilate": "token cells the object targets grow by; 0: none",
     "heatmap_period": "epochs between routing heatmaps; 0: only at the end",
 }
-BOOL_KEYS = frozenset({"router_rank_detach", "save_heatmap", "token_reuse"})
+BOOL_KEYS = frozenset({"router_rank_detach", "save_heatmap", "token_reuse", "bf16"})
 CHOICE_KEYS = {"router_rank_kind": ("pairwise", "bce"), "routing": (None, *POLICIES)}
 REUSE_KEYS = ("reuse_threshold", "reuse_refresh", "reuse_max_change")  # checked together, by nn.reuse
 SOURCE_KEYS = frozenset({"timm_weights"})  # a timm model name or a weights file, or None

@@ -50,6 +50,7 @@ plus mod_vision's:
   token_reuse=True          predict on video/frames/streams: compute only the tokens whose input changed
   reuse_threshold=0.1       token reuse: relative input change above which a token is recomputed
   reuse_refresh=30          token reuse: every 30 frames every routed token is recomputed
+  bf16=True                 val/predict on CPU: the token layers' matrix products in bfloat16 (the rest float32)
   heatmap_period=5          train (plots=True): routing heatmap of a val batch every 5 epochs, and at the end
   timm_weights=FILE|NAME    train: initialise the ViT backbone from timm weights (see cfg/models/*-vits.yaml)
   router_lr_mult=5          train: router learning rate relative to lr0

@@ -86,10 +86,11 @@ def timed(fn, runs: int) -> float:
 
 def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str = "yolo11n.yaml",
             dynamic: tuple[float, float] | None = None, threshold: float | None = None,
-            against: str | None = None) -> tuple[list, list]:
+            against: str | None = None, bf16: bool = False) -> tuple[list, list]:
     from ultralytics import YOLO
 
     from mod_vision import MoDYOLO
+    from mod_vision.nn.blocks import bf16_products
     from mod_vision.nn.routing import record_routing, set_routing
 
     torch.set_num_threads(threads)
@@ -116,6 +117,11 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
                         shares[key, k] = float(rec.token_share()[0]) if len(rec) else None
             for k, x in inputs.items():  # warm-up
                 ours(cl[k]), peer(x), peer(cl[k])
+                if bf16:
+                    with bf16_products():
+                        ours(cl[k])
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        peer(x)
                 if other is not None:
                     other(cl[k])
             times = defaultdict(list)
@@ -124,6 +130,11 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
                     times[("ours", k)].append(timed(lambda: ours(cl[k]), 1))
                     times[("yolo", k)].append(timed(lambda: peer(x), 1))
                     times[("yolo-cl", k)].append(timed(lambda: peer(cl[k]), 1))
+                    if bf16:  # ours with bfloat16 products; YOLO11n with every convolution in bfloat16 (autocast)
+                        with bf16_products():
+                            times[("ours-bf16", k)].append(timed(lambda: ours(cl[k]), 1))
+                        with torch.autocast("cpu", dtype=torch.bfloat16):
+                            times[("yolo-bf16", k)].append(timed(lambda: peer(x), 1))
                     if other is not None:
                         times[("other", k)].append(timed(lambda: other(cl[k]), 1))
         ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
@@ -135,6 +146,11 @@ def measure(weights: str, imgsz: list[int], threads: int, runs: int, yolo: str =
                          "speed vs YOLO11n": f"{ms[('yolo', k)] / ms[('ours', k)]:.2f}x",
                          "ms (YOLO11n, channels-last)": f"{ms[('yolo-cl', k)]:.1f}",
                          "speed vs it": f"{ms[('yolo-cl', k)] / ms[('ours', k)]:.2f}x"})  # fmt: skip
+            if bf16:
+                rows[-1].update({"ms (ours, bf16 products)": f"{ms[('ours-bf16', k)]:.1f}",
+                                 "ms (YOLO11n, bf16 autocast)": f"{ms[('yolo-bf16', k)]:.1f}",
+                                 "bf16 speed vs YOLO11n fp32 / bf16": f"{ms[('yolo', k)] / ms[('ours-bf16', k)]:.2f}x / "
+                                                                      f"{ms[('yolo-bf16', k)] / ms[('ours-bf16', k)]:.2f}x"})
             if other is not None:
                 share = shares["other", k]
                 rows[-1].update({"token share (against)": f"{share:.3f}" if share is not None else "",
@@ -226,10 +242,12 @@ def main(argv=None) -> Path | None:
                    help="the predictor logit the per-image budget counts a token wanted above (default: the model's)")
     p.add_argument("--against", default=None, metavar="WEIGHTS",
                    help="another routed checkpoint timed in the same round-robin, at its own default routing")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time ours with bfloat16 products (bf16=True) and YOLO11n under bfloat16 autocast")
     p.add_argument("--out", default=None, help="write the tables to this markdown file")
     a = p.parse_args(argv)
     rows, parts = measure(a.weights, a.imgsz, a.threads, a.runs, dynamic=a.dynamic, threshold=a.threshold,
-                          against=a.against)
+                          against=a.against, bf16=a.bf16)
     torch.set_num_threads(a.threads)
     pre = preprocess_costs(a.weights, a.imgsz, a.runs)
     command = "python tools/frame_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -127,6 +127,11 @@ def check_exported_args(routing: dict, args) -> None:
             )
     if getattr(args, "dynamic_capacity", None):
         raise ValueError("dynamic_capacity is not available for exported models: export uses static top-k routing")
+    if getattr(args, "bf16", False):
+        raise ValueError(
+            "bf16=True needs the PyTorch checkpoint: an exported graph runs at the precision it was exported with; "
+            "predict or val with the .pt, or without bf16"
+        )
 
 
 def apply_or_check_routing(model, args) -> dict | None:

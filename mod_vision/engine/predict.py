@@ -15,6 +15,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 
 from ..cfg import apply_policy, split_extra_args, with_extra_defaults
 from ..heatmap import depth_image, reuse_image, routing_maps, save_image_heatmaps
+from ..nn.blocks import bf16_products
 from ..nn.reuse import TokenReuse, reusing
 from ..nn.routing import STATIC, join_images, record_routing, routed_blocks, routing_mode, set_routing
 from .export import apply_or_check_routing, exported_token_share
@@ -112,11 +113,12 @@ class RoutedPredictorMixin:
 
     def inference(self, im, *args, **kwargs):
         cache = getattr(self, "token_cache", None)
-        if self.exported or not routed_blocks(self.model):
-            self.routing_record = None
-            return self.run_frames(im, cache, *args, **kwargs)
-        with record_routing() as self.routing_record:
-            return self.run_frames(im, cache, *args, **kwargs)
+        with bf16_products(getattr(self.args, "bf16", False) and not self.exported):
+            if self.exported or not routed_blocks(self.model):
+                self.routing_record = None
+                return self.run_frames(im, cache, *args, **kwargs)
+            with record_routing() as self.routing_record:
+                return self.run_frames(im, cache, *args, **kwargs)
 
     def run_frames(self, im, cache: TokenReuse | None, *args, **kwargs):
         """The forward, with token reuse when a cache is given. A stream batch holds one frame per stream: one forward,

@@ -13,6 +13,7 @@ from ultralytics.utils.metrics import DetMetrics, SegmentMetrics
 
 from ..cfg import EXTRA_ARGS, apply_policy, split_extra_args
 from ..data import with_missing_help
+from ..nn.blocks import bf16_products
 from ..nn.routing import DYNAMIC, STATIC, record_routing, routing_mode, set_routing, token_share
 from .routing_metrics import RoutingQuality
 from .coco_eval import COCO_METRICS, COCOEvalError, coco_category_ids, coco_evaluate, coco_image_ids, coco_json_for, load_coco_json
@@ -110,7 +111,10 @@ class RoutedValidatorMixin:
         if trainer is None:  # a trainer's validator gets the trainer's data, checked there
             self.check_dataset()
         try:
-            with record_routing() as self.routing_record:
+            # bf16 is a val/predict key: validation inside training stays float32 (an exported model refuses it in
+            # its routing check)
+            bf16 = trainer is None and getattr(self.args, "bf16", False)
+            with record_routing() as self.routing_record, bf16_products(bf16):
                 return super().__call__(trainer, model)
         finally:  # routing="random" or "none" is this validation's control, not a lasting change to the model
             if getattr(self, "policy_model", None) is not None:

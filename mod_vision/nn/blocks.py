@@ -12,6 +12,9 @@ which halves the routing overhead that dominates at these small widths.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +53,39 @@ class TokenABlock(ABlock):
         return t + pointwise(self.mlp[1], pointwise(self.mlp[0], t))
 
 
+_BF16: ContextVar[bool] = ContextVar("mod_vision_bf16_products", default=False)
+# layer -> (its weight's identity, the weight and bias in bfloat16): keyed by the layer, so nothing is added to the
+# weight itself (which checkpoints would save)
+_BF16_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def bf16_products(enabled: bool = True) -> Iterator[None]:
+    """Inside, the token layers' matrix products (`linear`: the routed MLPs, merges and head branches, the heavy
+    per-token work) run in bfloat16 on CPU, their results back in float32, in eager inference only (not under
+    autograd or tracing). On a CPU with AVX512-BF16 or AMX they run several times faster; everything else (the dense
+    convolutions, the routers, the head's decoding) stays float32."""
+    token = _BF16.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _BF16.reset(token)
+
+
+def linear(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: nn.Module) -> torch.Tensor:
+    """`F.linear` of `layer`'s (out, in) `weight`, in bfloat16 inside `bf16_products`, with the layer's bfloat16
+    weight made once and again only when the weight changes."""
+    if not (_BF16.get() and t.device.type == "cpu" and not torch.is_grad_enabled() and not tracing()):
+        return F.linear(t, weight, bias)
+    # an inference tensor (made under inference_mode, as a reordered weight may be) has no version, and cannot change
+    now = weight.data_ptr(), None if weight.is_inference() else weight._version, tuple(weight.shape), bias is None
+    cached = _BF16_WEIGHTS.get(layer)
+    if cached is None or cached[0] != now:
+        cached = now, weight.detach().to(torch.bfloat16), None if bias is None else bias.detach().to(torch.bfloat16)
+        _BF16_WEIGHTS[layer] = cached
+    return F.linear(t.to(torch.bfloat16), cached[1], cached[2]).float()
+
+
 def pointwise(conv: Conv, t: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """An Ultralytics 1x1 `Conv` applied to (B, K, C) tokens: a matmul on the tokens, then (before fusion, in training
     and unfused eval) its BatchNorm over all B*K tokens, then its activation. `weight`: the convolution's (out, C)
@@ -59,7 +95,7 @@ def pointwise(conv: Conv, t: torch.Tensor, weight: torch.Tensor | None = None) -
     The BatchNorm runs on the (B*K, C) rows rather than on a (B, C, K, 1) view of the tokens: on the CPU, torch's
     BatchNorm2d backward returns wrong gradients when its input or its output gradient has the strides of such a view
     (its forward is right), and training then stalls."""
-    y = F.linear(t, conv.conv.weight.flatten(1) if weight is None else weight, conv.conv.bias)
+    y = linear(t, conv.conv.weight.flatten(1) if weight is None else weight, conv.conv.bias, conv)
     bn = getattr(conv, "bn", None)
     if bn is not None:
         if bn.training and bn.track_running_stats:

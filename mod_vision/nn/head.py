@@ -12,13 +12,12 @@ see a Detect head.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Conv
 from ultralytics.nn.modules.head import Detect
 from ultralytics.utils.tal import make_anchors
 
-from .blocks import eager_layout, neighbourhoods, pixel_major_weight, pointwise
+from .blocks import eager_layout, linear, neighbourhoods, pixel_major_weight, pointwise
 from .routing import RouterSpec
 
 
@@ -29,7 +28,7 @@ def tokenwise(layers: nn.Sequential, t: torch.Tensor, pixel_major: bool = False)
         if isinstance(m, Conv):
             t = pointwise(m, t, pixel_major_weight(m) if pixel_major and i == 0 else None)
         else:
-            t = F.linear(t, m.weight.flatten(1), m.bias)
+            t = linear(t, m.weight.flatten(1), m.bias, m)
     return t
 
 
