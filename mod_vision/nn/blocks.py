@@ -77,13 +77,18 @@ def linear(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lay
     weight made once and again only when the weight changes."""
     if not (_BF16.get() and t.device.type == "cpu" and not torch.is_grad_enabled() and not tracing()):
         return F.linear(t, weight, bias)
-    # an inference tensor (made under inference_mode, as a reordered weight may be) has no version, and cannot change
-    now = weight.data_ptr(), None if weight.is_inference() else weight._version, tuple(weight.shape), bias is None
+    now = tensor_identity(weight), None if bias is None else tensor_identity(bias)
     cached = _BF16_WEIGHTS.get(layer)
     if cached is None or cached[0] != now:
         cached = now, weight.detach().to(torch.bfloat16), None if bias is None else bias.detach().to(torch.bfloat16)
         _BF16_WEIGHTS[layer] = cached
     return F.linear(t.to(torch.bfloat16), cached[1], cached[2]).float()
+
+
+def tensor_identity(t: torch.Tensor) -> tuple:
+    """What changes when a tensor is replaced or changed in place: its memory, layout and version (an inference
+    tensor, made under inference_mode as a reordered weight may be, has no version and cannot change)."""
+    return t.data_ptr(), tuple(t.shape), tuple(t.stride()), None if t.is_inference() else t._version
 
 
 def pointwise(conv: Conv, t: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,7 +214,7 @@ def pixel_major_weight(conv: Conv) -> torch.Tensor:
     it reads `neighbourhoods(pixel_major=True)`. Kept per weight until the weight changes: inference reorders it once,
     not on every frame."""
     w = conv.conv.weight
-    now = w.data_ptr(), w._version, w.dtype
+    now = tensor_identity(w), w.dtype
     cached = _PIXEL_MAJOR.get(conv)
     if cached is None or cached[0] != now:
         out = w.shape[0]
