@@ -92,8 +92,9 @@ EXTRA_ARGS = {
     # (float) token reuse: a frame on which more than this share of tokens changed (a scene cut) is recomputed in full
     "reuse_max_change": 0.5,
     # (bool) val/predict of a PyTorch model on CPU: the token layers' matrix products (the routed MLPs, merges and head
-    # branches) in bfloat16, everything else in float32; several times faster products on a CPU with AVX512-BF16 or
-    # AMX, for a small change in the outputs (docs/routing_carries.md, "bfloat16 products")
+    # branches of modnext and the hybrids; timm's ViT blocks keep theirs) in bfloat16, everything else in float32;
+    # several times faster products on a CPU with AVX512-BF16 or AMX, for a small change in the outputs
+    # (docs/routing_carries.md, "bfloat16 products")
     "bf16": False,
 }
 

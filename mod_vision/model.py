@@ -16,6 +16,7 @@ from .defaults import DEFAULT_CAPACITIES
 from .engine.predict import MoDDetectionPredictor, MoDSegmentationPredictor
 from .engine.train import MoDDetectionTrainer, MoDSegmentationTrainer
 from .engine.val import MoDDetectionValidator, MoDSegmentationValidator
+from .nn.blocks import has_token_products
 from .nn.routing import dynamic_bounds, routed_blocks, routing_mode, routing_restorer
 from .nn.tasks import (
     MODEL_DIR, MoDDetectionModel, MoDSegmentationModel, check_threshold, find_model_yaml, load_model_yaml,
@@ -130,6 +131,9 @@ class MoDYOLO(Model):
                 f"capacity={capacity} (static top-k) and dynamic_capacity={dynamic} (per-image k) were both given; "
                 f"give one"
             )
+        if kwargs.get("bf16") is True and isinstance(self.model, nn.Module) and not has_token_products(self.model):
+            LOGGER.warning(f"bf16=True changes nothing for {self.model_name}: its blocks are timm's, whose matrix "
+                           f"products stay float32 (bf16 runs the products of mod_vision's token layers)")
         if not isinstance(self.model, nn.Module) or not routed_blocks(self.model):
             yield None  # an exported file checks them against its metadata; a dense model has no routing to set
             return

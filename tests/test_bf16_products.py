@@ -88,3 +88,15 @@ def test_bf16_is_refused_for_an_exported_model_and_checked_as_a_bool():
     check_exported_args({"capacity": [0.25]}, type("Args", (), {"bf16": False})())  # off: nothing to refuse
     with pytest.raises(ValueError, match=r"^bf16 must be True or False, got 'yes'$"):
         MoDYOLO("modnext-det-n.yaml").predict(torch.rand(1, 3, 64, 64), bf16="yes")
+
+
+def test_bf16_on_a_model_of_timm_blocks_says_it_changes_nothing(caplog):
+    from mod_vision.nn.blocks import has_token_products
+
+    vit, nxt = MoDYOLO("modvit-det.yaml"), MoDYOLO("modnext-det-n.yaml")
+    assert not has_token_products(vit.model) and has_token_products(nxt.model)
+    vit.predict(torch.rand(1, 3, 64, 64), bf16=True, verbose=False)
+    assert "bf16=True changes nothing for" in caplog.text and "its blocks are timm's" in caplog.text
+    caplog.clear()
+    nxt.predict(torch.rand(1, 3, 64, 64), bf16=True, verbose=False)
+    assert "bf16=True changes nothing" not in caplog.text

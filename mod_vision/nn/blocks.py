@@ -32,6 +32,8 @@ class TokenABlock(ABlock):
 
     The 1x1 convolutions (and their BatchNorms, fused at inference) run on the tokens as (B*K, C) rows (`pointwise`)."""
 
+    token_products = True  # its products run through `linear` (`bf16_products`)
+
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2):
         super().__init__(dim, num_heads, mlp_ratio)
         del self.attn.pe  # the pair's position term replaces it (see the module docstring)
@@ -83,6 +85,12 @@ def linear(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lay
         cached = now, weight.detach().to(torch.bfloat16), None if bias is None else bias.detach().to(torch.bfloat16)
         _BF16_WEIGHTS[layer] = cached
     return F.linear(t.to(torch.bfloat16), cached[1], cached[2]).float()
+
+
+def has_token_products(model: nn.Module) -> bool:
+    """Whether any layer of `model` computes with `linear` (its class says `token_products`), so that
+    `bf16_products` changes anything: not a model of timm ViT blocks, whose products are timm's own."""
+    return any(getattr(m, "token_products", False) for m in model.modules())
 
 
 def tensor_identity(t: torch.Tensor) -> tuple:
@@ -168,6 +176,7 @@ class TokenMLP(nn.Module):
     """A pointwise MLP with a residual on (B, K, C) tokens (ConvNeXt's per-token half): expand, SiLU, project back."""
 
     per_token = True  # each token's output depends on that token alone (token reuse caches only its update)
+    token_products = True  # its products run through `linear` (`bf16_products`)
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -273,6 +282,7 @@ class MoDDown(nn.Module):
     are gathered). A `router` without a capacity merges every token (the dense twin)."""
 
     router_reads = "patch"  # a class default too: checkpoints from before the option have none
+    token_products = True  # its merge runs through `linear` (`bf16_products`)
 
     def __init__(self, c1: int, c2: int, router: RouterSpec = RouterSpec(), base: str = "mean",
                  router_reads: str = "patch"):

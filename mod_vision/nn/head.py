@@ -39,6 +39,8 @@ class RoutedDetect(Detect):
     YAML: `[[15, 12, 9], 1, RoutedDetect, [nc, {capacity: 0.25}]]`, Detect's arguments then mod_vision's keywords.
     """
 
+    token_products = True  # its branches run through `linear` (`bf16_products`)
+
     def __init__(self, nc: int = 80, reg_max: int = 16, end2end: bool = False, ch: tuple[int, ...] = (),
                  router: RouterSpec = RouterSpec()):
         if end2end:
