@@ -88,6 +88,8 @@ def test_bf16_is_refused_for_an_exported_model_and_checked_as_a_bool():
     check_exported_args({"capacity": [0.25]}, type("Args", (), {"bf16": False})())  # off: nothing to refuse
     with pytest.raises(ValueError, match=r"^bf16 must be True or False, got 'yes'$"):
         MoDYOLO("modnext-det-n.yaml").predict(torch.rand(1, 3, 64, 64), bf16="yes")
+    with pytest.raises(ValueError, match=r"^bf16=True is a val/predict key .* an export traces the model in float32"):
+        MoDYOLO("modnext-det-n.yaml").export(format="torchscript", imgsz=64, bf16=True)
 
 
 def test_bf16_on_a_model_of_timm_blocks_says_it_changes_nothing(caplog):

@@ -164,6 +164,11 @@ class MoDExporter(Exporter):
 
     def __call__(self, model: torch.nn.Module) -> str:
         fmt = self.args.format = check_format(self.args.format)
+        if getattr(self.args, "bf16", False):
+            raise ValueError(
+                "bf16=True is a val/predict key (the PyTorch model's products in bfloat16); an export traces the "
+                "model in float32: export without it (half=True or int8=True where the format has them)"
+            )
         model = deepcopy(model)  # the capacity given here must not change the caller's model
         capacity = getattr(self.args, "capacity", None)
         bounds = dynamic_bounds(model)
