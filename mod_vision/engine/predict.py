@@ -113,7 +113,7 @@ class RoutedPredictorMixin:
 
     def inference(self, im, *args, **kwargs):
         cache = getattr(self, "token_cache", None)
-        with bf16_products(getattr(self.args, "bf16", False) and not self.exported):
+        with bf16_products(getattr(self.args, "bf16", False)):  # an exported model refused it at set-up
             if self.exported or not routed_blocks(self.model):
                 self.routing_record = None
                 return self.run_frames(im, cache, *args, **kwargs)

@@ -12,9 +12,10 @@ which halves the routing overhead that dominates at these small widths.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,7 @@ class TokenABlock(ABlock):
         return t + pointwise(self.mlp[1], pointwise(self.mlp[0], t))
 
 
+T = TypeVar("T")
 _BF16: ContextVar[bool] = ContextVar("mod_vision_bf16_products", default=False)
 # layer -> (its weight's identity, the weight and bias in bfloat16): keyed by the layer, so nothing is added to the
 # weight itself (which checkpoints would save)
@@ -79,18 +81,26 @@ def linear(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lay
     weight made once and again only when the weight changes."""
     if not (_BF16.get() and t.device.type == "cpu" and not torch.is_grad_enabled() and not tracing()):
         return F.linear(t, weight, bias)
-    now = tensor_identity(weight), None if bias is None else tensor_identity(bias)
-    cached = _BF16_WEIGHTS.get(layer)
-    if cached is None or cached[0] != now:
-        cached = now, weight.detach().to(torch.bfloat16), None if bias is None else bias.detach().to(torch.bfloat16)
-        _BF16_WEIGHTS[layer] = cached
-    return F.linear(t.to(torch.bfloat16), cached[1], cached[2]).float()
+    key = tensor_identity(weight), None if bias is None else tensor_identity(bias)
+    w, b = derived(_BF16_WEIGHTS, layer, key, lambda: (weight.detach().to(torch.bfloat16),
+                                                       None if bias is None else bias.detach().to(torch.bfloat16)))
+    return F.linear(t.to(torch.bfloat16), w, b).float()
 
 
 def has_token_products(model: nn.Module) -> bool:
     """Whether any layer of `model` computes with `linear` (its class says `token_products`), so that
     `bf16_products` changes anything: not a model of timm ViT blocks, whose products are timm's own."""
     return any(getattr(m, "token_products", False) for m in model.modules())
+
+
+def derived(cache: weakref.WeakKeyDictionary, owner: nn.Module, key, make: Callable[[], T]) -> T:
+    """`make()`, kept for `owner` in `cache` (a WeakKeyDictionary) until `key` changes: what inference derives from a
+    layer's weights once rather than on every frame, off the modules so that checkpoints and deep copies never carry
+    it."""
+    cached = cache.get(owner)
+    if cached is None or cached[0] != key:
+        cached = cache[owner] = key, make()
+    return cached[1]
 
 
 def tensor_identity(t: torch.Tensor) -> tuple:
@@ -223,13 +233,9 @@ def pixel_major_weight(conv: Conv) -> torch.Tensor:
     it reads `neighbourhoods(pixel_major=True)`. Kept per weight until the weight changes: inference reorders it once,
     not on every frame."""
     w = conv.conv.weight
-    now = tensor_identity(w), w.dtype
-    cached = _PIXEL_MAJOR.get(conv)
-    if cached is None or cached[0] != now:
-        out = w.shape[0]
-        cached = now, w.detach().view(out, -1, 9).transpose(1, 2).reshape(out, -1).contiguous()
-        _PIXEL_MAJOR[conv] = cached
-    return cached[1]
+    out = w.shape[0]
+    return derived(_PIXEL_MAJOR, conv, (tensor_identity(w), w.dtype),
+                   lambda: w.detach().view(out, -1, 9).transpose(1, 2).reshape(out, -1).contiguous())
 
 
 class MoDNeXt(TokenStage):

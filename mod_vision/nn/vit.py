@@ -15,6 +15,7 @@ from timm.layers import LayerNorm, trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
+from .blocks import derived
 from .reuse import reuse_step, reuses_tokens
 from .routing import RoutedBlock, RouterSpec
 from .routing.mechanism import tracing
@@ -138,10 +139,8 @@ class MoDViTStage(nn.Module):
         if self.training or torch.is_grad_enabled() or tracing():
             return F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False)
         key = (h, w, pos._version, pos.data_ptr(), pos.device, pos.dtype, torch.is_inference_mode_enabled())
-        cached = _RESIZED_POS.get(self)
-        if cached is None or cached[0] != key:
-            cached = _RESIZED_POS[self] = (key, F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False))
-        return cached[1]
+        return derived(_RESIZED_POS, self, key,
+                       lambda: F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
